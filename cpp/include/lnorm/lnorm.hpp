@@ -1,0 +1,540 @@
+// lnorm/lnorm.hpp: the public C++ API of lnorm, a header-only LayerNorm and RMSNorm library.
+//
+// Layers, top down: the public calls (validated once, never throwing in the `try_` forms) -> layout
+// canonicalization of any strided tensor into rows, column tiles or gathered rows -> parallel_for
+// over blocks of those tasks -> the kernel set chosen at run time (dispatch.hpp) -> row kernels.
+//
+//   #include <lnorm/lnorm.hpp>
+//   lnorm::layer_norm(x, y, rows, cols, gamma, beta, 1e-5f);   // contiguous float rows
+//   lnorm::rms_norm(x, y, rows, cols, gamma, 1e-6f);
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <stdexcept>
+#include <type_traits>
+
+#include "dispatch.hpp"
+#include "half.hpp"
+#include "parallel.hpp"
+#include "reference.hpp"
+
+#define LNORM_VERSION_MAJOR 0
+#define LNORM_VERSION_MINOR 1
+#define LNORM_VERSION_PATCH 0
+#define LNORM_VERSION_STRING "0.1.0"
+
+namespace lnorm {
+
+// ============================================================================================
+// Errors without exceptions
+// ============================================================================================
+
+/// What a `try_` call returns: `ok` or the reason nothing was written.
+enum class status_code : int { ok = 0, invalid_argument = 1, out_of_memory = 2 };
+
+struct status {
+  status_code code = status_code::ok;
+  const char* message = "";  // static string naming the argument at fault
+  explicit operator bool() const noexcept { return code == status_code::ok; }
+};
+
+inline status fail(const char* message) noexcept { return {status_code::invalid_argument, message}; }
+
+/// Throws std::invalid_argument (or std::bad_alloc) for a failed status.
+inline void throw_if_failed(const status& s) {
+  if (s.code == status_code::out_of_memory) throw std::bad_alloc();
+  if (s.code != status_code::ok) throw std::invalid_argument(s.message);
+}
+
+// ============================================================================================
+// Layout: any strided tensor, normalized over any set of axes, as rows, column tiles or gathers
+// ============================================================================================
+
+inline constexpr int kMaxDims = 64;
+inline constexpr int kMaxArrays = 4;
+
+/// One array argument of an N-d call: its first element and its strides, in elements, per dimension.
+struct strided {
+  const void* data = nullptr;
+  const std::int64_t* strides = nullptr;
+};
+
+namespace detail {
+
+enum class layout_kind { rows, columns, gather };
+
+// The problem after dropping unit dimensions and merging adjacent dimensions that every array can walk
+// as one. Batch dims (not normalized) come first in their original order, so the flat batch index is
+// the row-major index over the original non-normalized axes: the index of mean/rstd.
+struct layout {
+  int narrays = 0;
+  int nb = 0, nn = 0;
+  std::int64_t bshape[kMaxDims] = {}, nshape[kMaxDims] = {};
+  std::int64_t bstride[kMaxArrays][kMaxDims] = {}, nstride[kMaxArrays][kMaxDims] = {};
+  std::int64_t rows = 1, cols = 1;
+  layout_kind kind = layout_kind::rows;
+};
+
+inline void append_dim(int& count, std::int64_t* shape, std::int64_t (*stride)[kMaxDims], int narrays,
+                       std::int64_t size, const std::int64_t* s) noexcept {
+  if (count > 0) {
+    bool mergeable = true;
+    for (int a = 0; a < narrays; ++a) mergeable &= stride[a][count - 1] == s[a] * size;
+    if (mergeable) {
+      shape[count - 1] *= size;
+      for (int a = 0; a < narrays; ++a) stride[a][count - 1] = s[a];
+      return;
+    }
+  }
+  shape[count] = size;
+  for (int a = 0; a < narrays; ++a) stride[a][count] = s[a];
+  ++count;
+}
+
+inline void build_layout(layout& L, int ndim, const std::int64_t* shape, const bool* normalized, int narrays,
+                         const std::int64_t* const* strides) noexcept {
+  L.narrays = narrays;
+  for (int d = 0; d < ndim; ++d) {
+    if (normalized[d]) L.cols *= shape[d];
+    else L.rows *= shape[d];
+    if (shape[d] == 1) continue;
+    std::int64_t s[kMaxArrays];
+    for (int a = 0; a < narrays; ++a) s[a] = strides[a][d];
+    if (normalized[d]) append_dim(L.nn, L.nshape, L.nstride, narrays, shape[d], s);
+    else append_dim(L.nb, L.bshape, L.bstride, narrays, shape[d], s);
+  }
+  bool unit_norm = L.nn <= 1, unit_inner = L.nb >= 1;
+  for (int a = 0; a < narrays; ++a) {
+    if (L.nn == 1) unit_norm &= L.nstride[a][0] == 1;
+    if (L.nb >= 1) unit_inner &= L.bstride[a][L.nb - 1] == 1;
+  }
+  if (unit_norm) L.kind = layout_kind::rows;
+  else if (L.nn == 1 && unit_inner) L.kind = layout_kind::columns;
+  else L.kind = layout_kind::gather;
+}
+
+// Element offsets of each array for batch index r, over the first `nb` batch dims.
+inline void batch_offsets(const layout& L, int nb, std::int64_t r, std::int64_t* off) noexcept {
+  for (int a = 0; a < L.narrays; ++a) off[a] = 0;
+  for (int d = nb - 1; d >= 0 && r > 0; --d) {
+    const std::int64_t i = r % L.bshape[d];
+    r /= L.bshape[d];
+    for (int a = 0; a < L.narrays; ++a) off[a] += i * L.bstride[a][d];
+  }
+}
+
+// Walks rows [r0, r1) with an odometer over the batch dims: one division per block, not per row.
+template <class F>
+inline void for_each_row(const layout& L, std::int64_t r0, std::int64_t r1, F&& f) noexcept {
+  std::int64_t off[kMaxArrays], idx[kMaxDims];
+  batch_offsets(L, L.nb, r0, off);
+  std::int64_t r = r0;
+  for (int d = L.nb - 1; d >= 0; --d) {
+    idx[d] = r % L.bshape[d];
+    r /= L.bshape[d];
+  }
+  for (std::int64_t row = r0; row < r1; ++row) {
+    f(row, static_cast<const std::int64_t*>(off));
+    for (int d = L.nb - 1; d >= 0; --d) {
+      for (int a = 0; a < L.narrays; ++a) off[a] += L.bstride[a][d];
+      if (++idx[d] < L.bshape[d]) break;
+      for (int a = 0; a < L.narrays; ++a) off[a] -= L.bstride[a][d] * L.bshape[d];
+      idx[d] = 0;
+    }
+  }
+}
+
+// Copies one row between an N-d strided position and a contiguous buffer (the gather layout).
+template <class T>
+inline void copy_row(const layout& L, int a, T* strided_base, T* buf, bool to_buf) noexcept {
+  std::int64_t idx[kMaxDims] = {};
+  std::int64_t off = 0;
+  for (std::int64_t i = 0; i < L.cols; ++i) {
+    if (to_buf) buf[i] = strided_base[off];
+    else strided_base[off] = buf[i];
+    for (int d = L.nn - 1; d >= 0; --d) {
+      off += L.nstride[a][d];
+      if (++idx[d] < L.nshape[d]) break;
+      off -= L.nstride[a][d] * L.nshape[d];
+      idx[d] = 0;
+    }
+  }
+}
+
+// Fewer elements than this per worker and the work stays on fewer threads (a lone 768-wide row never
+// pays a fork/join).
+inline constexpr std::int64_t kMinElementsPerThread = 32768;
+// dgamma/dbeta partials: this many fixed chunks of tasks at most, whatever the thread count, so that
+// the reduction order, and so the result, never depends on the number of threads.
+inline constexpr std::int64_t kMaxPartialChunks = 64;
+
+inline int workers_for(std::int64_t elements, std::int64_t tasks) noexcept {
+  const std::int64_t by_size = std::max<std::int64_t>(1, elements / kMinElementsPerThread);
+  return static_cast<int>(std::min<std::int64_t>({static_cast<std::int64_t>(get_num_threads()), by_size, tasks}));
+}
+
+// Runs op over the layout. Op provides: n_in (arrays read), n_arrays, partial_size (0 or the partial
+// elements one chunk needs), row(ptrs, r, partial), cols(ptrs, strides, width, r0, partial) and, with
+// partials, finish(partials, chunks).
+template <class T, class Op>
+inline status execute(const layout& L, T* const* base, const Op& op) noexcept {
+  using partial_t = typename Op::partial_t;
+  const std::int64_t tile_count = L.kind == layout_kind::columns ? (L.bshape[L.nb - 1] + kColumnTile - 1) / kColumnTile : 1;
+  const std::int64_t outer = L.kind == layout_kind::columns ? L.rows / L.bshape[L.nb - 1] : 1;
+  const std::int64_t tasks = L.kind == layout_kind::columns ? outer * tile_count : L.rows;
+  const int workers = workers_for(L.rows * L.cols, tasks);
+
+  std::unique_ptr<T[]> scratch;
+  if (L.kind == layout_kind::gather && tasks > 0) {
+    scratch.reset(new (std::nothrow) T[static_cast<std::size_t>(Op::n_arrays * L.cols * workers)]);
+    if (!scratch) return {status_code::out_of_memory, "out of memory for gather buffers"};
+  }
+  // Runs tasks [t0, t1) in order; `slot` picks the worker's gather buffers.
+  auto run_tasks = [&](std::int64_t t0, std::int64_t t1, std::int64_t slot, partial_t* partial) {
+    if (L.kind == layout_kind::rows) {
+      for_each_row(L, t0, t1, [&](std::int64_t r, const std::int64_t* off) {
+        T* p[kMaxArrays];
+        for (int a = 0; a < Op::n_arrays; ++a) p[a] = base[a] + off[a];
+        op.row(p, r, partial);
+      });
+    } else if (L.kind == layout_kind::columns) {
+      const std::int64_t inner = L.bshape[L.nb - 1];
+      std::int64_t nst[kMaxArrays];
+      for (int a = 0; a < Op::n_arrays; ++a) nst[a] = L.nstride[a][0];
+      for (std::int64_t t = t0; t < t1; ++t) {
+        const std::int64_t o = t / tile_count, lane0 = (t % tile_count) * kColumnTile;
+        std::int64_t off[kMaxArrays];
+        batch_offsets(L, L.nb - 1, o, off);
+        T* p[kMaxArrays];
+        for (int a = 0; a < Op::n_arrays; ++a) p[a] = base[a] + off[a] + lane0;
+        op.cols(p, nst, std::min(kColumnTile, inner - lane0), o * inner + lane0, partial);
+      }
+    } else {
+      T* buf = scratch.get() + slot * Op::n_arrays * L.cols;
+      for_each_row(L, t0, t1, [&](std::int64_t r, const std::int64_t* off) {
+        T* p[kMaxArrays];
+        for (int a = 0; a < Op::n_arrays; ++a) {
+          p[a] = buf + a * L.cols;
+          if (a < Op::n_in) copy_row(L, a, base[a] + off[a], p[a], true);
+        }
+        op.row(p, r, partial);
+        for (int a = Op::n_in; a < Op::n_arrays; ++a) copy_row(L, a, base[a] + off[a], p[a], false);
+      });
+    }
+  };
+
+  if (Op::partial_size == 0) {
+    parallel_for(tasks, workers, [&](std::int64_t t0, std::int64_t t1) {
+      run_tasks(t0, t1, workers == 1 ? 0 : t0 * workers / tasks, nullptr);
+    });
+    return {};
+  }
+  // With partials: fixed chunks of tasks, each accumulating into its own partial block.
+  const std::int64_t chunks = std::max<std::int64_t>(1, std::min(tasks, kMaxPartialChunks));
+  const std::int64_t psize = op.partial_elements(L.cols);
+  std::unique_ptr<partial_t[]> partials(new (std::nothrow) partial_t[static_cast<std::size_t>(chunks * psize)]());
+  if (!partials) return {status_code::out_of_memory, "out of memory for dgamma/dbeta partials"};
+  const int chunk_workers = static_cast<int>(std::min<std::int64_t>(workers, chunks));
+  parallel_for(chunks, chunk_workers, [&](std::int64_t k0, std::int64_t k1) {
+    const std::int64_t slot = chunk_workers == 1 ? 0 : k0 * chunk_workers / chunks;
+    for (std::int64_t k = k0; k < k1; ++k)
+      run_tasks(tasks * k / chunks, tasks * (k + 1) / chunks, slot, partials.get() + k * psize);
+  });
+  op.finish(partials.get(), chunks, L.cols);
+  return {};
+}
+
+// Reduces chunk partials in chunk order into out[c] (for c < n), as the weight type W.
+template <class W, class P>
+inline void reduce_partials(const P* partials, std::int64_t chunks, std::int64_t stride, std::int64_t n,
+                            W* out) noexcept {
+  if (!out) return;
+  for (std::int64_t c = 0; c < n; ++c) {
+    double s = 0;
+    for (std::int64_t k = 0; k < chunks; ++k) s += static_cast<double>(partials[k * stride + c]);
+    out[c] = narrow<W>(s);
+  }
+}
+
+// ---- The operations, written once over any kernel set K --------------------------------------
+
+template <class K, class T, class W>
+struct layer_norm_op {
+  using partial_t = typename K::partial_t;
+  static constexpr int n_in = 1, n_arrays = 2;  // x | y
+  static constexpr int partial_size = 0;
+  const W *gamma, *beta;
+  double eps;
+  stat_t<T>*mean, *rstd;
+  std::int64_t n;
+  void row(T* const* p, std::int64_t r, partial_t*) const noexcept {
+    K::template layer_norm_row<T, W>(p[0], p[1], n, gamma, beta, eps, mean ? mean + r : nullptr,
+                                     rstd ? rstd + r : nullptr);
+  }
+  void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t*) const noexcept {
+    K::template layer_norm_cols<T, W>(p[0], s[0], p[1], s[1], n, w, gamma, beta, eps, mean ? mean + r0 : nullptr,
+                                      rstd ? rstd + r0 : nullptr);
+  }
+  std::int64_t partial_elements(std::int64_t) const noexcept { return 0; }
+  void finish(partial_t*, std::int64_t, std::int64_t) const noexcept {}
+};
+
+template <class K, class T, class W>
+struct rms_norm_op {
+  using partial_t = typename K::partial_t;
+  static constexpr int n_in = 1, n_arrays = 2;  // x | y
+  static constexpr int partial_size = 0;
+  const W* gamma;
+  double eps;
+  stat_t<T>* rstd;
+  std::int64_t n;
+  void row(T* const* p, std::int64_t r, partial_t*) const noexcept {
+    K::template rms_norm_row<T, W>(p[0], p[1], n, gamma, eps, rstd ? rstd + r : nullptr);
+  }
+  void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t*) const noexcept {
+    K::template rms_norm_cols<T, W>(p[0], s[0], p[1], s[1], n, w, gamma, eps, rstd ? rstd + r0 : nullptr);
+  }
+  std::int64_t partial_elements(std::int64_t) const noexcept { return 0; }
+  void finish(partial_t*, std::int64_t, std::int64_t) const noexcept {}
+};
+
+// s = x + bias_in + residual, then the norm of s: arrays x, residual | s, y.
+template <class K, class T, class W, bool Rms>
+struct add_norm_op {
+  using partial_t = typename K::partial_t;
+  static constexpr int n_in = 2, n_arrays = 4;
+  static constexpr int partial_size = 0;
+  const W *bias_in, *gamma, *beta;
+  double eps;
+  stat_t<T>*mean, *rstd;
+  std::int64_t n;
+  void row(T* const* p, std::int64_t r, partial_t*) const noexcept {
+    K::template add_row<T, W>(p[0], p[1], bias_in, p[2], n);
+    if constexpr (Rms) K::template rms_norm_row<T, W>(p[2], p[3], n, gamma, eps, rstd ? rstd + r : nullptr);
+    else
+      K::template layer_norm_row<T, W>(p[2], p[3], n, gamma, beta, eps, mean ? mean + r : nullptr,
+                                       rstd ? rstd + r : nullptr);
+  }
+  void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t*) const noexcept {
+    K::template add_cols<T, W>(p[0], s[0], p[1], s[1], bias_in, p[2], s[2], n, w);
+    if constexpr (Rms)
+      K::template rms_norm_cols<T, W>(p[2], s[2], p[3], s[3], n, w, gamma, eps, rstd ? rstd + r0 : nullptr);
+    else
+      K::template layer_norm_cols<T, W>(p[2], s[2], p[3], s[3], n, w, gamma, beta, eps,
+                                        mean ? mean + r0 : nullptr, rstd ? rstd + r0 : nullptr);
+  }
+  std::int64_t partial_elements(std::int64_t) const noexcept { return 0; }
+  void finish(partial_t*, std::int64_t, std::int64_t) const noexcept {}
+};
+
+// Backward: arrays x, dy | dx. Partials per chunk: dgamma then (LayerNorm) dbeta, n each.
+template <class K, class T, class W, bool Rms>
+struct norm_backward_op {
+  using partial_t = typename K::partial_t;
+  static constexpr int n_in = 2, n_arrays = 3;
+  static constexpr int partial_size = 1;
+  const W* gamma;
+  const stat_t<T>*mean, *rstd;
+  W *dgamma, *dbeta;
+  std::int64_t n;
+  void row(T* const* p, std::int64_t r, partial_t* part) const noexcept {
+    if constexpr (Rms) K::template rms_norm_backward_row<T, W>(p[0], p[1], p[2], n, gamma, rstd[r], part);
+    else K::template layer_norm_backward_row<T, W>(p[0], p[1], p[2], n, gamma, mean[r], rstd[r], part, part + n);
+  }
+  void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t* part) const noexcept {
+    if constexpr (Rms)
+      K::template rms_norm_backward_cols<T, W>(p[0], s[0], p[1], s[1], p[2], s[2], n, w, gamma, rstd + r0, part);
+    else
+      K::template layer_norm_backward_cols<T, W>(p[0], s[0], p[1], s[1], p[2], s[2], n, w, gamma, mean + r0,
+                                                 rstd + r0, part, part + n);
+  }
+  std::int64_t partial_elements(std::int64_t cols) const noexcept { return Rms ? cols : 2 * cols; }
+  void finish(partial_t* partials, std::int64_t chunks, std::int64_t cols) const noexcept {
+    const std::int64_t stride = partial_elements(cols);
+    reduce_partials(partials, chunks, stride, cols, dgamma);
+    if (!Rms) reduce_partials(partials + cols, chunks, stride, cols, dbeta);
+  }
+};
+
+// Calls f(K{}) with K the kernel set in use: the one place that lists the kernel sets.
+template <class F>
+inline status with_kernels(F&& f) noexcept {
+  switch (current_isa()) {
+    default: return f(scalar::kernels{});
+  }
+}
+
+inline status check_problem(int ndim, const std::int64_t* shape, const bool* normalized, double eps,
+                            bool need_eps) noexcept {
+  if (ndim < 1 || ndim > kMaxDims) return fail("x: ndim must be between 1 and 64");
+  bool any = false;
+  for (int d = 0; d < ndim; ++d) {
+    if (shape[d] < 0) return fail("x: negative dimension");
+    if (normalized[d]) {
+      any = true;
+      if (shape[d] == 0) return fail("axis: the normalized axes must not be empty");
+    }
+  }
+  if (!any) return fail("axis: no axis to normalize over");
+  if (need_eps && !(eps >= 0 && eps <= 1e300)) return fail("eps: must be a finite number >= 0");
+  return {};
+}
+
+}  // namespace detail
+
+// ============================================================================================
+// N-d calls: any shape, any strides (in elements), any set of normalized axes
+// ============================================================================================
+//
+// `normalized[d]` marks the axes normalized over. gamma, beta and bias_in are contiguous over the
+// normalized axes (row-major in their original order); mean and rstd are contiguous over the others.
+// Any of gamma, beta, bias_in, mean, rstd may be null. y may be x itself (in place).
+//
+//   const std::int64_t shape[4] = {8, 96, 56, 56}, st[4] = {96 * 56 * 56, 56 * 56, 56, 1};
+//   const bool norm[4] = {false, true, false, false};              // LayerNorm over channels of NCHW
+//   lnorm::try_layer_norm_nd<float, float>(4, shape, norm, {x, st}, {y, st}, g, b, 1e-6, nullptr, nullptr);
+
+template <class T, class W = T>
+status try_layer_norm_nd(int ndim, const std::int64_t* shape, const bool* normalized, strided x, strided y,
+                         const W* gamma, const W* beta, double eps, stat_t<T>* mean, stat_t<T>* rstd) noexcept {
+  if (status s = detail::check_problem(ndim, shape, normalized, eps, true); !s) return s;
+  if (!x.data || !y.data || !x.strides || !y.strides) return fail("x, out: null pointer");
+  const std::int64_t* st[2] = {x.strides, y.strides};
+  detail::layout L;
+  detail::build_layout(L, ndim, shape, normalized, 2, st);
+  if (L.rows == 0) return {};
+  T* base[2] = {const_cast<T*>(static_cast<const T*>(x.data)), static_cast<T*>(const_cast<void*>(y.data))};
+  return detail::with_kernels([&](auto k) {
+    using K = decltype(k);
+    return detail::execute(L, base, detail::layer_norm_op<K, T, W>{gamma, beta, eps, mean, rstd, L.cols});
+  });
+}
+
+template <class T, class W = T>
+status try_rms_norm_nd(int ndim, const std::int64_t* shape, const bool* normalized, strided x, strided y,
+                       const W* gamma, double eps, stat_t<T>* rstd) noexcept {
+  if (status s = detail::check_problem(ndim, shape, normalized, eps, true); !s) return s;
+  if (!x.data || !y.data || !x.strides || !y.strides) return fail("x, out: null pointer");
+  const std::int64_t* st[2] = {x.strides, y.strides};
+  detail::layout L;
+  detail::build_layout(L, ndim, shape, normalized, 2, st);
+  if (L.rows == 0) return {};
+  T* base[2] = {const_cast<T*>(static_cast<const T*>(x.data)), static_cast<T*>(const_cast<void*>(y.data))};
+  return detail::with_kernels([&](auto k) {
+    using K = decltype(k);
+    return detail::execute(L, base, detail::rms_norm_op<K, T, W>{gamma, eps, rstd, L.cols});
+  });
+}
+
+/// s = x + bias_in + residual (rounded to T), y = layer_norm(s) (rms_norm(s) with `rms`), in one call.
+/// s may alias x or residual; y may alias x or residual but not s.
+template <class T, class W = T>
+status try_add_norm_nd(bool rms, int ndim, const std::int64_t* shape, const bool* normalized, strided x,
+                       strided residual, const W* bias_in, strided s, strided y, const W* gamma, const W* beta,
+                       double eps, stat_t<T>* mean, stat_t<T>* rstd) noexcept {
+  if (status st = detail::check_problem(ndim, shape, normalized, eps, true); !st) return st;
+  if (!x.data || !residual.data || !s.data || !y.data) return fail("x, residual, out: null pointer");
+  const std::int64_t* st[4] = {x.strides, residual.strides, s.strides, y.strides};
+  detail::layout L;
+  detail::build_layout(L, ndim, shape, normalized, 4, st);
+  if (L.rows == 0) return {};
+  T* base[4] = {const_cast<T*>(static_cast<const T*>(x.data)), const_cast<T*>(static_cast<const T*>(residual.data)),
+                static_cast<T*>(const_cast<void*>(s.data)), static_cast<T*>(const_cast<void*>(y.data))};
+  return detail::with_kernels([&](auto k) {
+    using K = decltype(k);
+    if (rms) return detail::execute(L, base, detail::add_norm_op<K, T, W, true>{bias_in, gamma, beta, eps, mean, rstd, L.cols});
+    return detail::execute(L, base, detail::add_norm_op<K, T, W, false>{bias_in, gamma, beta, eps, mean, rstd, L.cols});
+  });
+}
+
+/// Backward of layer_norm (rms_norm with `rms`; mean is then ignored): dx from dy, x and the forward's
+/// statistics; dgamma and dbeta (if not null) summed over the batch in a fixed order.
+template <class T, class W = T>
+status try_norm_backward_nd(bool rms, int ndim, const std::int64_t* shape, const bool* normalized, strided dy,
+                            strided x, const stat_t<T>* mean, const stat_t<T>* rstd, const W* gamma, strided dx,
+                            W* dgamma, W* dbeta) noexcept {
+  if (status s = detail::check_problem(ndim, shape, normalized, 0.0, false); !s) return s;
+  if (!dy.data || !x.data || !dx.data || !rstd || (!rms && !mean)) return fail("dy, x, mean, rstd: null pointer");
+  const std::int64_t* st[3] = {x.strides, dy.strides, dx.strides};
+  detail::layout L;
+  detail::build_layout(L, ndim, shape, normalized, 3, st);
+  T* base[3] = {const_cast<T*>(static_cast<const T*>(x.data)), const_cast<T*>(static_cast<const T*>(dy.data)),
+                static_cast<T*>(const_cast<void*>(dx.data))};
+  if (L.rows == 0) {
+    for (std::int64_t c = 0; c < L.cols; ++c) {
+      if (dgamma) dgamma[c] = narrow<W>(0.0);
+      if (dbeta) dbeta[c] = narrow<W>(0.0);
+    }
+    return {};
+  }
+  return detail::with_kernels([&](auto k) {
+    using K = decltype(k);
+    if (rms) return detail::execute(L, base, detail::norm_backward_op<K, T, W, true>{gamma, mean, rstd, dgamma, dbeta, L.cols});
+    return detail::execute(L, base, detail::norm_backward_op<K, T, W, false>{gamma, mean, rstd, dgamma, dbeta, L.cols});
+  });
+}
+
+// ============================================================================================
+// Contiguous rows: the calls an inference engine makes
+// ============================================================================================
+
+namespace detail {
+template <class T>
+struct identity {
+  using type = T;
+};
+template <class T>
+using identity_t = typename identity<T>::type;
+
+inline status check_rows(std::int64_t rows, std::int64_t cols) noexcept {
+  if (rows < 0) return fail("rows: must be >= 0");
+  if (cols < 1) return fail("cols: must be >= 1");
+  return {};
+}
+}  // namespace detail
+
+/// LayerNorm of `rows` rows of `cols` elements, row r at x + r*ld_x (y + r*ld_y); returns a status.
+///   lnorm::status s = lnorm::try_layer_norm(x, cols, y, cols, rows, cols, gamma, beta, 1e-5, mean, rstd);
+template <class T, class W = T>
+status try_layer_norm(const T* x, std::int64_t ld_x, T* y, std::int64_t ld_y, std::int64_t rows, std::int64_t cols,
+                      const detail::identity_t<W>* gamma, const detail::identity_t<W>* beta, double eps,
+                      stat_t<T>* mean = nullptr, stat_t<T>* rstd = nullptr) noexcept {
+  if (status s = detail::check_rows(rows, cols); !s) return s;
+  const std::int64_t shape[2] = {rows, cols}, sx[2] = {ld_x, 1}, sy[2] = {ld_y, 1};
+  const bool norm[2] = {false, true};
+  return try_layer_norm_nd<T, W>(2, shape, norm, {x, sx}, {y, sy}, gamma, beta, eps, mean, rstd);
+}
+
+/// RMSNorm of `rows` rows of `cols` elements with row strides; returns a status.
+///   lnorm::status s = lnorm::try_rms_norm(x, cols, y, cols, rows, cols, gamma, 1e-6, rstd);
+template <class T, class W = T>
+status try_rms_norm(const T* x, std::int64_t ld_x, T* y, std::int64_t ld_y, std::int64_t rows, std::int64_t cols,
+                    const detail::identity_t<W>* gamma, double eps, stat_t<T>* rstd = nullptr) noexcept {
+  if (status s = detail::check_rows(rows, cols); !s) return s;
+  const std::int64_t shape[2] = {rows, cols}, sx[2] = {ld_x, 1}, sy[2] = {ld_y, 1};
+  const bool norm[2] = {false, true};
+  return try_rms_norm_nd<T, W>(2, shape, norm, {x, sx}, {y, sy}, gamma, eps, rstd);
+}
+
+/// LayerNorm over contiguous rows; throws std::invalid_argument on bad arguments.
+///   lnorm::layer_norm(x, y, rows, cols, gamma, beta, 1e-5f);   // gamma, beta may be nullptr
+template <class T, class W = T>
+void layer_norm(const T* x, T* y, std::int64_t rows, std::int64_t cols, const detail::identity_t<W>* gamma,
+                const detail::identity_t<W>* beta, double eps) {
+  throw_if_failed(try_layer_norm<T, W>(x, cols, y, cols, rows, cols, gamma, beta, eps));
+}
+
+/// RMSNorm over contiguous rows; throws std::invalid_argument on bad arguments.
+///   lnorm::rms_norm(x, y, rows, cols, gamma, 1e-6f);   // gamma may be nullptr
+template <class T, class W = T>
+void rms_norm(const T* x, T* y, std::int64_t rows, std::int64_t cols, const detail::identity_t<W>* gamma,
+              double eps) {
+  throw_if_failed(try_rms_norm<T, W>(x, cols, y, cols, rows, cols, gamma, eps));
+}
+
+}  // namespace lnorm

@@ -1,0 +1,230 @@
+// python/_lnorm.cpp: the nanobind module, deliberately thin. NumPy arrays in (any strides, element
+// types float32/float64/float16, and bfloat16 passed by Python as a uint16 view), the N-d calls of
+// lnorm.hpp out, the GIL released around them. Argument checking with friendly messages lives in
+// python/lnorm; this layer re-checks what would be unsafe and turns a failed status into ValueError.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <lnorm/lnorm.hpp>
+
+namespace nb = nanobind;
+
+namespace {
+
+using in_array = nb::ndarray<nb::device::cpu, nb::ro>;
+using out_array = nb::ndarray<nb::device::cpu>;
+
+enum class elem { f32, f64, f16, bf16 };
+
+template <class A>
+elem elem_of(const A& a, const char* name) {
+  const nb::dlpack::dtype d = a.dtype();
+  if (d == nb::dtype<float>()) return elem::f32;
+  if (d == nb::dtype<double>()) return elem::f64;
+  if (d.code == static_cast<std::uint8_t>(nb::dlpack::dtype_code::Float) && d.bits == 16 && d.lanes == 1) return elem::f16;
+  if (d == nb::dtype<std::uint16_t>()) return elem::bf16;  // ml_dtypes.bfloat16 viewed as uint16
+  throw nb::type_error((std::string(name) + ": unsupported dtype").c_str());
+}
+
+// The shape, strides and data of one array, as the N-d calls take them.
+struct view {
+  const void* data = nullptr;
+  int ndim = 0;
+  std::int64_t shape[lnorm::kMaxDims] = {};
+  std::int64_t strides[lnorm::kMaxDims] = {};
+  elem type = elem::f32;
+  std::int64_t size = 1;
+  bool contiguous = true;
+
+  template <class A>
+  view(const A& a, const char* name) : data(a.data()), ndim(static_cast<int>(a.ndim())), type(elem_of(a, name)) {
+    if (ndim > lnorm::kMaxDims) throw std::invalid_argument(std::string(name) + ": too many dimensions");
+    std::int64_t expect = 1;
+    for (int d = ndim - 1; d >= 0; --d) {
+      shape[d] = static_cast<std::int64_t>(a.shape(d));
+      strides[d] = static_cast<std::int64_t>(a.stride(d));
+      if (shape[d] != 1 && strides[d] != expect) contiguous = false;
+      expect *= shape[d];
+      size *= shape[d];
+    }
+  }
+  lnorm::strided arg() const { return {data, strides}; }
+};
+
+void same_shape(const view& a, const view& b, const char* name) {
+  bool same = a.ndim == b.ndim;
+  for (int d = 0; same && d < a.ndim; ++d) same = a.shape[d] == b.shape[d];
+  if (!same) throw std::invalid_argument(std::string(name) + ": shape does not match x");
+  if (a.type != b.type) throw nb::type_error((std::string(name) + ": dtype does not match x").c_str());
+}
+
+// Everything one call needs about the normalized axes.
+struct problem {
+  int ndim = 0;
+  bool normalized[lnorm::kMaxDims] = {};
+  std::int64_t rows = 1, cols = 1;
+  problem(const view& x, std::uint64_t mask) : ndim(x.ndim) {
+    if (x.ndim < 1) throw std::invalid_argument("x: must have at least one dimension");
+    if (x.ndim < 64 && (mask >> x.ndim) != 0) throw std::invalid_argument("axis: out of range");
+    for (int d = 0; d < x.ndim; ++d) {
+      normalized[d] = (mask >> d) & 1;
+      (normalized[d] ? cols : rows) *= x.shape[d];
+    }
+  }
+};
+
+// A parameter over the normalized axes (weight, bias) or a statistic over the others (mean, rstd):
+// contiguous, `count` elements of an expected type. Returns its data (nullptr for None).
+template <class A>
+const void* checked(const std::optional<A>& a, const char* name, std::int64_t count, elem t1, elem t2) {
+  if (!a) return nullptr;
+  const view v(*a, name);
+  if (v.type != t1 && v.type != t2) throw nb::type_error((std::string(name) + ": unexpected dtype").c_str());
+  if (v.size != count) throw std::invalid_argument(std::string(name) + ": wrong number of elements");
+  if (!v.contiguous) throw std::invalid_argument(std::string(name) + ": must be contiguous");
+  return v.data;
+}
+
+// The weight type W: weight's dtype, else bias's, else x's (Python checks they agree).
+elem weight_elem(const std::optional<in_array>& weight, const std::optional<in_array>& bias, elem x) {
+  if (weight) return elem_of(*weight, "weight");
+  if (bias) return elem_of(*bias, "bias");
+  return x;
+}
+
+template <class F>
+void with_types(elem x, elem w, F&& f) {
+  switch (x) {
+    case elem::f32: return f(float{}, float{});
+    case elem::f64: return w == elem::f32 ? f(double{}, float{}) : f(double{}, double{});
+    case elem::f16: return w == elem::f32 ? f(lnorm::float16_t{}, float{}) : f(lnorm::float16_t{}, lnorm::float16_t{});
+    case elem::bf16: return w == elem::f32 ? f(lnorm::bfloat16_t{}, float{}) : f(lnorm::bfloat16_t{}, lnorm::bfloat16_t{});
+  }
+}
+
+elem stat_elem(elem x) { return x == elem::f64 ? elem::f64 : elem::f32; }
+
+void norm_forward(bool rms, const in_array& x_, const out_array& y_, const std::optional<in_array>& weight,
+                  const std::optional<in_array>& bias, std::uint64_t mask, double eps,
+                  const std::optional<out_array>& mean, const std::optional<out_array>& rstd) {
+  const view x(x_, "x"), y(y_, "out");
+  same_shape(x, y, "out");
+  const problem p(x, mask);
+  const elem w = weight_elem(weight, bias, x.type), st = stat_elem(x.type);
+  const void* g = checked(weight, "weight", p.cols, x.type, elem::f32);
+  const void* b = checked(bias, "bias", p.cols, w, w);
+  void* m = const_cast<void*>(checked(mean, "mean", p.rows, st, st));
+  void* r = const_cast<void*>(checked(rstd, "rstd", p.rows, st, st));
+  lnorm::status s;
+  with_types(x.type, w, [&](auto t, auto wt) {
+    using T = decltype(t);
+    using W = decltype(wt);
+    using S = lnorm::stat_t<T>;
+    nb::gil_scoped_release release;
+    if (rms)
+      s = lnorm::try_rms_norm_nd<T, W>(p.ndim, x.shape, p.normalized, x.arg(), y.arg(), static_cast<const W*>(g), eps,
+                                       static_cast<S*>(r));
+    else
+      s = lnorm::try_layer_norm_nd<T, W>(p.ndim, x.shape, p.normalized, x.arg(), y.arg(), static_cast<const W*>(g),
+                                         static_cast<const W*>(b), eps, static_cast<S*>(m), static_cast<S*>(r));
+  });
+  lnorm::throw_if_failed(s);
+}
+
+void add_norm_forward(bool rms, const in_array& x_, const in_array& residual_, const std::optional<in_array>& bias_in,
+                      const out_array& s_, const out_array& y_, const std::optional<in_array>& weight,
+                      const std::optional<in_array>& bias, std::uint64_t mask, double eps,
+                      const std::optional<out_array>& mean, const std::optional<out_array>& rstd) {
+  const view x(x_, "x"), res(residual_, "residual"), s(s_, "residual_out"), y(y_, "out");
+  same_shape(x, res, "residual");
+  same_shape(x, s, "residual_out");
+  same_shape(x, y, "out");
+  const problem p(x, mask);
+  const elem w = weight_elem(weight, bias, x.type), st = stat_elem(x.type);
+  const void* g = checked(weight, "weight", p.cols, x.type, elem::f32);
+  const void* b = checked(bias, "bias", p.cols, w, w);
+  const void* bi = checked(bias_in, "bias_in", p.cols, w, w);
+  void* m = const_cast<void*>(checked(mean, "mean", p.rows, st, st));
+  void* r = const_cast<void*>(checked(rstd, "rstd", p.rows, st, st));
+  lnorm::status status;
+  with_types(x.type, w, [&](auto t, auto wt) {
+    using T = decltype(t);
+    using W = decltype(wt);
+    using S = lnorm::stat_t<T>;
+    nb::gil_scoped_release release;
+    status = lnorm::try_add_norm_nd<T, W>(rms, p.ndim, x.shape, p.normalized, x.arg(), res.arg(),
+                                          static_cast<const W*>(bi), s.arg(), y.arg(), static_cast<const W*>(g),
+                                          static_cast<const W*>(b), eps, static_cast<S*>(m), static_cast<S*>(r));
+  });
+  lnorm::throw_if_failed(status);
+}
+
+void norm_backward(bool rms, const in_array& dy_, const in_array& x_, const std::optional<in_array>& mean,
+                   const in_array& rstd, const std::optional<in_array>& weight, const out_array& dx_,
+                   const std::optional<out_array>& dweight, const std::optional<out_array>& dbias, std::uint64_t mask) {
+  const view dy(dy_, "dy"), x(x_, "x"), dx(dx_, "dx");
+  same_shape(x, dy, "dy");
+  same_shape(x, dx, "dx");
+  const problem p(x, mask);
+  const elem w = weight_elem(weight, std::nullopt, x.type), st = stat_elem(x.type);
+  const void* g = checked(weight, "weight", p.cols, x.type, elem::f32);
+  const void* m = checked(mean, "mean", p.rows, st, st);
+  const void* r = checked(std::optional<in_array>(rstd), "rstd", p.rows, st, st);
+  void* dg = const_cast<void*>(checked(dweight, "dweight", p.cols, w, w));
+  void* db = const_cast<void*>(checked(dbias, "dbias", p.cols, w, w));
+  if (!rms && !m) throw std::invalid_argument("mean: required for layer_norm_backward");
+  lnorm::status s;
+  with_types(x.type, w, [&](auto t, auto wt) {
+    using T = decltype(t);
+    using W = decltype(wt);
+    using S = lnorm::stat_t<T>;
+    nb::gil_scoped_release release;
+    s = lnorm::try_norm_backward_nd<T, W>(rms, p.ndim, x.shape, p.normalized, dy.arg(), x.arg(), static_cast<const S*>(m),
+                                          static_cast<const S*>(r), static_cast<const W*>(g), dx.arg(),
+                                          static_cast<W*>(dg), static_cast<W*>(db));
+  });
+  lnorm::throw_if_failed(s);
+}
+
+lnorm::isa isa_from(const std::string& name) {
+  lnorm::isa i;
+  if (!lnorm::parse_isa(name.c_str(), i)) throw std::invalid_argument("isa: expected scalar, avx2, avx512 or neon");
+  return i;
+}
+
+}  // namespace
+
+NB_MODULE(_lnorm, m) {
+  m.doc() = "lnorm's native core (use the lnorm package, not this module).";
+  m.attr("version") = LNORM_VERSION_STRING;
+
+  m.def("norm_forward", &norm_forward, nb::arg("rms"), nb::arg("x"), nb::arg("y"), nb::arg("weight").none(),
+        nb::arg("bias").none(), nb::arg("mask"), nb::arg("eps"), nb::arg("mean").none(), nb::arg("rstd").none(),
+        "y = layer_norm(x) or rms_norm(x) over the axes in the bit mask; y, mean, rstd preallocated.");
+  m.def("add_norm_forward", &add_norm_forward, nb::arg("rms"), nb::arg("x"), nb::arg("residual"),
+        nb::arg("bias_in").none(), nb::arg("s"), nb::arg("y"), nb::arg("weight").none(), nb::arg("bias").none(),
+        nb::arg("mask"), nb::arg("eps"), nb::arg("mean").none(), nb::arg("rstd").none(),
+        "s = x + bias_in + residual, y = norm(s), in one pass.");
+  m.def("norm_backward", &norm_backward, nb::arg("rms"), nb::arg("dy"), nb::arg("x"), nb::arg("mean").none(),
+        nb::arg("rstd"), nb::arg("weight").none(), nb::arg("dx"), nb::arg("dweight").none(), nb::arg("dbias").none(),
+        nb::arg("mask"), "dx (and dweight, dbias) of layer_norm or rms_norm.");
+
+  m.def("active_isa", [] { return std::string(lnorm::active_isa()); });
+  m.def("set_isa", [](const std::string& name) { return lnorm::set_isa(isa_from(name)); }, nb::arg("name"));
+  m.def("isa_compiled", [](const std::string& name) { return lnorm::isa_compiled(isa_from(name)); }, nb::arg("name"));
+  m.def("cpu_supports", [](const std::string& name) { return lnorm::cpu_supports(isa_from(name)); }, nb::arg("name"));
+  m.def("get_num_threads", &lnorm::get_num_threads);
+  m.def("set_num_threads", &lnorm::set_num_threads, nb::arg("n"));
+  m.def("openmp", &lnorm::openmp_enabled);
+  m.def("cuda_compiled", [] { return false; });
+  m.def("cuda_devices", [] { return 0; });
+}

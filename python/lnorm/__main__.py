@@ -1,0 +1,148 @@
+"""``python -m lnorm``: a self-check against a float64 NumPy reference, then a short timing table.
+
+``python -m lnorm --cmakedir`` prints the folder holding lnormConfig.cmake (for ``-Dlnorm_DIR``);
+``--includedir`` the folder holding lnorm/lnorm.hpp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+import lnorm
+
+
+def _reference(x, axes, weight, bias, eps, rms):
+    """float64 LayerNorm / RMSNorm, straight from the definitions."""
+    x = x.astype(np.float64)
+    if rms:
+        rstd = 1.0 / np.sqrt(np.mean(x * x, axis=axes, keepdims=True) + eps)
+        y = x * rstd
+    else:
+        mean = x.mean(axis=axes, keepdims=True)
+        rstd = 1.0 / np.sqrt(((x - mean) ** 2).mean(axis=axes, keepdims=True) + eps)
+        y = (x - mean) * rstd
+    shape = [x.shape[a] if a in axes else 1 for a in range(x.ndim)]
+    if weight is not None:
+        y = y * weight.astype(np.float64).reshape(shape)
+    if bias is not None:
+        y = y + bias.astype(np.float64).reshape(shape)
+    return y
+
+
+def _backward_reference(dy, x, weight, axes, eps, rms):
+    """float64 dx by the analytic formula."""
+    x, dy = x.astype(np.float64), dy.astype(np.float64)
+    shape = [x.shape[a] if a in axes else 1 for a in range(x.ndim)]
+    g = dy * (weight.astype(np.float64).reshape(shape) if weight is not None else 1.0)
+    if rms:
+        rstd = 1.0 / np.sqrt(np.mean(x * x, axis=axes, keepdims=True) + eps)
+        xhat = x * rstd
+        return rstd * (g - xhat * np.mean(g * xhat, axis=axes, keepdims=True))
+    mean = x.mean(axis=axes, keepdims=True)
+    rstd = 1.0 / np.sqrt(((x - mean) ** 2).mean(axis=axes, keepdims=True) + eps)
+    xhat = (x - mean) * rstd
+    return rstd * (g - g.mean(axis=axes, keepdims=True)
+                   - xhat * np.mean(g * xhat, axis=axes, keepdims=True))
+
+
+def self_check(seed: int = 0) -> int:
+    """Compares forward and backward with the float64 reference; returns the number of failures."""
+    rng = np.random.default_rng(seed)
+    cases = [((4, 768), (1,)), ((3, 17), (1,)), ((2, 8, 5, 6), (1,)), ((5, 6, 7), (1, 2)),
+             ((33, 4099), (1,)), ((2, 3, 4), (0, 2))]
+    failures = checked = 0
+    for dtype, tol in ((np.float32, 3e-5), (np.float64, 1e-12)):
+        for shape, axes in cases:
+            for rms in (False, True):
+                x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+                nshape = tuple(shape[a] for a in axes)
+                w = rng.standard_normal(nshape).astype(dtype)
+                b = None if rms else rng.standard_normal(nshape).astype(dtype)
+                eps = float(rng.uniform(0, 1e-3))
+                if rms:
+                    y, rstd = lnorm.rms_norm(x, w, axis=axes, eps=eps, return_stats=True)
+                    dx, _ = lnorm.rms_norm_backward(np.ones_like(x), x, rstd, w, axis=axes)
+                else:
+                    y, mean, rstd = lnorm.layer_norm(x, w, b, axis=axes, eps=eps, return_stats=True)
+                    dx, _, _ = lnorm.layer_norm_backward(np.ones_like(x), x, mean, rstd, w, axis=axes)
+                ref = _reference(x, axes, w, b, eps, rms)
+                dref = _backward_reference(np.ones_like(x), x, w, axes, eps, rms)
+                scale = 1.0 + np.abs(ref).max()
+                dscale = 1.0 + np.abs(dref).max()
+                ok = (np.abs(y - ref).max() <= tol * scale and np.abs(dx - dref).max() <= tol * 10 * dscale)
+                checked += 1
+                if not ok:
+                    failures += 1
+                    print(f"  MISMATCH {np.dtype(dtype).name} shape={shape} axes={axes} rms={rms}")
+    status = "ok" if failures == 0 else f"FAILED ({failures} of {checked})"
+    print(f"self-check: {checked} cases of layer_norm/rms_norm forward and backward against a float64 "
+          f"reference: {status}")
+    return failures
+
+
+def _median_time(fn, repeat: int, number: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        for _ in range(number):
+            fn()
+        times.append((time.perf_counter() - t) / number)
+    return float(np.median(times))
+
+
+def timing_table(quick: bool = False) -> None:
+    """lnorm against np.copyto of the same bytes and a NumPy expression, float32, out= given."""
+    rng = np.random.default_rng(1)
+    shapes = [(1, 768), (32, 1024), (4096, 768), (2048, 4096)]
+    if quick:
+        shapes = shapes[:2]
+    print(f"\ntiming (float32, out=, {lnorm.get_num_threads()} threads, isa {lnorm.config()['isa']}; "
+          "GB/s counts bytes read + written; medians):")
+    header = f"{'shape':>12} {'lnorm us':>10} {'GB/s':>7} {'copy GB/s':>10} {'of copy':>8} {'numpy us':>10} {'speedup':>8}"
+    print(header)
+    for shape in shapes:
+        x = rng.standard_normal(shape, dtype=np.float32)
+        y = np.empty_like(x)
+        w = rng.standard_normal(shape[-1], dtype=np.float32)
+        b = rng.standard_normal(shape[-1], dtype=np.float32)
+        nbytes = 2 * x.nbytes
+        number = max(1, int(2e7 // x.size))
+        repeat = 5
+        # Interleave the three so that machine noise hits all of them alike.
+        samples = {"ln": [], "copy": [], "np": []}
+        for _ in range(repeat):
+            samples["ln"].append(_median_time(lambda: lnorm.layer_norm(x, w, b, out=y), 1, number))
+            samples["copy"].append(_median_time(lambda: np.copyto(y, x), 1, number))
+            samples["np"].append(_median_time(
+                lambda: (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * w + b,
+                1, max(1, number // 4)))
+        t_ln, t_copy, t_np = (float(np.median(samples[k])) for k in ("ln", "copy", "np"))
+        print(f"{'x'.join(map(str, shape)):>12} {t_ln * 1e6:10.1f} {nbytes / t_ln / 1e9:7.2f} "
+              f"{nbytes / t_copy / 1e9:10.2f} {t_copy / t_ln:8.2f} {t_np * 1e6:10.1f} {t_np / t_ln:7.1f}x")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lnorm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cmakedir", action="store_true", help="print the folder of lnormConfig.cmake")
+    parser.add_argument("--includedir", action="store_true", help="print the folder of lnorm/lnorm.hpp")
+    parser.add_argument("--quick", action="store_true", help="a shorter timing table")
+    args = parser.parse_args(argv)
+    if args.cmakedir:
+        print(lnorm.cmake_dir())
+        return 0
+    if args.includedir:
+        print(lnorm.include_dir())
+        return 0
+    print(f"lnorm {lnorm.__version__}: {lnorm.config()}")
+    failures = self_check()
+    timing_table(quick=args.quick)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Run-time configuration: kernel set, threads, what was compiled in."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from . import _lnorm
+
+__version__ = _lnorm.version
+
+ISAS = ("scalar", "avx2", "avx512", "neon")
+
+
+def available_isas() -> list:
+    """The kernel sets this build carries and this CPU can run, worst first."""
+    return [i for i in ISAS if _lnorm.isa_compiled(i) and _lnorm.cpu_supports(i)]
+
+
+def set_isa(name: str) -> None:
+    """Force a kernel set (one of :func:`available_isas`), as ``LNORM_ISA`` does at start-up.
+
+    >>> import lnorm
+    >>> lnorm.set_isa("scalar"); lnorm.config()["isa"]
+    'scalar'
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name: must be a str, not {type(name).__name__}")
+    if name not in ISAS:
+        raise ValueError(f"name: {name!r} is not one of {ISAS}")
+    if not _lnorm.set_isa(name):
+        raise ValueError(f"name: kernel set {name!r} is not available here (available: {available_isas()})")
+
+
+def get_num_threads() -> int:
+    """The number of threads lnorm uses (``LNORM_NUM_THREADS``, ``OMP_NUM_THREADS`` or the CPUs)."""
+    return int(_lnorm.get_num_threads())
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads lnorm uses (>= 1). Small inputs always run on the calling thread.
+
+    >>> import lnorm
+    >>> lnorm.set_num_threads(1); lnorm.get_num_threads()
+    1
+    """
+    if isinstance(n, bool) or not isinstance(n, int) and not hasattr(n, "__index__"):
+        raise TypeError(f"n: must be an int, not {type(n).__name__}")
+    n = int(n.__index__()) if not isinstance(n, int) else n
+    if n < 1:
+        raise ValueError(f"n: must be >= 1, got {n}")
+    _lnorm.set_num_threads(n)
+
+
+def cmake_dir() -> str:
+    """The folder holding lnormConfig.cmake, for ``-Dlnorm_DIR=...``."""
+    return str(Path(__file__).resolve().parent / "share" / "cmake" / "lnorm")
+
+
+def include_dir() -> str:
+    """The folder holding lnorm/lnorm.hpp."""
+    return str(Path(__file__).resolve().parent / "include")
+
+
+def config() -> dict:
+    """What this lnorm is and runs: version, kernel set, threads, OpenMP, CUDA.
+
+    >>> import lnorm
+    >>> sorted(k for k in lnorm.config() if k in ("isa", "version"))
+    ['isa', 'version']
+    """
+    return {
+        "version": __version__,
+        "isa": _lnorm.active_isa(),
+        "isas_available": available_isas(),
+        "num_threads": get_num_threads(),
+        "openmp": bool(_lnorm.openmp()),
+        "cuda_compiled": bool(_lnorm.cuda_compiled()),
+        "cuda_devices": int(_lnorm.cuda_devices()),
+    }
+
+
+def _check_environment() -> None:
+    forced = os.environ.get("LNORM_ISA")
+    if forced and forced not in available_isas():
+        warnings.warn(f"LNORM_ISA={forced!r} cannot run here (available: {available_isas()}); "
+                      f"using {_lnorm.active_isa()!r}", RuntimeWarning, stacklevel=3)

@@ -1,0 +1,341 @@
+"""lnorm's functional API: layer_norm, rms_norm, their backward passes and the fused add + norm.
+
+Every argument is checked here, once, with an error that names it; the native module then runs the
+kernels with the GIL released. Nothing the caller passes is modified, except ``out``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _lnorm
+
+Axis = Union[int, Sequence[int]]
+
+_NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
+_FLOAT32 = np.dtype(np.float32)
+_FLOAT64 = np.dtype(np.float64)
+_SUPPORTED = "float32, float64, float16 or bfloat16"
+
+
+def _is_bfloat16(dtype: np.dtype) -> bool:
+    # ml_dtypes.bfloat16 is a 2-byte dtype of kind 'V'; checking kind first keeps float32 cheap.
+    return dtype.kind == "V" and dtype.itemsize == 2 and dtype.name == "bfloat16"
+
+
+def _as_array(a: Any, name: str, dtype: Optional[np.dtype] = None) -> np.ndarray:
+    """``a`` as an ndarray of a supported float dtype (lists take ``dtype`` when it is given)."""
+    if not isinstance(a, np.ndarray):
+        try:
+            a = np.asarray(a, dtype=dtype)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"{name}: cannot be converted to a NumPy array ({e})") from None
+    dt = a.dtype
+    if dt not in _NATIVE_DTYPES and not _is_bfloat16(dt):
+        raise TypeError(f"{name}: dtype {dt} is not supported (expected {_SUPPORTED})")
+    return a
+
+
+def _native(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The array as the native module takes it: bfloat16 travels as its uint16 bits."""
+    if a is not None and _is_bfloat16(a.dtype):
+        return a.view(np.uint16)
+    return a
+
+
+def _stat_dtype(x: np.ndarray) -> np.dtype:
+    return _FLOAT64 if x.dtype == _FLOAT64 else _FLOAT32
+
+
+def _axes(axis: Axis, ndim: int) -> Tuple[int, ...]:
+    """The normalized axes, non-negative and sorted."""
+    if ndim < 1:
+        raise ValueError("x: must have at least one dimension")
+    if isinstance(axis, (int, np.integer)) and not isinstance(axis, (bool, np.bool_)):
+        items: Sequence[Any] = (axis,)
+    elif isinstance(axis, (tuple, list)):
+        items = axis
+        if not items:
+            raise ValueError("axis: must name at least one axis")
+    else:
+        raise TypeError(f"axis: must be an int or a tuple of ints, not {type(axis).__name__}")
+    out = []
+    for a in items:
+        if isinstance(a, (bool, np.bool_)) or not isinstance(a, (int, np.integer)):
+            raise TypeError(f"axis: must be an int or a tuple of ints, got {a!r}")
+        a = int(a)
+        if not -ndim <= a < ndim:
+            raise ValueError(f"axis: {a} is out of range for an array of {ndim} dimensions")
+        out.append(a % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"axis: repeated axis in {tuple(items)}")
+    return tuple(sorted(out))
+
+
+def _mask(axes: Tuple[int, ...]) -> int:
+    m = 0
+    for a in axes:
+        m |= 1 << a
+    return m
+
+
+def _eps(eps: Any) -> float:
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (int, float, np.integer, np.floating)):
+        raise TypeError(f"eps: must be a real number, not {type(eps).__name__}")
+    e = float(eps)
+    if not (e >= 0.0 and math.isfinite(e)):
+        raise ValueError(f"eps: must be finite and >= 0, got {eps!r}")
+    return e
+
+
+def _param(w: Any, name: str, x: np.ndarray, norm_shape: Tuple[int, ...],
+           like: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+    """A weight-shaped argument: x's dtype or float32 (or the dtype of ``like``), contiguous."""
+    if w is None:
+        return None
+    w = _as_array(w, name, dtype=x.dtype)
+    if like is not None:
+        if w.dtype != like.dtype:
+            raise TypeError(f"{name}: dtype {w.dtype} differs from the other parameters' {like.dtype}")
+    elif w.dtype != x.dtype and w.dtype != _FLOAT32:
+        raise TypeError(f"{name}: dtype {w.dtype} must be x's ({x.dtype}) or float32")
+    if w.shape != norm_shape:
+        raise ValueError(f"{name}: shape {w.shape} does not match the normalized shape {norm_shape}")
+    if not w.flags.c_contiguous:
+        w = np.ascontiguousarray(w)
+    return w
+
+
+def _params(x: np.ndarray, norm_shape: Tuple[int, ...], **named: Any) -> list:
+    """Checks weight-shaped arguments; all given ones must share one dtype (that of the first)."""
+    out, first = [], None
+    for name, w in named.items():
+        p = _param(w, name, x, norm_shape, like=first)
+        first = first if first is not None else p
+        out.append(p)
+    return out
+
+
+def _same_as_x(a: Any, name: str, x: np.ndarray) -> np.ndarray:
+    a = _as_array(a, name, dtype=x.dtype)
+    if a.dtype != x.dtype:
+        raise TypeError(f"{name}: dtype {a.dtype} differs from x's {x.dtype}")
+    if a.shape != x.shape:
+        raise ValueError(f"{name}: shape {a.shape} differs from x's {x.shape}")
+    return a
+
+
+def _overlaps(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when a and b share memory without being the same view (so in place is fine)."""
+    if not np.may_share_memory(a, b):
+        return False
+    same_view = (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+                 and a.strides == b.strides)
+    return not same_view and np.shares_memory(a, b)
+
+
+def _output(out: Any, name: str, x: np.ndarray, inputs: Sequence[np.ndarray] = ()) -> np.ndarray:
+    if out is None:
+        return np.empty(x.shape, x.dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name}: must be a numpy.ndarray, not {type(out).__name__}")
+    if out.dtype != x.dtype:
+        raise TypeError(f"{name}: dtype {out.dtype} differs from x's {x.dtype}")
+    if out.shape != x.shape:
+        raise ValueError(f"{name}: shape {out.shape} differs from x's {x.shape}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name}: is read-only")
+    for a in inputs:
+        if _overlaps(out, a):
+            raise ValueError(f"{name}: partially overlaps an input; pass the input itself to work in place")
+    return out
+
+
+def _stats_shape(x: np.ndarray, axes: Tuple[int, ...]) -> Tuple[int, ...]:
+    return tuple(1 if d in axes else n for d, n in enumerate(x.shape))
+
+
+def _stat(a: Any, name: str, x: np.ndarray, axes: Tuple[int, ...]) -> np.ndarray:
+    """mean or rstd from a forward pass: keepdims shape, float32 or x's dtype, made contiguous."""
+    if not isinstance(a, np.ndarray):
+        try:
+            a = np.asarray(a, dtype=_stat_dtype(x))
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name}: cannot be converted to a NumPy array ({e})") from None
+    if a.dtype != _FLOAT32 and a.dtype != x.dtype:
+        raise TypeError(f"{name}: dtype {a.dtype} must be float32 or x's {x.dtype}")
+    shape = _stats_shape(x, axes)
+    if a.shape != shape:
+        raise ValueError(f"{name}: shape {a.shape} does not match {shape} (x's shape with the "
+                         "normalized axes set to 1)")
+    return np.ascontiguousarray(a, dtype=_stat_dtype(x))
+
+
+def _norm_shape(x: np.ndarray, axes: Tuple[int, ...]) -> Tuple[int, ...]:
+    xs = x.shape
+    shape = tuple([xs[a] for a in axes])
+    if 0 in shape:
+        raise ValueError(f"axis: the normalized axes {axes} of x (shape {x.shape}) are empty")
+    return shape
+
+
+def _forward(rms: bool, x: Any, weight: Any, bias: Any, axis: Axis, eps: Any, out: Any,
+             return_stats: bool):
+    x = _as_array(x, "x")
+    axes = _axes(axis, x.ndim)
+    norm_shape = _norm_shape(x, axes)
+    weight, bias = _params(x, norm_shape, weight=weight, bias=bias)
+    e = _eps(eps)
+    y = _output(out, "out", x, (x,))
+    mean = rstd = None
+    if return_stats:
+        shape, sdt = _stats_shape(x, axes), _stat_dtype(x)
+        mean = None if rms else np.empty(shape, sdt)
+        rstd = np.empty(shape, sdt)
+    _lnorm.norm_forward(rms, _native(x), _native(y), _native(weight), _native(bias), _mask(axes), e,
+                        mean, rstd)
+    if not return_stats:
+        return y
+    return (y, rstd) if rms else (y, mean, rstd)
+
+
+def layer_norm(x, weight=None, bias=None, *, axis: Axis = -1, eps: float = 1e-5, out=None,
+               return_stats: bool = False):
+    """Layer normalization: ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
+
+    ``mean`` and the biased ``var`` are taken over ``axis`` (an int or a tuple; they need not be
+    trailing: ``axis=1`` on an NCHW array normalizes over channels). ``weight`` and ``bias`` have the
+    shape of the normalized axes, in x's dtype or float32. ``out`` may be ``x`` (in place). With
+    ``return_stats=True`` returns ``(y, mean, rstd)``, keepdims shapes, float32 (float64 for float64).
+
+    >>> import numpy as np, lnorm
+    >>> x = np.random.default_rng(0).standard_normal((4, 768), dtype=np.float32)
+    >>> y = lnorm.layer_norm(x, np.ones(768, np.float32), np.zeros(768, np.float32))
+    >>> bool(abs(y.mean(-1)).max() < 1e-5)
+    True
+    """
+    return _forward(False, x, weight, bias, axis, eps, out, return_stats)
+
+
+def rms_norm(x, weight=None, *, axis: Axis = -1, eps: float = 1e-6, out=None,
+             return_stats: bool = False):
+    """RMS normalization: ``y = x / sqrt(mean(x**2) + eps) * weight``.
+
+    Same conventions as :func:`layer_norm`; with ``return_stats=True`` returns ``(y, rstd)``.
+
+    >>> import numpy as np, lnorm
+    >>> x = np.random.default_rng(0).standard_normal((2, 4096), dtype=np.float32)
+    >>> y, rstd = lnorm.rms_norm(x, return_stats=True)
+    >>> rstd.shape
+    (2, 1)
+    """
+    return _forward(True, x, weight, None, axis, eps, out, return_stats)
+
+
+def _backward(rms: bool, dy: Any, x: Any, mean: Any, rstd: Any, weight: Any, axis: Axis):
+    x = _as_array(x, "x")
+    dy = _same_as_x(dy, "dy", x)
+    axes = _axes(axis, x.ndim)
+    norm_shape = _norm_shape(x, axes)
+    (weight,) = _params(x, norm_shape, weight=weight)
+    mean = None if rms else _stat(mean, "mean", x, axes)
+    rstd = _stat(rstd, "rstd", x, axes)
+    dx = np.empty(x.shape, x.dtype)
+    wdt = weight.dtype if weight is not None else x.dtype
+    dweight = np.empty(norm_shape, wdt) if weight is not None else None
+    dbias = None if rms else np.empty(norm_shape, wdt)
+    _lnorm.norm_backward(rms, _native(dy), _native(x), mean, rstd, _native(weight), _native(dx),
+                         _native(dweight), _native(dbias), _mask(axes))
+    return (dx, dweight) if rms else (dx, dweight, dbias)
+
+
+def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis: Axis = -1):
+    """Gradients of :func:`layer_norm`: returns ``(dx, dweight, dbias)``.
+
+    ``mean`` and ``rstd`` are the statistics the forward pass returned (``return_stats=True``).
+    ``dweight`` is None when ``weight`` is None; ``dweight`` and ``dbias`` are sums over the batch
+    axes, in the weight's dtype.
+
+    >>> import numpy as np, lnorm
+    >>> rng = np.random.default_rng(0)
+    >>> x, w = rng.standard_normal((8, 64)), rng.standard_normal(64)
+    >>> y, mean, rstd = lnorm.layer_norm(x, w, return_stats=True)
+    >>> dx, dw, db = lnorm.layer_norm_backward(np.ones_like(y), x, mean, rstd, w)
+    >>> dx.shape, dw.shape, db.shape
+    ((8, 64), (64,), (64,))
+    """
+    return _backward(False, dy, x, mean, rstd, weight, axis)
+
+
+def rms_norm_backward(dy, x, rstd, weight=None, *, axis: Axis = -1):
+    """Gradients of :func:`rms_norm`: returns ``(dx, dweight)`` (``dweight`` None without weight).
+
+    >>> import numpy as np, lnorm
+    >>> x = np.random.default_rng(0).standard_normal((8, 64))
+    >>> y, rstd = lnorm.rms_norm(x, return_stats=True)
+    >>> dx, dw = lnorm.rms_norm_backward(np.ones_like(y), x, rstd)
+    >>> dw is None
+    True
+    """
+    return _backward(True, dy, x, None, rstd, weight, axis)
+
+
+def _add_forward(rms: bool, x: Any, residual: Any, weight: Any, bias: Any, bias_in: Any,
+                 axis: Axis, eps: Any, out: Any, residual_out: Any, return_stats: bool):
+    x = _as_array(x, "x")
+    residual = _same_as_x(residual, "residual", x)
+    axes = _axes(axis, x.ndim)
+    norm_shape = _norm_shape(x, axes)
+    weight, bias, bias_in = _params(x, norm_shape, weight=weight, bias=bias, bias_in=bias_in)
+    e = _eps(eps)
+    s = _output(residual_out, "residual_out", x, (x, residual))
+    y = _output(out, "out", x, (x, residual, s))
+    if out is not None and residual_out is not None and np.may_share_memory(y, s):
+        raise ValueError("out: must not share memory with residual_out")
+    mean = rstd = None
+    if return_stats:
+        shape, sdt = _stats_shape(x, axes), _stat_dtype(x)
+        mean = None if rms else np.empty(shape, sdt)
+        rstd = np.empty(shape, sdt)
+    _lnorm.add_norm_forward(rms, _native(x), _native(residual), _native(bias_in), _native(s),
+                            _native(y), _native(weight), _native(bias), _mask(axes), e, mean, rstd)
+    if not return_stats:
+        return y, s
+    return (y, s, rstd) if rms else (y, s, mean, rstd)
+
+
+def add_layer_norm(x, residual, weight=None, bias=None, *, axis: Axis = -1, eps: float = 1e-5,
+                   bias_in=None, out=None, residual_out=None, return_stats: bool = False):
+    """Fused "add & norm": ``s = x + bias_in + residual`` (rounded to x's dtype), ``y = layer_norm(s)``.
+
+    Returns ``(y, s)`` (``(y, s, mean, rstd)`` with ``return_stats=True``). ``out`` and
+    ``residual_out`` may be ``x`` or ``residual`` themselves, for in-place use.
+
+    >>> import numpy as np, lnorm
+    >>> rng = np.random.default_rng(0)
+    >>> x, r = rng.standard_normal((2, 3, 64), dtype=np.float32), rng.standard_normal((2, 3, 64), dtype=np.float32)
+    >>> y, s = lnorm.add_layer_norm(x, r)
+    >>> bool(np.array_equal(s, x + r))
+    True
+    """
+    return _add_forward(False, x, residual, weight, bias, bias_in, axis, eps, out, residual_out,
+                        return_stats)
+
+
+def add_rms_norm(x, residual, weight=None, *, axis: Axis = -1, eps: float = 1e-6, bias_in=None,
+                 out=None, residual_out=None, return_stats: bool = False):
+    """Fused "add & norm" with RMSNorm: ``s = x + bias_in + residual``, ``y = rms_norm(s)``.
+
+    Returns ``(y, s)`` (``(y, s, rstd)`` with ``return_stats=True``).
+
+    >>> import numpy as np, lnorm
+    >>> x = np.ones((2, 8), np.float32)
+    >>> y, s = lnorm.add_rms_norm(x, x)
+    >>> float(y[0, 0])
+    1.0
+    """
+    return _add_forward(True, x, residual, weight, None, bias_in, axis, eps, out, residual_out,
+                        return_stats)
