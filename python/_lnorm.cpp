@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include <lnorm/lnorm.hpp>
+#include "_lnorm_calls.hpp"
 
 namespace nb = nanobind;
 
@@ -56,6 +56,7 @@ struct view {
       expect *= shape[d];
       size *= shape[d];
     }
+    if (size == 0) contiguous = true;
   }
   lnorm::strided arg() const { return {data, strides}; }
 };
@@ -126,16 +127,9 @@ void norm_forward(bool rms, const in_array& x_, const out_array& y_, const std::
   void* r = const_cast<void*>(checked(rstd, "rstd", p.rows, st, st));
   lnorm::status s;
   with_types(x.type, w, [&](auto t, auto wt) {
-    using T = decltype(t);
-    using W = decltype(wt);
-    using S = lnorm::stat_t<T>;
     nb::gil_scoped_release release;
-    if (rms)
-      s = lnorm::try_rms_norm_nd<T, W>(p.ndim, x.shape, p.normalized, x.arg(), y.arg(), static_cast<const W*>(g), eps,
-                                       static_cast<S*>(r));
-    else
-      s = lnorm::try_layer_norm_nd<T, W>(p.ndim, x.shape, p.normalized, x.arg(), y.arg(), static_cast<const W*>(g),
-                                         static_cast<const W*>(b), eps, static_cast<S*>(m), static_cast<S*>(r));
+    s = lnorm_py::norm_forward_call<decltype(t), decltype(wt)>(rms, p.ndim, x.shape, p.normalized, x.arg(), y.arg(), g,
+                                                               b, eps, m, r);
   });
   lnorm::throw_if_failed(s);
 }
@@ -157,13 +151,9 @@ void add_norm_forward(bool rms, const in_array& x_, const in_array& residual_, c
   void* r = const_cast<void*>(checked(rstd, "rstd", p.rows, st, st));
   lnorm::status status;
   with_types(x.type, w, [&](auto t, auto wt) {
-    using T = decltype(t);
-    using W = decltype(wt);
-    using S = lnorm::stat_t<T>;
     nb::gil_scoped_release release;
-    status = lnorm::try_add_norm_nd<T, W>(rms, p.ndim, x.shape, p.normalized, x.arg(), res.arg(),
-                                          static_cast<const W*>(bi), s.arg(), y.arg(), static_cast<const W*>(g),
-                                          static_cast<const W*>(b), eps, static_cast<S*>(m), static_cast<S*>(r));
+    status = lnorm_py::add_norm_call<decltype(t), decltype(wt)>(rms, p.ndim, x.shape, p.normalized, x.arg(), res.arg(),
+                                                                bi, s.arg(), y.arg(), g, b, eps, m, r);
   });
   lnorm::throw_if_failed(status);
 }
@@ -184,13 +174,9 @@ void norm_backward(bool rms, const in_array& dy_, const in_array& x_, const std:
   if (!rms && !m) throw std::invalid_argument("mean: required for layer_norm_backward");
   lnorm::status s;
   with_types(x.type, w, [&](auto t, auto wt) {
-    using T = decltype(t);
-    using W = decltype(wt);
-    using S = lnorm::stat_t<T>;
     nb::gil_scoped_release release;
-    s = lnorm::try_norm_backward_nd<T, W>(rms, p.ndim, x.shape, p.normalized, dy.arg(), x.arg(), static_cast<const S*>(m),
-                                          static_cast<const S*>(r), static_cast<const W*>(g), dx.arg(),
-                                          static_cast<W*>(dg), static_cast<W*>(db));
+    s = lnorm_py::norm_backward_call<decltype(t), decltype(wt)>(rms, p.ndim, x.shape, p.normalized, dy.arg(), x.arg(),
+                                                                m, r, g, dx.arg(), dg, db);
   });
   lnorm::throw_if_failed(s);
 }

@@ -119,6 +119,24 @@ def rms_norm_backward_ref(dy, x, rstd, weight=None, axis=-1):
     return dx, dweight
 
 
+def dx_scale(dy, x, rstd, weight=None, axis=-1, mean=None):
+    """Scale for dx errors: rstd * max|dy * weight| * (1 + max|xhat|) per row, maximized over rows;
+    the size of the terms that dx is made of, which stays meaningful when dx itself cancels (a row
+    of one element has dx = 0 exactly)."""
+    x = np.asarray(x, dtype=np.float64)
+    axes = norm_axes(x.ndim, axis)
+    r = np.abs(np.asarray(rstd, dtype=np.float64))
+    g = np.abs(np.asarray(dy, dtype=np.float64))
+    if weight is not None:
+        g = g * np.abs(_bcast(weight, x.shape, axes))
+    xc = x if mean is None else x - np.asarray(mean, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        xhat = np.abs(xc * r)
+        s = r * g.max(axis=axes, keepdims=True) * (1 + xhat.max(axis=axes, keepdims=True))
+    s = s[np.isfinite(s)]
+    return float(s.max(initial=0.0)) or 1.0
+
+
 def param_grad_scale(dy, x_hat_abs, axes):
     """Scale for dweight/dbias errors: the sum over the batch of |terms| (not |sum|), so that a
     sum that cancels is still held to the rounding of its terms."""
@@ -133,8 +151,8 @@ def param_grad_scale(dy, x_hat_abs, axes):
 
 
 def assert_close(actual, expected, dtype=None, *, tol=None, scale=None, what="result"):
-    """|actual - expected| <= tol * (scale + |expected|) elementwise, scale defaulting to the largest
-    finite |expected| (so the check is absolute near zero and relative away from it).
+    """|actual - expected| <= tol * (scale + |expected|) elementwise, scale defaulting to the
+    largest finite |expected| (so the check is absolute near zero and relative away from it).
 
     NaN must sit exactly where `expected` has NaN; infinities must match exactly.
     """
@@ -162,11 +180,13 @@ def assert_close(actual, expected, dtype=None, *, tol=None, scale=None, what="re
     bound = tol * (scale + np.abs(ef))
     bad = err > bound
     if bad.any():
-        i = int(np.argmax(err / bound))
+        with np.errstate(all="ignore"):
+            i = int(np.argmax(err / bound))
+            rel = err.max() / scale
         raise AssertionError(
             f"{what}: {bad.sum()} of {err.size} elements off; worst actual={af[i]!r} "
             f"expected={ef[i]!r} err={err[i]:.3e} bound={bound[i]:.3e} (tol={tol:g}, "
-            f"scale={scale:.3e}); max err/scale = {err.max() / scale:.3e}")
+            f"scale={scale:.3e}); max err/scale = {rel:.3e}")
 
 
 def max_rel_err(actual, expected, scale=None):

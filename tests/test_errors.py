@@ -20,10 +20,8 @@ def _forward_calls():
     return [
         ("layer_norm", lambda x, **kw: lnorm.layer_norm(x, **kw)),
         ("rms_norm", lambda x, **kw: lnorm.rms_norm(x, **kw)),
-        ("add_layer_norm",
-         lambda x, **kw: lnorm.add_layer_norm(x, np.ones(np.shape(x), np.float32), **kw)),
-        ("add_rms_norm",
-         lambda x, **kw: lnorm.add_rms_norm(x, np.ones(np.shape(x), np.float32), **kw)),
+        ("add_layer_norm", lambda x, **kw: lnorm.add_layer_norm(x, np.ones_like(x), **kw)),
+        ("add_rms_norm", lambda x, **kw: lnorm.add_rms_norm(x, np.ones_like(x), **kw)),
     ]
 
 

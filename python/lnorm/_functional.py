@@ -286,8 +286,8 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, axis: Axis = -1):
 def _add_forward(rms: bool, x: Any, residual: Any, weight: Any, bias: Any, bias_in: Any,
                  axis: Axis, eps: Any, out: Any, residual_out: Any, return_stats: bool):
     x = _as_array(x, "x")
-    residual = _same_as_x(residual, "residual", x)
     axes = _axes(axis, x.ndim)
+    residual = _same_as_x(residual, "residual", x)
     norm_shape = _norm_shape(x, axes)
     weight, bias, bias_in = _params(x, norm_shape, weight=weight, bias=bias, bias_in=bias_in)
     e = _eps(eps)

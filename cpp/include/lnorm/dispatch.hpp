@@ -14,6 +14,17 @@
 #define LNORM_ARM64 1
 #endif
 
+// Which kernel sets this build carries. Each can be left out with LNORM_DISABLE_<ISA>.
+#if defined(LNORM_X86) && !defined(LNORM_DISABLE_AVX2)
+#define LNORM_HAVE_AVX2_KERNELS 1
+#endif
+#if defined(LNORM_X86) && !defined(LNORM_DISABLE_AVX512)
+#define LNORM_HAVE_AVX512_KERNELS 1
+#endif
+#if defined(LNORM_ARM64) && (defined(__GNUC__) || defined(__clang__)) && !defined(LNORM_DISABLE_NEON)
+#define LNORM_HAVE_NEON_KERNELS 1
+#endif
+
 namespace lnorm {
 
 /// The kernel sets, best last within each architecture.

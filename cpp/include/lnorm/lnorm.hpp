@@ -22,6 +22,9 @@
 #include "half.hpp"
 #include "parallel.hpp"
 #include "reference.hpp"
+#include "kernels/avx2.hpp"
+#include "kernels/avx512.hpp"
+#include "kernels/neon.hpp"
 
 #define LNORM_VERSION_MAJOR 0
 #define LNORM_VERSION_MINOR 1
@@ -229,9 +232,7 @@ inline status execute(const layout& L, T* const* base, const Op& op) noexcept {
   };
 
   if (Op::partial_size == 0) {
-    parallel_for(tasks, workers, [&](std::int64_t t0, std::int64_t t1) {
-      run_tasks(t0, t1, workers == 1 ? 0 : t0 * workers / tasks, nullptr);
-    });
+    parallel_for(tasks, workers, [&](std::int64_t t0, std::int64_t t1, int worker) { run_tasks(t0, t1, worker, nullptr); });
     return {};
   }
   // With partials: fixed chunks of tasks, each accumulating into its own partial block.
@@ -240,10 +241,9 @@ inline status execute(const layout& L, T* const* base, const Op& op) noexcept {
   std::unique_ptr<partial_t[]> partials(new (std::nothrow) partial_t[static_cast<std::size_t>(chunks * psize)]());
   if (!partials) return {status_code::out_of_memory, "out of memory for dgamma/dbeta partials"};
   const int chunk_workers = static_cast<int>(std::min<std::int64_t>(workers, chunks));
-  parallel_for(chunks, chunk_workers, [&](std::int64_t k0, std::int64_t k1) {
-    const std::int64_t slot = chunk_workers == 1 ? 0 : k0 * chunk_workers / chunks;
+  parallel_for(chunks, chunk_workers, [&](std::int64_t k0, std::int64_t k1, int worker) {
     for (std::int64_t k = k0; k < k1; ++k)
-      run_tasks(tasks * k / chunks, tasks * (k + 1) / chunks, slot, partials.get() + k * psize);
+      run_tasks(tasks * k / chunks, tasks * (k + 1) / chunks, worker, partials.get() + k * psize);
   });
   op.finish(partials.get(), chunks, L.cols);
   return {};
@@ -265,7 +265,7 @@ inline void reduce_partials(const P* partials, std::int64_t chunks, std::int64_t
 
 template <class K, class T, class W>
 struct layer_norm_op {
-  using partial_t = typename K::partial_t;
+  using partial_t = stat_t<T>;  // dgamma/dbeta partial sums
   static constexpr int n_in = 1, n_arrays = 2;  // x | y
   static constexpr int partial_size = 0;
   const W *gamma, *beta;
@@ -286,7 +286,7 @@ struct layer_norm_op {
 
 template <class K, class T, class W>
 struct rms_norm_op {
-  using partial_t = typename K::partial_t;
+  using partial_t = stat_t<T>;  // dgamma/dbeta partial sums
   static constexpr int n_in = 1, n_arrays = 2;  // x | y
   static constexpr int partial_size = 0;
   const W* gamma;
@@ -306,7 +306,7 @@ struct rms_norm_op {
 // s = x + bias_in + residual, then the norm of s: arrays x, residual | s, y.
 template <class K, class T, class W, bool Rms>
 struct add_norm_op {
-  using partial_t = typename K::partial_t;
+  using partial_t = stat_t<T>;  // dgamma/dbeta partial sums
   static constexpr int n_in = 2, n_arrays = 4;
   static constexpr int partial_size = 0;
   const W *bias_in, *gamma, *beta;
@@ -335,7 +335,7 @@ struct add_norm_op {
 // Backward: arrays x, dy | dx. Partials per chunk: dgamma then (LayerNorm) dbeta, n each.
 template <class K, class T, class W, bool Rms>
 struct norm_backward_op {
-  using partial_t = typename K::partial_t;
+  using partial_t = stat_t<T>;  // dgamma/dbeta partial sums
   static constexpr int n_in = 2, n_arrays = 3;
   static constexpr int partial_size = 1;
   const W* gamma;
@@ -365,6 +365,15 @@ struct norm_backward_op {
 template <class F>
 inline status with_kernels(F&& f) noexcept {
   switch (current_isa()) {
+#if defined(LNORM_HAVE_AVX512_KERNELS)
+    case isa::avx512: return f(avx512::kernels{});
+#endif
+#if defined(LNORM_HAVE_AVX2_KERNELS)
+    case isa::avx2: return f(avx2::kernels{});
+#endif
+#if defined(LNORM_HAVE_NEON_KERNELS)
+    case isa::neon: return f(neon::kernels{});
+#endif
     default: return f(scalar::kernels{});
   }
 }

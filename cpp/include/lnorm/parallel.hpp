@@ -114,7 +114,7 @@ inline bool openmp_enabled() noexcept {
 }
 
 /// Split [0, n) into `workers` contiguous blocks, block w = [n*w/workers, n*(w+1)/workers), and run
-/// f(begin, end) on each, on up to `workers` threads. The split depends only on n and workers.
+/// f(begin, end, w) on each, on up to `workers` threads. The split depends only on n and workers.
 template <class F>
 void parallel_for(std::int64_t n, int workers, F&& f) noexcept {
   if (n <= 0) return;
@@ -122,7 +122,7 @@ void parallel_for(std::int64_t n, int workers, F&& f) noexcept {
   auto& s = detail::threads_state();
   detail::install_fork_handler();
   if (workers == 1 || s.forked_child.load(std::memory_order_relaxed)) {
-    f(std::int64_t{0}, n);
+    f(std::int64_t{0}, n, 0);
     return;
   }
   struct ctx_t {
@@ -133,7 +133,7 @@ void parallel_for(std::int64_t n, int workers, F&& f) noexcept {
   auto block = [](void* p, std::int64_t w) {
     auto* c = static_cast<ctx_t*>(p);
     const std::int64_t b = c->n * w / c->workers, e = c->n * (w + 1) / c->workers;
-    if (b < e) (*c->f)(b, e);
+    if (b < e) (*c->f)(b, e, static_cast<int>(w));
   };
   if (s.has_engine_pool.load(std::memory_order_acquire)) {
     s.engine_pool.run(s.engine_pool.pool, workers, block, &ctx);

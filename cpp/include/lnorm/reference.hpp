@@ -21,6 +21,11 @@ namespace lnorm {
 template <class T>
 using stat_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
+/// What the kernels compute in: float for float32 and the 16-bit types, double for float64 (the
+/// scalar set widens its statistics further, to double, for all types).
+template <class T>
+using calc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
 /// Widest tile of unit-stride columns a column kernel handles at once (the non-trailing-axis case).
 inline constexpr std::int64_t kColumnTile = 64;
 
@@ -159,7 +164,6 @@ inline double weight_at(const W* w, std::int64_t i, double absent) noexcept {
 
 struct kernels {
   static constexpr const char* name = "scalar";
-  using partial_t = double;  // dgamma/dbeta partial sums
 
   // ---- rows: contiguous, n elements ------------------------------------------------------------
 
@@ -191,7 +195,7 @@ struct kernels {
   /// dx of layer_norm for one row, and dgamma/dbeta partials accumulated into dg/db (if not null).
   template <class T, class W>
   static void layer_norm_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma,
-                                      double mean, double rstd, partial_t* dg, partial_t* db) noexcept {
+                                      double mean, double rstd, stat_t<T>* dg, stat_t<T>* db) noexcept {
     double sum_g = 0, sum_gx = 0;
     for (std::int64_t i = 0; i < n; ++i) {
       const double xhat = (widen(x[i]) - mean) * rstd;
@@ -213,7 +217,7 @@ struct kernels {
   /// dx of rms_norm for one row, and dgamma partials accumulated into dg (if not null).
   template <class T, class W>
   static void rms_norm_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma,
-                                    double rstd, partial_t* dg) noexcept {
+                                    double rstd, stat_t<T>* dg) noexcept {
     double sum_gx = 0;
     for (std::int64_t i = 0; i < n; ++i) {
       const double xhat = widen(x[i]) * rstd;
@@ -229,11 +233,15 @@ struct kernels {
     }
   }
 
-  /// s = x + bias_in + residual, rounded once to T (bias_in may be null).
+  /// s = (x + bias_in) + residual in calc_t<T>, rounded to T (bias_in may be null): for float32 the
+  /// same two roundings as adding a linear layer's bias and then the residual in float32.
   template <class T, class W>
   static void add_row(const T* x, const T* residual, const W* bias_in, T* s, std::int64_t n) noexcept {
+    using E = calc_t<T>;
     for (std::int64_t i = 0; i < n; ++i) {
-      s[i] = narrow<T>(widen(x[i]) + detail::weight_at(bias_in, i, 0.0) + widen(residual[i]));
+      const E xb = bias_in ? static_cast<E>(static_cast<E>(widen(x[i])) + static_cast<E>(widen(bias_in[i])))
+                           : static_cast<E>(widen(x[i]));
+      s[i] = narrow<T>(static_cast<E>(xb + static_cast<E>(widen(residual[i]))));
     }
   }
 
@@ -306,8 +314,8 @@ struct kernels {
   template <class T, class W>
   static void layer_norm_backward_cols(const T* x, std::int64_t xs, const T* dy, std::int64_t dys, T* dx,
                                        std::int64_t dxs, std::int64_t n, std::int64_t width, const W* gamma,
-                                       const stat_t<T>* mean, const stat_t<T>* rstd, partial_t* dg,
-                                       partial_t* db) noexcept {
+                                       const stat_t<T>* mean, const stat_t<T>* rstd, stat_t<T>* dg,
+                                       stat_t<T>* db) noexcept {
     double sg[kColumnTile], sgx[kColumnTile];
     for (std::int64_t l = 0; l < width; ++l) sg[l] = sgx[l] = 0;
     for (std::int64_t c = 0; c < n; ++c) {
@@ -339,7 +347,7 @@ struct kernels {
   template <class T, class W>
   static void rms_norm_backward_cols(const T* x, std::int64_t xs, const T* dy, std::int64_t dys, T* dx,
                                      std::int64_t dxs, std::int64_t n, std::int64_t width, const W* gamma,
-                                     const stat_t<T>* rstd, partial_t* dg) noexcept {
+                                     const stat_t<T>* rstd, stat_t<T>* dg) noexcept {
     double sgx[kColumnTile];
     for (std::int64_t l = 0; l < width; ++l) sgx[l] = 0;
     for (std::int64_t c = 0; c < n; ++c) {
@@ -363,15 +371,21 @@ struct kernels {
     }
   }
 
+  // Lanes of one channel: s = (x + bias_in[0]) + residual, as add_row does element by element.
+  template <class T, class W>
+  static void add_lanes(const T* x, const T* residual, const W* bias, T* s, std::int64_t width) noexcept {
+    using E = calc_t<T>;
+    for (std::int64_t l = 0; l < width; ++l) {
+      const E xb = bias ? static_cast<E>(static_cast<E>(widen(x[l])) + static_cast<E>(widen(bias[0])))
+                        : static_cast<E>(widen(x[l]));
+      s[l] = narrow<T>(static_cast<E>(xb + static_cast<E>(widen(residual[l]))));
+    }
+  }
+
   template <class T, class W>
   static void add_cols(const T* x, std::int64_t xs, const T* residual, std::int64_t rs, const W* bias_in,
                        T* s, std::int64_t ss, std::int64_t n, std::int64_t width) noexcept {
-    for (std::int64_t c = 0; c < n; ++c) {
-      const double b = detail::weight_at(bias_in, c, 0.0);
-      for (std::int64_t l = 0; l < width; ++l) {
-        s[c * ss + l] = narrow<T>(widen(x[c * xs + l]) + b + widen(residual[c * rs + l]));
-      }
-    }
+    for (std::int64_t c = 0; c < n; ++c) add_lanes(x + c * xs, residual + c * rs, bias_in ? bias_in + c : nullptr, s + c * ss, width);
   }
 
 };

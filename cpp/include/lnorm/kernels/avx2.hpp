@@ -1,0 +1,140 @@
+// lnorm/kernels/avx2.hpp: the AVX2 kernel set (with FMA and F16C), 8 floats or 4 doubles per register;
+// tails go through a small stack buffer. Compiled in a target region, run only where the CPU has AVX2.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "../dispatch.hpp"
+#include "../reference.hpp"
+
+#if defined(LNORM_HAVE_AVX2_KERNELS)
+#include <immintrin.h>
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,bmi2"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,bmi2")
+#endif
+
+namespace lnorm {
+namespace avx2 {
+
+// Lanes [0, n) all ones, the rest zero, as a 256-bit mask.
+inline __m256i lane_mask32(std::int64_t n) noexcept {
+  const int k = n <= 0 ? 0 : n >= 8 ? 8 : static_cast<int>(n);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+template <class E>
+struct vec;
+
+template <>
+struct vec<float> {
+  using reg = __m256;
+  static constexpr std::int64_t lanes = 8;
+  static reg zero() noexcept { return _mm256_setzero_ps(); }
+  static reg set1(float v) noexcept { return _mm256_set1_ps(v); }
+  static reg load(const float* p) noexcept { return _mm256_loadu_ps(p); }
+  static reg load(const float16_t* p) noexcept { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static reg load(const bfloat16_t* p) noexcept {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  }
+  template <class X>
+  static reg load_n(const X* p, std::int64_t n) noexcept {
+    if (n >= lanes) return load(p);
+    X buf[lanes];
+    std::memset(static_cast<void*>(buf), 0, sizeof buf);
+    if (n > 0) std::memcpy(static_cast<void*>(buf), static_cast<const void*>(p), static_cast<std::size_t>(n) * sizeof(X));
+    return load(buf);
+  }
+  static void store(float* p, reg v) noexcept { _mm256_storeu_ps(p, v); }
+  static void store(float16_t* p, reg v) noexcept {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  static void store(bfloat16_t* p, reg v) noexcept {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb));
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    r = _mm256_blendv_epi8(r, _mm256_or_si256(u, _mm256_set1_epi32(0x00400000)), nan);
+    r = _mm256_srli_epi32(r, 16);
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+  }
+  template <class X>
+  static void store_n(X* p, reg v, std::int64_t n) noexcept {
+    if (n >= lanes) return store(p, v);
+    X buf[lanes];
+    store(buf, v);
+    if (n > 0) std::memcpy(static_cast<void*>(p), static_cast<const void*>(buf), static_cast<std::size_t>(n) * sizeof(X));
+  }
+  static reg add(reg a, reg b) noexcept { return _mm256_add_ps(a, b); }
+  static reg sub(reg a, reg b) noexcept { return _mm256_sub_ps(a, b); }
+  static reg mul(reg a, reg b) noexcept { return _mm256_mul_ps(a, b); }
+  static reg fma(reg a, reg b, reg c) noexcept { return _mm256_fmadd_ps(a, b, c); }
+  static reg head(reg v, std::int64_t n) noexcept { return _mm256_and_ps(v, _mm256_castsi256_ps(lane_mask32(n))); }
+  static float sum(reg v) noexcept {
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+  }
+};
+
+template <>
+struct vec<double> {
+  using reg = __m256d;
+  static constexpr std::int64_t lanes = 4;
+  static reg zero() noexcept { return _mm256_setzero_pd(); }
+  static reg set1(double v) noexcept { return _mm256_set1_pd(v); }
+  static reg load(const double* p) noexcept { return _mm256_loadu_pd(p); }
+  static reg load(const float* p) noexcept { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
+  template <class X>
+  static reg load_n(const X* p, std::int64_t n) noexcept {
+    if (n >= lanes) return load(p);
+    X buf[lanes];
+    std::memset(static_cast<void*>(buf), 0, sizeof buf);
+    if (n > 0) std::memcpy(static_cast<void*>(buf), static_cast<const void*>(p), static_cast<std::size_t>(n) * sizeof(X));
+    return load(buf);
+  }
+  static void store(double* p, reg v) noexcept { _mm256_storeu_pd(p, v); }
+  static void store_n(double* p, reg v, std::int64_t n) noexcept {
+    if (n >= lanes) return store(p, v);
+    double buf[lanes];
+    store(buf, v);
+    if (n > 0) std::memcpy(p, buf, static_cast<std::size_t>(n) * sizeof(double));
+  }
+  static reg add(reg a, reg b) noexcept { return _mm256_add_pd(a, b); }
+  static reg sub(reg a, reg b) noexcept { return _mm256_sub_pd(a, b); }
+  static reg mul(reg a, reg b) noexcept { return _mm256_mul_pd(a, b); }
+  static reg fma(reg a, reg b, reg c) noexcept { return _mm256_fmadd_pd(a, b, c); }
+  static reg head(reg v, std::int64_t n) noexcept {
+    const int k = n <= 0 ? 0 : n >= 4 ? 4 : static_cast<int>(n);
+    const __m256i m = _mm256_cmpgt_epi64(_mm256_set1_epi64x(k), _mm256_setr_epi64x(0, 1, 2, 3));
+    return _mm256_and_pd(v, _mm256_castsi256_pd(m));
+  }
+  static double sum(reg v) noexcept {
+    __m128d q = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    q = _mm_add_sd(q, _mm_unpackhi_pd(q, q));
+    return _mm_cvtsd_f64(q);
+  }
+};
+
+#define LNORM_SIMD_NAME "avx2"
+#include "simd_body.inl"
+#undef LNORM_SIMD_NAME
+
+}  // namespace avx2
+}  // namespace lnorm
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+#endif

@@ -1,0 +1,137 @@
+// lnorm/kernels/avx512.hpp: the AVX-512 kernel set (F, DQ, BW, VL; with FMA and F16C), 16 floats or
+// 8 doubles per register, masked tails. Compiled in a target region: a consumer built with plain -O2
+// still carries these kernels, and dispatch.hpp runs them only on a CPU (and OS) that has AVX-512.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "../dispatch.hpp"
+#include "../reference.hpp"
+
+#if defined(LNORM_HAVE_AVX512_KERNELS)
+#include <immintrin.h>
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c,bmi2"))), \
+                             apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c,bmi2")
+// GCC 12's AVX-512 headers build "undefined" vectors as `__m256d __Y = __Y;`, which -Wuninitialized
+// reports wherever the intrinsic is inlined. Nothing of lnorm's is uninitialized.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace lnorm {
+namespace avx512 {
+
+template <class E>
+struct vec;
+
+template <>
+struct vec<float> {
+  using reg = __m512;
+  static constexpr std::int64_t lanes = 16;
+  static __mmask16 mask(std::int64_t n) noexcept {
+    return n >= 16 ? static_cast<__mmask16>(0xffff) : n <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << n) - 1);
+  }
+  static reg zero() noexcept { return _mm512_setzero_ps(); }
+  static reg set1(float v) noexcept { return _mm512_set1_ps(v); }
+  static reg load(const float* p) noexcept { return _mm512_loadu_ps(p); }
+  static reg load(const float16_t* p) noexcept {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static reg load(const bfloat16_t* p) noexcept {
+    return from_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static reg load_n(const float* p, std::int64_t n) noexcept { return _mm512_maskz_loadu_ps(mask(n), p); }
+  static reg load_n(const float16_t* p, std::int64_t n) noexcept {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask(n), p));
+  }
+  static reg load_n(const bfloat16_t* p, std::int64_t n) noexcept {
+    return from_bf16(_mm256_maskz_loadu_epi16(mask(n), p));
+  }
+  static void store(float* p, reg v) noexcept { _mm512_storeu_ps(p, v); }
+  static void store(float16_t* p, reg v) noexcept {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  static void store(bfloat16_t* p, reg v) noexcept { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_bf16(v)); }
+  static void store_n(float* p, reg v, std::int64_t n) noexcept { _mm512_mask_storeu_ps(p, mask(n), v); }
+  static void store_n(float16_t* p, reg v, std::int64_t n) noexcept {
+    _mm256_mask_storeu_epi16(p, mask(n), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  static void store_n(bfloat16_t* p, reg v, std::int64_t n) noexcept { _mm256_mask_storeu_epi16(p, mask(n), to_bf16(v)); }
+  static reg add(reg a, reg b) noexcept { return _mm512_add_ps(a, b); }
+  static reg sub(reg a, reg b) noexcept { return _mm512_sub_ps(a, b); }
+  static reg mul(reg a, reg b) noexcept { return _mm512_mul_ps(a, b); }
+  static reg fma(reg a, reg b, reg c) noexcept { return _mm512_fmadd_ps(a, b, c); }
+  static reg head(reg v, std::int64_t n) noexcept { return _mm512_maskz_mov_ps(mask(n), v); }
+  static float sum(reg v) noexcept {
+    // Pairwise: 16 -> 8 -> 4 -> then the 128-bit tree.
+    // (A lane shuffle rather than _mm512_extractf64x4_pd, whose GCC 12 header trips -Wuninitialized.)
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_castps512_ps256(_mm512_shuffle_f32x4(v, v, 0x4e)));
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+  }
+
+ private:
+  static reg from_bf16(__m256i h) noexcept { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+  // Round to nearest even on the bits; NaN stays a (quiet) NaN.
+  static __m256i to_bf16(reg v) noexcept {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb));
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x00400000)));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+  }
+};
+
+template <>
+struct vec<double> {
+  using reg = __m512d;
+  static constexpr std::int64_t lanes = 8;
+  static __mmask8 mask(std::int64_t n) noexcept {
+    return n >= 8 ? static_cast<__mmask8>(0xff) : n <= 0 ? static_cast<__mmask8>(0) : static_cast<__mmask8>((1u << n) - 1);
+  }
+  static reg zero() noexcept { return _mm512_setzero_pd(); }
+  static reg set1(double v) noexcept { return _mm512_set1_pd(v); }
+  static reg load(const double* p) noexcept { return _mm512_loadu_pd(p); }
+  static reg load(const float* p) noexcept { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
+  static reg load_n(const double* p, std::int64_t n) noexcept { return _mm512_maskz_loadu_pd(mask(n), p); }
+  static reg load_n(const float* p, std::int64_t n) noexcept { return _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask(n), p)); }
+  static void store(double* p, reg v) noexcept { _mm512_storeu_pd(p, v); }
+  static void store_n(double* p, reg v, std::int64_t n) noexcept { _mm512_mask_storeu_pd(p, mask(n), v); }
+  static reg add(reg a, reg b) noexcept { return _mm512_add_pd(a, b); }
+  static reg sub(reg a, reg b) noexcept { return _mm512_sub_pd(a, b); }
+  static reg mul(reg a, reg b) noexcept { return _mm512_mul_pd(a, b); }
+  static reg fma(reg a, reg b, reg c) noexcept { return _mm512_fmadd_pd(a, b, c); }
+  static reg head(reg v, std::int64_t n) noexcept { return _mm512_maskz_mov_pd(mask(n), v); }
+  static double sum(reg v) noexcept {
+    const __m256d h = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_castpd512_pd256(_mm512_shuffle_f64x2(v, v, 0x4e)));
+    __m128d q = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
+    q = _mm_add_sd(q, _mm_unpackhi_pd(q, q));
+    return _mm_cvtsd_f64(q);
+  }
+};
+
+#define LNORM_SIMD_NAME "avx512"
+#include "simd_body.inl"
+#undef LNORM_SIMD_NAME
+
+}  // namespace avx512
+}  // namespace lnorm
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#endif
+
+#endif

@@ -1,0 +1,2 @@
+// lnorm/kernels/neon.hpp: the NEON kernel set (aarch64).
+#pragma once

@@ -1,0 +1,491 @@
+// lnorm/kernels/simd_body.inl: the SIMD kernel set, written once over a small vector interface and
+// included inside each ISA's namespace and target region (avx2.hpp, avx512.hpp, neon.hpp), so every
+// function here is compiled separately, and under a distinct name, for each ISA (no ODR clash).
+//
+// Before including, the ISA header defines in its namespace `template <class E> struct vec` for
+// E = float and double, each with:
+//   reg; lanes; zero(); set1(E); load(const X*) and load_n(const X*, n) (widening X to E, zero-filled
+//   past n, n may be <= 0 or >= lanes); store(X*, reg) and store_n(X*, reg, n) (narrowing, round to
+//   nearest even); add, sub, mul, fma(a, b, c) = a*b + c; sum(reg) -> E; head(reg, n) (lanes >= n
+//   zeroed); stream(X*, reg) (a non-temporal store where the ISA has one, else store).
+// and the macro LNORM_SIMD_NAME.
+//
+// Numerics (same as the scalar set, at vector speed): statistics in float for float32 and 16-bit data
+// (double for float64) by the corrected two-pass scheme; the first pass's rough mean m0 is refined by
+// c = mean(x - m0), which is exact enough because x - m0 is small next to x. A row whose sums are not
+// finite (data near the float32 maximum, or Inf/NaN in the row) is redone by the scalar kernels,
+// which accumulate in double and rescale: correct, and off the fast path.
+
+struct kernels {
+  static constexpr const char* name = LNORM_SIMD_NAME;
+
+ private:
+  template <class T>
+  using V = vec<calc_t<T>>;
+
+  // Statistics of one row by the corrected two-pass scheme: m0 (rough mean), c (its correction) and
+  // the biased variance.
+  template <class T>
+  static void row_moments(const T* x, std::int64_t n, calc_t<T>& m0, calc_t<T>& c, calc_t<T>& var) noexcept {
+    using E = calc_t<T>;
+    using R = typename V<T>::reg;
+    constexpr std::int64_t L = V<T>::lanes;
+    // 4 accumulators: FP add latency 4, 2 ports; the row streams from memory here.
+    R s0 = V<T>::zero(), s1 = V<T>::zero(), s2 = V<T>::zero(), s3 = V<T>::zero();
+    std::int64_t i = 0;
+    for (; i + 4 * L <= n; i += 4 * L) {
+      s0 = V<T>::add(s0, V<T>::load(x + i));
+      s1 = V<T>::add(s1, V<T>::load(x + i + L));
+      s2 = V<T>::add(s2, V<T>::load(x + i + 2 * L));
+      s3 = V<T>::add(s3, V<T>::load(x + i + 3 * L));
+    }
+    for (; i + L <= n; i += L) s0 = V<T>::add(s0, V<T>::load(x + i));
+    if (i < n) s1 = V<T>::add(s1, V<T>::load_n(x + i, n - i));
+    m0 = V<T>::sum(V<T>::add(V<T>::add(s0, s1), V<T>::add(s2, s3))) / static_cast<E>(n);
+    // Second pass (the row is in cache now): sums of d = x - m0 and d^2, 2 x 2 accumulators.
+    const R vm = V<T>::set1(m0);
+    R d0 = V<T>::zero(), d1 = V<T>::zero(), q0 = V<T>::zero(), q1 = V<T>::zero();
+    i = 0;
+    for (; i + 2 * L <= n; i += 2 * L) {
+      const R a = V<T>::sub(V<T>::load(x + i), vm), b = V<T>::sub(V<T>::load(x + i + L), vm);
+      d0 = V<T>::add(d0, a);
+      d1 = V<T>::add(d1, b);
+      q0 = V<T>::fma(a, a, q0);
+      q1 = V<T>::fma(b, b, q1);
+    }
+    for (; i < n; i += L) {
+      const R a = V<T>::head(V<T>::sub(V<T>::load_n(x + i, n - i), vm), n - i);
+      d0 = V<T>::add(d0, a);
+      q0 = V<T>::fma(a, a, q0);
+    }
+    c = V<T>::sum(V<T>::add(d0, d1)) / static_cast<E>(n);
+    var = V<T>::sum(V<T>::add(q0, q1)) / static_cast<E>(n) - c * c;
+    if (var < 0) var = 0;
+  }
+
+  template <class T>
+  static void row_mean_square(const T* x, std::int64_t n, calc_t<T>& ms) noexcept {
+    using R = typename V<T>::reg;
+    constexpr std::int64_t L = V<T>::lanes;
+    R q0 = V<T>::zero(), q1 = V<T>::zero(), q2 = V<T>::zero(), q3 = V<T>::zero();
+    std::int64_t i = 0;
+    for (; i + 4 * L <= n; i += 4 * L) {
+      const R a = V<T>::load(x + i), b = V<T>::load(x + i + L);
+      const R c = V<T>::load(x + i + 2 * L), d = V<T>::load(x + i + 3 * L);
+      q0 = V<T>::fma(a, a, q0);
+      q1 = V<T>::fma(b, b, q1);
+      q2 = V<T>::fma(c, c, q2);
+      q3 = V<T>::fma(d, d, q3);
+    }
+    for (; i < n; i += L) {
+      const R a = V<T>::load_n(x + i, n - i);
+      q0 = V<T>::fma(a, a, q0);
+    }
+    ms = V<T>::sum(V<T>::add(V<T>::add(q0, q1), V<T>::add(q2, q3))) / static_cast<calc_t<T>>(n);
+  }
+
+  // Whether float statistics are trustworthy: finite, and a variance (or mean square) that is not so
+  // small that its squares lost bits to underflow while eps is too small to hide that. Otherwise the
+  // scalar kernels, which work in double and rescale, redo the row (or lane).
+  template <class E>
+  static bool stats_ok(E m, E c, E var, double eps) noexcept {
+    const E tiny = std::numeric_limits<E>::min() * E(1e15);
+    return std::isfinite(m) && std::isfinite(c) && std::isfinite(var) && (var >= tiny || eps >= 1e-12);
+  }
+
+  static double rstd_apply(double var_plus_eps) noexcept {
+    return var_plus_eps > 0 ? 1.0 / std::sqrt(var_plus_eps) : 0.0;
+  }
+
+  // y = ((x - m0) - c) * r * gamma + beta for k elements at i (k >= lanes: a full vector).
+  template <bool G, bool B, class T, class W>
+  static void normalize_chunk(const T* x, T* y, std::int64_t k, const W* gamma, const W* beta,
+                              typename V<T>::reg vm, typename V<T>::reg vc, typename V<T>::reg vr) noexcept {
+    using R = typename V<T>::reg;
+    using VW = vec<calc_t<T>>;
+    const bool full = k >= V<T>::lanes;
+    const R xv = full ? V<T>::load(x) : V<T>::load_n(x, k);
+    R t = V<T>::mul(V<T>::sub(V<T>::sub(xv, vm), vc), vr);
+    if constexpr (G) t = V<T>::mul(t, full ? VW::load(gamma) : VW::load_n(gamma, k));
+    if constexpr (B) t = V<T>::add(t, full ? VW::load(beta) : VW::load_n(beta, k));
+    if (full) V<T>::store(y, t);
+    else V<T>::store_n(y, t, k);
+  }
+
+  // The whole row; gamma/beta presence fixed at compile time.
+  template <bool G, bool B, class T, class W>
+  static void normalize_row(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
+                            calc_t<T> c, calc_t<T> r) noexcept {
+    using R = typename V<T>::reg;
+    constexpr std::int64_t L = V<T>::lanes;
+    const R vm = V<T>::set1(m0), vc = V<T>::set1(c), vr = V<T>::set1(r);
+    std::int64_t i = 0;
+    for (; i + L <= n; i += L) normalize_chunk<G, B>(x + i, y + i, L, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
+    if (i < n) normalize_chunk<G, B>(x + i, y + i, n - i, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
+  }
+
+  template <class T, class W>
+  static void normalize_row_any(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
+                                calc_t<T> c, calc_t<T> r) noexcept {
+    if (gamma && beta) normalize_row<true, true>(x, y, n, gamma, beta, m0, c, r);
+    else if (gamma) normalize_row<true, false>(x, y, n, gamma, beta, m0, c, r);
+    else if (beta) normalize_row<false, true>(x, y, n, gamma, beta, m0, c, r);
+    else normalize_row<false, false>(x, y, n, gamma, beta, m0, c, r);
+  }
+
+ public:
+  // ---- rows ---------------------------------------------------------------------------------
+
+  template <class T, class W>
+  static void layer_norm_row(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, double eps,
+                             stat_t<T>* mean, stat_t<T>* rstd) noexcept {
+    using E = calc_t<T>;
+    E m0, c, var;
+    row_moments(x, n, m0, c, var);
+    if (!stats_ok(m0, c, var, eps)) {
+      scalar::kernels::layer_norm_row(x, y, n, gamma, beta, eps, mean, rstd);
+      return;
+    }
+    const double ve = static_cast<double>(var) + eps;
+    normalize_row_any(x, y, n, gamma, beta, m0, c, static_cast<E>(rstd_apply(ve)));
+    if (mean) *mean = static_cast<stat_t<T>>(static_cast<double>(m0) + static_cast<double>(c));
+    if (rstd) *rstd = static_cast<stat_t<T>>(1.0 / std::sqrt(ve));
+  }
+
+  template <class T, class W>
+  static void rms_norm_row(const T* x, T* y, std::int64_t n, const W* gamma, double eps,
+                           stat_t<T>* rstd) noexcept {
+    using E = calc_t<T>;
+    E ms;
+    row_mean_square(x, n, ms);
+    if (!stats_ok(E(0), E(0), ms, eps)) {
+      scalar::kernels::rms_norm_row(x, y, n, gamma, eps, rstd);
+      return;
+    }
+    const double ve = static_cast<double>(ms) + eps;
+    normalize_row_any(x, y, n, gamma, static_cast<const W*>(nullptr), E(0), E(0), static_cast<E>(rstd_apply(ve)));
+    if (rstd) *rstd = static_cast<stat_t<T>>(1.0 / std::sqrt(ve));
+  }
+
+  template <class T, class W>
+  static void layer_norm_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma,
+                                      double mean, double rstd, stat_t<T>* dg, stat_t<T>* db) noexcept {
+    backward_row<false>(x, dy, dx, n, gamma, mean, rstd, dg, db);
+  }
+
+  template <class T, class W>
+  static void rms_norm_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double rstd,
+                                    stat_t<T>* dg) noexcept {
+    backward_row<true>(x, dy, dx, n, gamma, 0.0, rstd, dg, static_cast<stat_t<T>*>(nullptr));
+  }
+
+  template <class T, class W>
+  static void add_row(const T* x, const T* residual, const W* bias_in, T* s, std::int64_t n) noexcept {
+    using R = typename V<T>::reg;
+    constexpr std::int64_t L = V<T>::lanes;
+    std::int64_t i = 0;
+    for (; i < n; i += L) {
+      const std::int64_t k = n - i;
+      const bool full = k >= L;
+      R a = full ? V<T>::load(x + i) : V<T>::load_n(x + i, k);
+      if (bias_in) a = V<T>::add(a, full ? V<T>::load(bias_in + i) : V<T>::load_n(bias_in + i, k));
+      a = V<T>::add(a, full ? V<T>::load(residual + i) : V<T>::load_n(residual + i, k));
+      if (full) V<T>::store(s + i, a);
+      else V<T>::store_n(s + i, a, k);
+    }
+  }
+
+ private:
+  // k elements (a full vector if k >= lanes) of the backward's first sweep: sg += g*dy,
+  // sx += g*dy*xhat, and this row's share of the dgamma/dbeta partials.
+  template <bool Rms, class T, class W>
+  static void backward_sums(const T* x, const T* dy, std::int64_t k, const W* gamma, typename V<T>::reg vm,
+                            typename V<T>::reg vr, stat_t<T>* dg, stat_t<T>* db, typename V<T>::reg& sg,
+                            typename V<T>::reg& sx) noexcept {
+    using R = typename V<T>::reg;
+    using VW = vec<calc_t<T>>;
+    const bool full = k >= V<T>::lanes;
+    const R xv = full ? V<T>::load(x) : V<T>::load_n(x, k);
+    const R d = full ? V<T>::load(dy) : V<T>::load_n(dy, k);
+    const R xh = V<T>::head(Rms ? V<T>::mul(xv, vr) : V<T>::mul(V<T>::sub(xv, vm), vr), k);
+    const R gd = gamma ? V<T>::mul(d, full ? VW::load(gamma) : VW::load_n(gamma, k)) : d;
+    if (!Rms) sg = V<T>::add(sg, gd);
+    sx = V<T>::fma(gd, xh, sx);
+    if (dg) {
+      const R p = V<T>::fma(d, xh, full ? VW::load(dg) : VW::load_n(dg, k));
+      if (full) VW::store(dg, p);
+      else VW::store_n(dg, p, k);
+    }
+    if (db) {
+      const R p = V<T>::add(d, full ? VW::load(db) : VW::load_n(db, k));
+      if (full) VW::store(db, p);
+      else VW::store_n(db, p, k);
+    }
+  }
+
+  // dx = rstd * (g*dy - mean(g*dy) - xhat * mean(g*dy*xhat)); dg += dy*xhat; db += dy.
+  template <bool Rms, class T, class W>
+  static void backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean_d,
+                           double rstd_d, stat_t<T>* dg, stat_t<T>* db) noexcept {
+    using E = calc_t<T>;
+    using R = typename V<T>::reg;
+    using VW = vec<E>;
+    constexpr std::int64_t L = V<T>::lanes;
+    const R vm = V<T>::set1(static_cast<E>(mean_d)), vr = V<T>::set1(static_cast<E>(rstd_d));
+    R sg0 = V<T>::zero(), sg1 = V<T>::zero(), sx0 = V<T>::zero(), sx1 = V<T>::zero();
+    // First sweep: the two row sums, and the dgamma/dbeta partials of this row.
+    std::int64_t i = 0;
+    for (; i + 2 * L <= n; i += 2 * L) {
+      backward_sums<Rms>(x + i, dy + i, L, gamma ? gamma + i : gamma, vm, vr, dg ? dg + i : dg, db ? db + i : db, sg0, sx0);
+      backward_sums<Rms>(x + i + L, dy + i + L, L, gamma ? gamma + i + L : gamma, vm, vr, dg ? dg + i + L : dg,
+                         db ? db + i + L : db, sg1, sx1);
+    }
+    for (; i < n; i += L)
+      backward_sums<Rms>(x + i, dy + i, n - i, gamma ? gamma + i : gamma, vm, vr, dg ? dg + i : dg, db ? db + i : db, sg0, sx0);
+    const R c1 = V<T>::set1(Rms ? E(0) : V<T>::sum(V<T>::add(sg0, sg1)) / static_cast<E>(n));
+    const R c2 = V<T>::set1(V<T>::sum(V<T>::add(sx0, sx1)) / static_cast<E>(n));
+    // Second sweep: dx.
+    for (i = 0; i < n; i += L) {
+      const std::int64_t k = n - i;
+      const bool full = k >= L;
+      const R xv = full ? V<T>::load(x + i) : V<T>::load_n(x + i, k);
+      const R d = full ? V<T>::load(dy + i) : V<T>::load_n(dy + i, k);
+      const R xh = Rms ? V<T>::mul(xv, vr) : V<T>::mul(V<T>::sub(xv, vm), vr);
+      const R gd = gamma ? V<T>::mul(d, full ? VW::load(gamma + i) : VW::load_n(gamma + i, k)) : d;
+      // rstd * ((gd - c1) - xh * c2)
+      const R t = V<T>::mul(vr, V<T>::sub(V<T>::sub(gd, c1), V<T>::mul(xh, c2)));
+      if (full) V<T>::store(dx + i, t);
+      else V<T>::store_n(dx + i, t, k);
+    }
+  }
+
+ public:
+  // ---- column tiles (non-trailing axes): lanes are unit-stride, the normalized axis strides ------
+  // A tile is kColumnTile lanes = kColumnTile / lanes registers per statistic, kept in arrays the
+  // compiler keeps in registers where it can.
+
+  template <class T, class W>
+  static void layer_norm_cols(const T* x, std::int64_t xs, T* y, std::int64_t ys, std::int64_t n,
+                              std::int64_t width, const W* gamma, const W* beta, double eps,
+                              stat_t<T>* mean, stat_t<T>* rstd) noexcept {
+    layer_norm_cols_impl<true>(x, xs, y, ys, n, width, gamma, beta, eps, mean, rstd);
+  }
+
+  template <class T, class W>
+  static void rms_norm_cols(const T* x, std::int64_t xs, T* y, std::int64_t ys, std::int64_t n,
+                            std::int64_t width, const W* gamma, double eps, stat_t<T>* rstd) noexcept {
+    rms_norm_cols_impl<true>(x, xs, y, ys, n, width, gamma, eps, rstd);
+  }
+
+ private:
+  // Lanes are independent and computed alike wherever they sit in a tile. When some lane's float
+  // statistics are not good, the tile is redone as runs: good lanes by the SIMD code (Split = false,
+  // bitwise the same results), the others by the scalar kernels. Nothing was written before, so this
+  // is safe in place.
+  template <bool Split, class T, class W>
+  static void layer_norm_cols_impl(const T* x, std::int64_t xs, T* y, std::int64_t ys, std::int64_t n,
+                                   std::int64_t width, const W* gamma, const W* beta, double eps,
+                                   stat_t<T>* mean, stat_t<T>* rstd) noexcept {
+    using E = calc_t<T>;
+    using R = typename V<T>::reg;
+    using VW = vec<E>;
+    constexpr std::int64_t L = V<T>::lanes, NR = kColumnTile / L;
+    const std::int64_t nr = (width + L - 1) / L;
+    R m[NR], d[NR], q[NR];
+    for (std::int64_t j = 0; j < NR; ++j) m[j] = d[j] = q[j] = V<T>::zero();
+    for (std::int64_t c = 0; c < n; ++c)
+      for (std::int64_t j = 0; j < nr; ++j) m[j] = V<T>::add(m[j], V<T>::load_n(x + c * xs + j * L, width - j * L));
+    const R inv_n = V<T>::set1(E(1) / static_cast<E>(n));
+    for (std::int64_t j = 0; j < nr; ++j) m[j] = V<T>::mul(m[j], inv_n);
+    for (std::int64_t c = 0; c < n; ++c)
+      for (std::int64_t j = 0; j < nr; ++j) {
+        const R a = V<T>::head(V<T>::sub(V<T>::load_n(x + c * xs + j * L, width - j * L), m[j]), width - j * L);
+        d[j] = V<T>::add(d[j], a);
+        q[j] = V<T>::fma(a, a, q[j]);
+      }
+    // Per lane: c = d/n, var = q/n - c^2, r = 1/sqrt(var + eps); done lane by lane in double, where
+    // the scalar set's rules (constant lanes, non-finite lanes) apply exactly.
+    alignas(64) E mv[kColumnTile], cv[kColumnTile], rv[kColumnTile], dv[kColumnTile], qv[kColumnTile];
+    for (std::int64_t j = 0; j < nr; ++j) {
+      V<T>::store(mv + j * L, m[j]);
+      V<T>::store(dv + j * L, d[j]);
+      V<T>::store(qv + j * L, q[j]);
+    }
+    bool good[kColumnTile], all_good = true;
+    for (std::int64_t l = 0; l < width; ++l) {
+      const E cl = dv[l] / static_cast<E>(n);
+      E var = qv[l] / static_cast<E>(n) - cl * cl;
+      if (var < 0) var = 0;
+      good[l] = stats_ok(mv[l], cl, var, eps);
+      all_good &= good[l];
+      const double ve = static_cast<double>(var) + eps;
+      cv[l] = cl;
+      rv[l] = static_cast<E>(rstd_apply(ve));
+      if (mean) mean[l] = static_cast<stat_t<T>>(static_cast<double>(mv[l]) + static_cast<double>(cl));
+      if (rstd) rstd[l] = static_cast<stat_t<T>>(1.0 / std::sqrt(ve));
+    }
+    if (!all_good) {
+      for (std::int64_t l0 = 0, l = 1; l <= width; ++l) {
+        if (l < width && good[l] == good[l0]) continue;
+        stat_t<T>* m_run = mean ? mean + l0 : nullptr;
+        stat_t<T>* r_run = rstd ? rstd + l0 : nullptr;
+        if (Split && good[l0]) layer_norm_cols_impl<false>(x + l0, xs, y + l0, ys, n, l - l0, gamma, beta, eps, m_run, r_run);
+        else scalar::kernels::layer_norm_cols(x + l0, xs, y + l0, ys, n, l - l0, gamma, beta, eps, m_run, r_run);
+        l0 = l;
+      }
+      return;
+    }
+    R cr[NR], rr[NR];
+    for (std::int64_t j = 0; j < nr; ++j) {
+      cr[j] = V<T>::load(cv + j * L);
+      rr[j] = V<T>::load(rv + j * L);
+    }
+    for (std::int64_t c = 0; c < n; ++c) {
+      const R g = V<T>::set1(gamma ? static_cast<E>(widen(gamma[c])) : E(1));
+      const R b = V<T>::set1(beta ? static_cast<E>(widen(beta[c])) : E(0));
+      for (std::int64_t j = 0; j < nr; ++j) {
+        const std::int64_t k = width - j * L;
+        const R xv = V<T>::load_n(x + c * xs + j * L, k);
+        const R t = VW::fma(V<T>::mul(V<T>::sub(V<T>::sub(xv, m[j]), cr[j]), rr[j]), g, b);
+        if (k >= L) V<T>::store(y + c * ys + j * L, t);
+        else V<T>::store_n(y + c * ys + j * L, t, k);
+      }
+    }
+  }
+
+  template <bool Split, class T, class W>
+  static void rms_norm_cols_impl(const T* x, std::int64_t xs, T* y, std::int64_t ys, std::int64_t n,
+                                 std::int64_t width, const W* gamma, double eps, stat_t<T>* rstd) noexcept {
+    using E = calc_t<T>;
+    using R = typename V<T>::reg;
+    constexpr std::int64_t L = V<T>::lanes, NR = kColumnTile / L;
+    const std::int64_t nr = (width + L - 1) / L;
+    R q[NR];
+    for (std::int64_t j = 0; j < NR; ++j) q[j] = V<T>::zero();
+    for (std::int64_t c = 0; c < n; ++c)
+      for (std::int64_t j = 0; j < nr; ++j) {
+        const R a = V<T>::load_n(x + c * xs + j * L, width - j * L);
+        q[j] = V<T>::fma(a, a, q[j]);
+      }
+    alignas(64) E qv[kColumnTile], rv[kColumnTile];
+    for (std::int64_t j = 0; j < nr; ++j) V<T>::store(qv + j * L, q[j]);
+    bool good[kColumnTile], all_good = true;
+    for (std::int64_t l = 0; l < width; ++l) {
+      const E ms = qv[l] / static_cast<E>(n);
+      good[l] = stats_ok(E(0), E(0), ms, eps);
+      all_good &= good[l];
+      const double ve = static_cast<double>(ms) + eps;
+      rv[l] = static_cast<E>(rstd_apply(ve));
+      if (rstd) rstd[l] = static_cast<stat_t<T>>(1.0 / std::sqrt(ve));
+    }
+    if (!all_good) {
+      for (std::int64_t l0 = 0, l = 1; l <= width; ++l) {
+        if (l < width && good[l] == good[l0]) continue;
+        stat_t<T>* r_run = rstd ? rstd + l0 : nullptr;
+        if (Split && good[l0]) rms_norm_cols_impl<false>(x + l0, xs, y + l0, ys, n, l - l0, gamma, eps, r_run);
+        else scalar::kernels::rms_norm_cols(x + l0, xs, y + l0, ys, n, l - l0, gamma, eps, r_run);
+        l0 = l;
+      }
+      return;
+    }
+    R rr[NR];
+    for (std::int64_t j = 0; j < nr; ++j) rr[j] = V<T>::load(rv + j * L);
+    for (std::int64_t c = 0; c < n; ++c) {
+      const R g = V<T>::set1(gamma ? static_cast<E>(widen(gamma[c])) : E(1));
+      for (std::int64_t j = 0; j < nr; ++j) {
+        const std::int64_t k = width - j * L;
+        const R t = V<T>::mul(V<T>::mul(V<T>::load_n(x + c * xs + j * L, k), rr[j]), g);
+        if (k >= L) V<T>::store(y + c * ys + j * L, t);
+        else V<T>::store_n(y + c * ys + j * L, t, k);
+      }
+    }
+  }
+
+ public:
+  template <class T, class W>
+  static void layer_norm_backward_cols(const T* x, std::int64_t xs, const T* dy, std::int64_t dys, T* dx,
+                                       std::int64_t dxs, std::int64_t n, std::int64_t width, const W* gamma,
+                                       const stat_t<T>* mean, const stat_t<T>* rstd, stat_t<T>* dg,
+                                       stat_t<T>* db) noexcept {
+    backward_cols<false>(x, xs, dy, dys, dx, dxs, n, width, gamma, mean, rstd, dg, db);
+  }
+
+  template <class T, class W>
+  static void rms_norm_backward_cols(const T* x, std::int64_t xs, const T* dy, std::int64_t dys, T* dx,
+                                     std::int64_t dxs, std::int64_t n, std::int64_t width, const W* gamma,
+                                     const stat_t<T>* rstd, stat_t<T>* dg) noexcept {
+    backward_cols<true>(x, xs, dy, dys, dx, dxs, n, width, gamma, static_cast<const stat_t<T>*>(nullptr), rstd, dg,
+                        static_cast<stat_t<T>*>(nullptr));
+  }
+
+  template <class T, class W>
+  static void add_cols(const T* x, std::int64_t xs, const T* residual, std::int64_t rs, const W* bias_in, T* s,
+                       std::int64_t ss, std::int64_t n, std::int64_t width) noexcept {
+    using E = calc_t<T>;
+    using R = typename V<T>::reg;
+    constexpr std::int64_t L = V<T>::lanes;
+    for (std::int64_t c = 0; c < n; ++c) {
+      const R b = V<T>::set1(bias_in ? static_cast<E>(widen(bias_in[c])) : E(0));
+      for (std::int64_t j = 0; j * L < width; ++j) {
+        const std::int64_t k = width - j * L;
+        R a = V<T>::load_n(x + c * xs + j * L, k);
+        if (bias_in) a = V<T>::add(a, b);
+        a = V<T>::add(a, V<T>::load_n(residual + c * rs + j * L, k));
+        if (k >= L) V<T>::store(s + c * ss + j * L, a);
+        else V<T>::store_n(s + c * ss + j * L, a, k);
+      }
+    }
+  }
+
+ private:
+  template <bool Rms, class T, class W>
+  static void backward_cols(const T* x, std::int64_t xs, const T* dy, std::int64_t dys, T* dx, std::int64_t dxs,
+                            std::int64_t n, std::int64_t width, const W* gamma, const stat_t<T>* mean,
+                            const stat_t<T>* rstd, stat_t<T>* dg, stat_t<T>* db) noexcept {
+    using E = calc_t<T>;
+    using R = typename V<T>::reg;
+    using VS = vec<stat_t<T>>;
+    constexpr std::int64_t L = V<T>::lanes, NR = kColumnTile / L;
+    const std::int64_t nr = (width + L - 1) / L;
+    R m[NR], r[NR], sg[NR], sx[NR];
+    for (std::int64_t j = 0; j < NR; ++j) {
+      m[j] = r[j] = sg[j] = sx[j] = V<T>::zero();
+    }
+    for (std::int64_t j = 0; j < nr; ++j) {
+      if (!Rms) m[j] = VS::load_n(mean + j * L, width - j * L);
+      r[j] = VS::load_n(rstd + j * L, width - j * L);
+    }
+    for (std::int64_t c = 0; c < n; ++c) {
+      const R g = V<T>::set1(gamma ? static_cast<E>(widen(gamma[c])) : E(1));
+      R pg = V<T>::zero(), pb = V<T>::zero();
+      for (std::int64_t j = 0; j < nr; ++j) {
+        const std::int64_t k = width - j * L;
+        const R xv = V<T>::load_n(x + c * xs + j * L, k), d = V<T>::load_n(dy + c * dys + j * L, k);
+        const R xh = V<T>::head(Rms ? V<T>::mul(xv, r[j]) : V<T>::mul(V<T>::sub(xv, m[j]), r[j]), k);
+        const R gd = V<T>::mul(d, g);
+        if (!Rms) sg[j] = V<T>::add(sg[j], gd);
+        sx[j] = V<T>::fma(gd, xh, sx[j]);
+        pg = V<T>::fma(d, xh, pg);
+        pb = V<T>::add(pb, d);
+      }
+      if (dg) dg[c] += static_cast<stat_t<T>>(V<T>::sum(pg));
+      if (db) db[c] += static_cast<stat_t<T>>(V<T>::sum(pb));
+    }
+    const R inv_n = V<T>::set1(E(1) / static_cast<E>(n));
+    for (std::int64_t j = 0; j < nr; ++j) {
+      sg[j] = V<T>::mul(sg[j], inv_n);
+      sx[j] = V<T>::mul(sx[j], inv_n);
+    }
+    for (std::int64_t c = 0; c < n; ++c) {
+      const R g = V<T>::set1(gamma ? static_cast<E>(widen(gamma[c])) : E(1));
+      for (std::int64_t j = 0; j < nr; ++j) {
+        const std::int64_t k = width - j * L;
+        const R xv = V<T>::load_n(x + c * xs + j * L, k), d = V<T>::load_n(dy + c * dys + j * L, k);
+        const R xh = Rms ? V<T>::mul(xv, r[j]) : V<T>::mul(V<T>::sub(xv, m[j]), r[j]);
+        const R t = V<T>::mul(r[j], V<T>::sub(V<T>::sub(V<T>::mul(d, g), sg[j]), V<T>::mul(xh, sx[j])));
+        if (k >= L) V<T>::store(dx + c * dxs + j * L, t);
+        else V<T>::store_n(dx + c * dxs + j * L, t, k);
+      }
+    }
+  }
+};
