@@ -176,27 +176,53 @@ def _stat(a: Any, name: str, x: np.ndarray, axes: Tuple[int, ...]) -> np.ndarray
 
 def _norm_shape(x: np.ndarray, axes: Tuple[int, ...]) -> Tuple[int, ...]:
     xs = x.shape
-    shape = tuple([xs[a] for a in axes])
+    shape = (xs[axes[0]],) if len(axes) == 1 else tuple([xs[a] for a in axes])
     if 0 in shape:
         raise ValueError(f"axis: the normalized axes {axes} of x (shape {x.shape}) are empty")
     return shape
 
 
+# (axis, ndim) -> (sorted axes, bit mask): the axis arithmetic of a call shape, done once.
+_AXIS_PLANS: dict = {}
+
+
+def _axis_plan(axis: Axis, ndim: int) -> Tuple[Tuple[int, ...], int]:
+    try:
+        return _AXIS_PLANS[axis, ndim]
+    except (KeyError, TypeError):  # new, or unhashable (a list)
+        pass
+    axes = _axes(axis, ndim)
+    plan = (axes, _mask(axes))
+    if isinstance(axis, (int, tuple)) and len(_AXIS_PLANS) < 4096:
+        _AXIS_PLANS[axis, ndim] = plan
+    return plan
+
+
+def _fast_param(w: Any, x: np.ndarray, norm_shape: Tuple[int, ...]) -> bool:
+    """True when w needs no conversion: an ndarray of x's dtype, the right shape, contiguous."""
+    return type(w) is np.ndarray and w.dtype == x.dtype and w.shape == norm_shape and w.flags.c_contiguous
+
+
 def _forward(rms: bool, x: Any, weight: Any, bias: Any, axis: Axis, eps: Any, out: Any,
              return_stats: bool):
-    x = _as_array(x, "x")
-    axes = _axes(axis, x.ndim)
+    if type(x) is not np.ndarray or x.dtype not in _NATIVE_DTYPES:
+        x = _as_array(x, "x")
+    axes, mask = _axis_plan(axis, x.ndim)
     norm_shape = _norm_shape(x, axes)
-    weight, bias = _params(x, norm_shape, weight=weight, bias=bias)
-    e = _eps(eps)
-    y = _output(out, "out", x, (x,))
+    if not ((weight is None or _fast_param(weight, x, norm_shape))
+            and (bias is None or _fast_param(bias, x, norm_shape))):
+        weight, bias = _params(x, norm_shape, weight=weight, bias=bias)
+    e = eps if type(eps) is float and 0.0 <= eps < math.inf else _eps(eps)
+    y = np.empty(x.shape, x.dtype) if out is None else _output(out, "out", x, (x,))
     mean = rstd = None
     if return_stats:
         shape, sdt = _stats_shape(x, axes), _stat_dtype(x)
         mean = None if rms else np.empty(shape, sdt)
         rstd = np.empty(shape, sdt)
-    _lnorm.norm_forward(rms, _native(x), _native(y), _native(weight), _native(bias), _mask(axes), e,
-                        mean, rstd)
+    if x.dtype.kind == "V":  # bfloat16 travels as its bits
+        _lnorm.norm_forward(rms, _native(x), _native(y), _native(weight), _native(bias), mask, e, mean, rstd)
+    else:
+        _lnorm.norm_forward(rms, x, y, weight, bias, mask, e, mean, rstd)
     if not return_stats:
         return y
     return (y, rstd) if rms else (y, mean, rstd)

@@ -172,6 +172,9 @@ inline void copy_row(const layout& L, int a, T* strided_base, T* buf, bool to_bu
 // Fewer elements than this per worker and the work stays on fewer threads (a lone 768-wide row never
 // pays a fork/join).
 inline constexpr std::int64_t kMinElementsPerThread = 32768;
+// Outputs larger than this are written with non-temporal stores: they would not stay in cache, and
+// streaming saves the read-for-ownership of every line (a third of the memory traffic).
+inline constexpr std::int64_t kStreamingStoreBytes = std::int64_t{16} << 20;
 // dgamma/dbeta partials: this many fixed chunks of tasks at most, whatever the thread count, so that
 // the reduction order, and so the result, never depends on the number of threads.
 inline constexpr std::int64_t kMaxPartialChunks = 64;
@@ -272,9 +275,10 @@ struct layer_norm_op {
   double eps;
   stat_t<T>*mean, *rstd;
   std::int64_t n;
+  bool stream;
   void row(T* const* p, std::int64_t r, partial_t*) const noexcept {
     K::template layer_norm_row<T, W>(p[0], p[1], n, gamma, beta, eps, mean ? mean + r : nullptr,
-                                     rstd ? rstd + r : nullptr);
+                                     rstd ? rstd + r : nullptr, stream);
   }
   void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t*) const noexcept {
     K::template layer_norm_cols<T, W>(p[0], s[0], p[1], s[1], n, w, gamma, beta, eps, mean ? mean + r0 : nullptr,
@@ -293,8 +297,9 @@ struct rms_norm_op {
   double eps;
   stat_t<T>* rstd;
   std::int64_t n;
+  bool stream;
   void row(T* const* p, std::int64_t r, partial_t*) const noexcept {
-    K::template rms_norm_row<T, W>(p[0], p[1], n, gamma, eps, rstd ? rstd + r : nullptr);
+    K::template rms_norm_row<T, W>(p[0], p[1], n, gamma, eps, rstd ? rstd + r : nullptr, stream);
   }
   void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t*) const noexcept {
     K::template rms_norm_cols<T, W>(p[0], s[0], p[1], s[1], n, w, gamma, eps, rstd ? rstd + r0 : nullptr);
@@ -378,6 +383,13 @@ inline status with_kernels(F&& f) noexcept {
   }
 }
 
+// Whether a row-layout output should be written with non-temporal stores: large, and not in place
+// (in place, the lines were just read and sit in cache anyway).
+inline bool streams(const layout& L, const void* out, const void* in, std::size_t elem) noexcept {
+  return L.kind == layout_kind::rows && out != in &&
+         L.rows * L.cols * static_cast<std::int64_t>(elem) >= kStreamingStoreBytes;
+}
+
 inline status check_problem(int ndim, const std::int64_t* shape, const bool* normalized, double eps,
                             bool need_eps) noexcept {
   if (ndim < 1 || ndim > kMaxDims) return fail("x: ndim must be between 1 and 64");
@@ -420,7 +432,7 @@ status try_layer_norm_nd(int ndim, const std::int64_t* shape, const bool* normal
   T* base[2] = {const_cast<T*>(static_cast<const T*>(x.data)), static_cast<T*>(const_cast<void*>(y.data))};
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
-    return detail::execute(L, base, detail::layer_norm_op<K, T, W>{gamma, beta, eps, mean, rstd, L.cols});
+    return detail::execute(L, base, detail::layer_norm_op<K, T, W>{gamma, beta, eps, mean, rstd, L.cols, detail::streams(L, y.data, x.data, sizeof(T))});
   });
 }
 
@@ -436,7 +448,7 @@ status try_rms_norm_nd(int ndim, const std::int64_t* shape, const bool* normaliz
   T* base[2] = {const_cast<T*>(static_cast<const T*>(x.data)), static_cast<T*>(const_cast<void*>(y.data))};
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
-    return detail::execute(L, base, detail::rms_norm_op<K, T, W>{gamma, eps, rstd, L.cols});
+    return detail::execute(L, base, detail::rms_norm_op<K, T, W>{gamma, eps, rstd, L.cols, detail::streams(L, y.data, x.data, sizeof(T))});
   });
 }
 

@@ -55,7 +55,16 @@ struct vec<float> {
   static void store(float16_t* p, reg v) noexcept {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
-  static void store(bfloat16_t* p, reg v) noexcept {
+  static void store(bfloat16_t* p, reg v) noexcept { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), to_bf16(v)); }
+  // Non-temporal stores of a full vector; p aligned to lanes * sizeof(X) bytes.
+  static void stream(float* p, reg v) noexcept { _mm256_stream_ps(p, v); }
+  static void stream(float16_t* p, reg v) noexcept {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  static void stream(bfloat16_t* p, reg v) noexcept { _mm_stream_si128(reinterpret_cast<__m128i*>(p), to_bf16(v)); }
+  static void fence() noexcept { _mm_sfence(); }
+  // Round to nearest even on the bits; NaN stays a (quiet) NaN. 8 floats -> 8 bfloat16 in 128 bits.
+  static __m128i to_bf16(reg v) noexcept {
     const __m256i u = _mm256_castps_si256(v);
     const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
     __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb));
@@ -63,7 +72,7 @@ struct vec<float> {
     r = _mm256_blendv_epi8(r, _mm256_or_si256(u, _mm256_set1_epi32(0x00400000)), nan);
     r = _mm256_srli_epi32(r, 16);
     const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+    return _mm256_castsi256_si128(packed);
   }
   template <class X>
   static void store_n(X* p, reg v, std::int64_t n) noexcept {
@@ -108,6 +117,8 @@ struct vec<double> {
     store(buf, v);
     if (n > 0) std::memcpy(p, buf, static_cast<std::size_t>(n) * sizeof(double));
   }
+  static void stream(double* p, reg v) noexcept { _mm256_stream_pd(p, v); }
+  static void fence() noexcept { _mm_sfence(); }
   static reg add(reg a, reg b) noexcept { return _mm256_add_pd(a, b); }
   static reg sub(reg a, reg b) noexcept { return _mm256_sub_pd(a, b); }
   static reg mul(reg a, reg b) noexcept { return _mm256_mul_pd(a, b); }

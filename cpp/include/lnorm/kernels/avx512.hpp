@@ -64,6 +64,13 @@ struct vec<float> {
     _mm256_mask_storeu_epi16(p, mask(n), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
   static void store_n(bfloat16_t* p, reg v, std::int64_t n) noexcept { _mm256_mask_storeu_epi16(p, mask(n), to_bf16(v)); }
+  // Non-temporal stores of a full vector; p aligned to lanes * sizeof(X) bytes.
+  static void stream(float* p, reg v) noexcept { _mm512_stream_ps(p, v); }
+  static void stream(float16_t* p, reg v) noexcept {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  static void stream(bfloat16_t* p, reg v) noexcept { _mm256_stream_si256(reinterpret_cast<__m256i*>(p), to_bf16(v)); }
+  static void fence() noexcept { _mm_sfence(); }
   static reg add(reg a, reg b) noexcept { return _mm512_add_ps(a, b); }
   static reg sub(reg a, reg b) noexcept { return _mm512_sub_ps(a, b); }
   static reg mul(reg a, reg b) noexcept { return _mm512_mul_ps(a, b); }
@@ -107,6 +114,8 @@ struct vec<double> {
   static reg load_n(const float* p, std::int64_t n) noexcept { return _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask(n), p)); }
   static void store(double* p, reg v) noexcept { _mm512_storeu_pd(p, v); }
   static void store_n(double* p, reg v, std::int64_t n) noexcept { _mm512_mask_storeu_pd(p, mask(n), v); }
+  static void stream(double* p, reg v) noexcept { _mm512_stream_pd(p, v); }
+  static void fence() noexcept { _mm_sfence(); }
   static reg add(reg a, reg b) noexcept { return _mm512_add_pd(a, b); }
   static reg sub(reg a, reg b) noexcept { return _mm512_sub_pd(a, b); }
   static reg mul(reg a, reg b) noexcept { return _mm512_mul_pd(a, b); }

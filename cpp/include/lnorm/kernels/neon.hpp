@@ -1,2 +1,131 @@
-// lnorm/kernels/neon.hpp: the NEON kernel set (aarch64).
+// lnorm/kernels/neon.hpp: the NEON kernel set (aarch64 Advanced SIMD), 4 floats or 2 doubles per
+// register; tails go through a small stack buffer. Advanced SIMD (with the float16 <-> float32
+// conversions) is baseline on aarch64, so there is no target region: every aarch64 CPU runs these.
 #pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "../dispatch.hpp"
+#include "../reference.hpp"
+
+#if defined(LNORM_HAVE_NEON_KERNELS)
+#include <arm_neon.h>
+
+namespace lnorm {
+namespace neon {
+
+// The bits of 16-bit storage types, as NEON loads and stores them. (arm_neon.h has its own global
+// `float16_t`; inside namespace lnorm the name means lnorm::float16_t.)
+inline const std::uint16_t* bits_of(const float16_t* p) noexcept { return reinterpret_cast<const std::uint16_t*>(p); }
+inline const std::uint16_t* bits_of(const bfloat16_t* p) noexcept { return reinterpret_cast<const std::uint16_t*>(p); }
+inline std::uint16_t* bits_of(float16_t* p) noexcept { return reinterpret_cast<std::uint16_t*>(p); }
+inline std::uint16_t* bits_of(bfloat16_t* p) noexcept { return reinterpret_cast<std::uint16_t*>(p); }
+
+// Lanes [0, n) all ones, the rest zero.
+inline uint32x4_t lane_mask32(std::int64_t n) noexcept {
+  static constexpr std::uint32_t lane_index[4] = {0, 1, 2, 3};
+  const std::uint32_t k = n <= 0 ? 0u : n >= 4 ? 4u : static_cast<std::uint32_t>(n);
+  return vcltq_u32(vld1q_u32(lane_index), vdupq_n_u32(k));
+}
+inline uint64x2_t lane_mask64(std::int64_t n) noexcept {
+  static constexpr std::uint64_t lane_index[2] = {0, 1};
+  const std::uint64_t k = n <= 0 ? 0u : n >= 2 ? 2u : static_cast<std::uint64_t>(n);
+  return vcltq_u64(vld1q_u64(lane_index), vdupq_n_u64(k));
+}
+
+template <class E>
+struct vec;
+
+template <>
+struct vec<float> {
+  using reg = float32x4_t;
+  static constexpr std::int64_t lanes = 4;
+  static reg zero() noexcept { return vdupq_n_f32(0.0f); }
+  static reg set1(float v) noexcept { return vdupq_n_f32(v); }
+  static reg load(const float* p) noexcept { return vld1q_f32(p); }
+  static reg load(const float16_t* p) noexcept { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(bits_of(p)))); }
+  static reg load(const bfloat16_t* p) noexcept { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(bits_of(p)), 16)); }
+  template <class X>
+  static reg load_n(const X* p, std::int64_t n) noexcept {
+    if (n >= lanes) return load(p);
+    X buf[lanes];
+    std::memset(static_cast<void*>(buf), 0, sizeof buf);
+    if (n > 0) std::memcpy(static_cast<void*>(buf), static_cast<const void*>(p), static_cast<std::size_t>(n) * sizeof(X));
+    return load(buf);
+  }
+  static void store(float* p, reg v) noexcept { vst1q_f32(p, v); }
+  // FCVTN rounds by FPCR, which is round to nearest even unless a program changed it.
+  static void store(float16_t* p, reg v) noexcept { vst1_u16(bits_of(p), vreinterpret_u16_f16(vcvt_f16_f32(v))); }
+  static void store(bfloat16_t* p, reg v) noexcept { vst1_u16(bits_of(p), to_bf16(v)); }
+  template <class X>
+  static void store_n(X* p, reg v, std::int64_t n) noexcept {
+    if (n >= lanes) return store(p, v);
+    X buf[lanes];
+    store(buf, v);
+    if (n > 0) std::memcpy(static_cast<void*>(p), static_cast<const void*>(buf), static_cast<std::size_t>(n) * sizeof(X));
+  }
+  static reg add(reg a, reg b) noexcept { return vaddq_f32(a, b); }
+  static reg sub(reg a, reg b) noexcept { return vsubq_f32(a, b); }
+  static reg mul(reg a, reg b) noexcept { return vmulq_f32(a, b); }
+  static reg fma(reg a, reg b, reg c) noexcept { return vfmaq_f32(c, a, b); }
+  static reg head(reg v, std::int64_t n) noexcept {
+    return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(v), lane_mask32(n)));
+  }
+  // Pairwise: FADDP adds neighbours, (v0 + v1) + (v2 + v3).
+  static float sum(reg v) noexcept { return vaddvq_f32(v); }
+
+ private:
+  // Round to nearest even on the bits; NaN stays a (quiet) NaN.
+  static uint16x4_t to_bf16(reg v) noexcept {
+    const uint32x4_t u = vreinterpretq_u32_f32(v);
+    const uint32x4_t lsb = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
+    const uint32x4_t rounded = vaddq_u32(u, vaddq_u32(vdupq_n_u32(0x7fff), lsb));
+    const uint32x4_t is_number = vceqq_f32(v, v);
+    const uint32x4_t quiet_nan = vorrq_u32(u, vdupq_n_u32(0x00400000));
+    return vshrn_n_u32(vbslq_u32(is_number, rounded, quiet_nan), 16);
+  }
+};
+
+template <>
+struct vec<double> {
+  using reg = float64x2_t;
+  static constexpr std::int64_t lanes = 2;
+  static reg zero() noexcept { return vdupq_n_f64(0.0); }
+  static reg set1(double v) noexcept { return vdupq_n_f64(v); }
+  static reg load(const double* p) noexcept { return vld1q_f64(p); }
+  static reg load(const float* p) noexcept { return vcvt_f64_f32(vld1_f32(p)); }
+  template <class X>
+  static reg load_n(const X* p, std::int64_t n) noexcept {
+    if (n >= lanes) return load(p);
+    X buf[lanes];
+    std::memset(static_cast<void*>(buf), 0, sizeof buf);
+    if (n > 0) std::memcpy(static_cast<void*>(buf), static_cast<const void*>(p), static_cast<std::size_t>(n) * sizeof(X));
+    return load(buf);
+  }
+  static void store(double* p, reg v) noexcept { vst1q_f64(p, v); }
+  static void store_n(double* p, reg v, std::int64_t n) noexcept {
+    if (n >= lanes) return store(p, v);
+    double buf[lanes];
+    store(buf, v);
+    if (n > 0) std::memcpy(p, buf, static_cast<std::size_t>(n) * sizeof(double));
+  }
+  static reg add(reg a, reg b) noexcept { return vaddq_f64(a, b); }
+  static reg sub(reg a, reg b) noexcept { return vsubq_f64(a, b); }
+  static reg mul(reg a, reg b) noexcept { return vmulq_f64(a, b); }
+  static reg fma(reg a, reg b, reg c) noexcept { return vfmaq_f64(c, a, b); }
+  static reg head(reg v, std::int64_t n) noexcept {
+    return vreinterpretq_f64_u64(vandq_u64(vreinterpretq_u64_f64(v), lane_mask64(n)));
+  }
+  static double sum(reg v) noexcept { return vaddvq_f64(v); }
+};
+
+#define LNORM_SIMD_NAME "neon"
+#include "simd_body.inl"
+#undef LNORM_SIMD_NAME
+
+}  // namespace neon
+}  // namespace lnorm
+
+#endif

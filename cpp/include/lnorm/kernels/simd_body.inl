@@ -7,7 +7,8 @@
 //   reg; lanes; zero(); set1(E); load(const X*) and load_n(const X*, n) (widening X to E, zero-filled
 //   past n, n may be <= 0 or >= lanes); store(X*, reg) and store_n(X*, reg, n) (narrowing, round to
 //   nearest even); add, sub, mul, fma(a, b, c) = a*b + c; sum(reg) -> E; head(reg, n) (lanes >= n
-//   zeroed); stream(X*, reg) (a non-temporal store where the ISA has one, else store).
+//   zeroed); stream(X*, reg) (a non-temporal store of a full vector to an address aligned to
+//   lanes * sizeof(X), or a plain store where the ISA has none) and fence() (orders those stores).
 // and the macro LNORM_SIMD_NAME.
 //
 // Numerics (same as the scalar set, at vector speed): statistics in float for float32 and 16-bit data
@@ -97,8 +98,9 @@ struct kernels {
     return var_plus_eps > 0 ? 1.0 / std::sqrt(var_plus_eps) : 0.0;
   }
 
-  // y = ((x - m0) - c) * r * gamma + beta for k elements at i (k >= lanes: a full vector).
-  template <bool G, bool B, class T, class W>
+  // y = ((x - m0) - c) * r * gamma + beta for k elements at i (k >= lanes: a full vector, stored
+  // non-temporally with Stream).
+  template <bool G, bool B, bool Stream = false, class T, class W>
   static void normalize_chunk(const T* x, T* y, std::int64_t k, const W* gamma, const W* beta,
                               typename V<T>::reg vm, typename V<T>::reg vc, typename V<T>::reg vr) noexcept {
     using R = typename V<T>::reg;
@@ -108,29 +110,41 @@ struct kernels {
     R t = V<T>::mul(V<T>::sub(V<T>::sub(xv, vm), vc), vr);
     if constexpr (G) t = V<T>::mul(t, full ? VW::load(gamma) : VW::load_n(gamma, k));
     if constexpr (B) t = V<T>::add(t, full ? VW::load(beta) : VW::load_n(beta, k));
-    if (full) V<T>::store(y, t);
-    else V<T>::store_n(y, t, k);
+    if (!full) V<T>::store_n(y, t, k);
+    else if constexpr (Stream) V<T>::stream(y, t);
+    else V<T>::store(y, t);
   }
 
-  // The whole row; gamma/beta presence fixed at compile time.
+  // The whole row; gamma/beta presence fixed at compile time. With `stream`, full vectors are stored
+  // non-temporally (a large output then costs no read-for-ownership) after a head that aligns y.
   template <bool G, bool B, class T, class W>
   static void normalize_row(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
-                            calc_t<T> c, calc_t<T> r) noexcept {
+                            calc_t<T> c, calc_t<T> r, bool stream) noexcept {
     using R = typename V<T>::reg;
     constexpr std::int64_t L = V<T>::lanes;
+    constexpr std::uintptr_t align = static_cast<std::uintptr_t>(L) * sizeof(T);
     const R vm = V<T>::set1(m0), vc = V<T>::set1(c), vr = V<T>::set1(r);
+    const std::uintptr_t addr = reinterpret_cast<std::uintptr_t>(y);
     std::int64_t i = 0;
-    for (; i + L <= n; i += L) normalize_chunk<G, B>(x + i, y + i, L, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
+    if (stream && addr % sizeof(T) == 0 && n >= 2 * L) {
+      const std::int64_t head = static_cast<std::int64_t>(((align - addr % align) % align) / sizeof(T));
+      if (head > 0) normalize_chunk<G, B>(x, y, head, gamma, beta, vm, vc, vr);
+      for (i = head; i + L <= n; i += L)
+        normalize_chunk<G, B, true>(x + i, y + i, L, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
+      V<T>::fence();
+    } else {
+      for (; i + L <= n; i += L) normalize_chunk<G, B>(x + i, y + i, L, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
+    }
     if (i < n) normalize_chunk<G, B>(x + i, y + i, n - i, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
   }
 
   template <class T, class W>
   static void normalize_row_any(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
-                                calc_t<T> c, calc_t<T> r) noexcept {
-    if (gamma && beta) normalize_row<true, true>(x, y, n, gamma, beta, m0, c, r);
-    else if (gamma) normalize_row<true, false>(x, y, n, gamma, beta, m0, c, r);
-    else if (beta) normalize_row<false, true>(x, y, n, gamma, beta, m0, c, r);
-    else normalize_row<false, false>(x, y, n, gamma, beta, m0, c, r);
+                                calc_t<T> c, calc_t<T> r, bool stream) noexcept {
+    if (gamma && beta) normalize_row<true, true>(x, y, n, gamma, beta, m0, c, r, stream);
+    else if (gamma) normalize_row<true, false>(x, y, n, gamma, beta, m0, c, r, stream);
+    else if (beta) normalize_row<false, true>(x, y, n, gamma, beta, m0, c, r, stream);
+    else normalize_row<false, false>(x, y, n, gamma, beta, m0, c, r, stream);
   }
 
  public:
@@ -138,7 +152,7 @@ struct kernels {
 
   template <class T, class W>
   static void layer_norm_row(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, double eps,
-                             stat_t<T>* mean, stat_t<T>* rstd) noexcept {
+                             stat_t<T>* mean, stat_t<T>* rstd, bool stream = false) noexcept {
     using E = calc_t<T>;
     E m0, c, var;
     row_moments(x, n, m0, c, var);
@@ -147,14 +161,14 @@ struct kernels {
       return;
     }
     const double ve = static_cast<double>(var) + eps;
-    normalize_row_any(x, y, n, gamma, beta, m0, c, static_cast<E>(rstd_apply(ve)));
+    normalize_row_any(x, y, n, gamma, beta, m0, c, static_cast<E>(rstd_apply(ve)), stream);
     if (mean) *mean = static_cast<stat_t<T>>(static_cast<double>(m0) + static_cast<double>(c));
     if (rstd) *rstd = static_cast<stat_t<T>>(1.0 / std::sqrt(ve));
   }
 
   template <class T, class W>
   static void rms_norm_row(const T* x, T* y, std::int64_t n, const W* gamma, double eps,
-                           stat_t<T>* rstd) noexcept {
+                           stat_t<T>* rstd, bool stream = false) noexcept {
     using E = calc_t<T>;
     E ms;
     row_mean_square(x, n, ms);
@@ -163,7 +177,7 @@ struct kernels {
       return;
     }
     const double ve = static_cast<double>(ms) + eps;
-    normalize_row_any(x, y, n, gamma, static_cast<const W*>(nullptr), E(0), E(0), static_cast<E>(rstd_apply(ve)));
+    normalize_row_any(x, y, n, gamma, static_cast<const W*>(nullptr), E(0), E(0), static_cast<E>(rstd_apply(ve)), stream);
     if (rstd) *rstd = static_cast<stat_t<T>>(1.0 / std::sqrt(ve));
   }
 
