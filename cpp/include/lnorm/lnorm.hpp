@@ -383,6 +383,146 @@ inline status with_kernels(F&& f) noexcept {
   }
 }
 
+// ---- Huge rows: fixed chunks of a row on several threads ----------------------------------------
+//
+// Rows of at least kSplitRowCols elements are cut into chunks of kSplitChunk; each chunk's moments
+// are computed on their own and merged in chunk order (Chan et al.), so the numbers depend on the
+// row width alone. Threads then go either across rows (many rows) or across the chunks of one row
+// (a few rows): the same results either way, for any thread count.
+
+inline constexpr std::int64_t kSplitChunk = 16384;
+inline constexpr std::int64_t kSplitRowCols = 4 * kSplitChunk;
+
+// Merges chunk moments (count, mean, M2) in order; returns the row's mean and biased variance.
+inline void merge_moments(const double* mean, const double* m2, std::int64_t chunks, std::int64_t cols,
+                          double& row_mean, double& row_var) noexcept {
+  double n = 0, m = 0, s = 0;
+  for (std::int64_t k = 0; k < chunks; ++k) {
+    const double nk = static_cast<double>(std::min(kSplitChunk, cols - k * kSplitChunk));
+    const double delta = mean[k] - m, total = n + nk;
+    m += delta * (nk / total);
+    s += m2[k] + delta * delta * (n * nk / total);
+    n = total;
+  }
+  row_mean = m;
+  row_var = s / n;
+}
+
+// Whether merged float statistics can be applied (the same rule as the SIMD kernels' own).
+inline bool split_stats_ok(double mean, double var, double eps) noexcept {
+  return std::isfinite(mean) && std::isfinite(var) && (var >= 1e-23 || eps >= 1e-12);
+}
+
+template <class K, class T, class W, bool Rms>
+inline status split_rows_forward(const layout& L, T* x, T* y, const W* gamma, const W* beta, double eps,
+                                 stat_t<T>* mean, stat_t<T>* rstd, bool stream) noexcept {
+  const std::int64_t cols = L.cols, chunks = (cols + kSplitChunk - 1) / kSplitChunk;
+  const int workers = workers_for(L.rows * cols, L.rows * chunks);
+  std::unique_ptr<double[]> buf(new (std::nothrow) double[static_cast<std::size_t>(2 * chunks * L.rows)]);
+  if (!buf) return {status_code::out_of_memory, "out of memory for row statistics"};
+  // One row: chunk moments [k0, k1) into its slice of buf.
+  auto chunk_moments = [&](const T* xr, double* m, double* m2, std::int64_t k0, std::int64_t k1) {
+    for (std::int64_t k = k0; k < k1; ++k) {
+      const std::int64_t len = std::min(kSplitChunk, cols - k * kSplitChunk);
+      if (Rms) {
+        m[k] = 0;
+        K::template sum_squares<T>(xr + k * kSplitChunk, len, m2[k]);
+      } else {
+        K::template moments<T>(xr + k * kSplitChunk, len, m[k], m2[k]);
+      }
+    }
+  };
+  // One row: merged statistics, then (if they can be trusted) chunks [k0, k1) normalized.
+  auto row_stats = [&](std::int64_t r, double* m, double* m2, double& row_mean, double& r_apply) -> bool {
+    double var = 0;
+    if (Rms) {
+      row_mean = 0;
+      for (std::int64_t k = 0; k < chunks; ++k) var += m2[k];
+      var /= static_cast<double>(cols);
+    } else {
+      merge_moments(m, m2, chunks, cols, row_mean, var);
+    }
+    if (!split_stats_ok(row_mean, var, eps)) return false;
+    r_apply = var + eps > 0 ? 1.0 / std::sqrt(var + eps) : 0.0;
+    if (mean) mean[r] = static_cast<stat_t<T>>(row_mean);
+    if (rstd) rstd[r] = static_cast<stat_t<T>>(1.0 / std::sqrt(var + eps));
+    return true;
+  };
+  auto apply = [&](const T* xr, T* yr, double row_mean, double r_apply, std::int64_t k0, std::int64_t k1) {
+    for (std::int64_t k = k0; k < k1; ++k) {
+      const std::int64_t o = k * kSplitChunk, len = std::min(kSplitChunk, cols - o);
+      K::template apply_norm<T, W>(xr + o, yr + o, len, gamma ? gamma + o : gamma, beta ? beta + o : beta, row_mean,
+                                   r_apply, stream);
+    }
+  };
+  // Statistics the float chunks cannot give (overflow, Inf/NaN, underflow): the whole-row kernel.
+  auto whole_row = [&](std::int64_t r, const T* xr, T* yr) {
+    if (Rms) K::template rms_norm_row<T, W>(xr, yr, cols, gamma, eps, rstd ? rstd + r : nullptr, stream);
+    else K::template layer_norm_row<T, W>(xr, yr, cols, gamma, beta, eps, mean ? mean + r : nullptr, rstd ? rstd + r : nullptr, stream);
+  };
+  if (L.rows >= workers) {
+    parallel_for(L.rows, workers, [&](std::int64_t r0, std::int64_t r1, int) {
+      for_each_row(L, r0, r1, [&](std::int64_t r, const std::int64_t* off) {
+        double* m = buf.get() + 2 * chunks * r;
+        chunk_moments(x + off[0], m, m + chunks, 0, chunks);
+        double row_mean = 0, r_apply = 0;
+        if (row_stats(r, m, m + chunks, row_mean, r_apply)) apply(x + off[0], y + off[1], row_mean, r_apply, 0, chunks);
+        else whole_row(r, x + off[0], y + off[1]);
+      });
+    });
+    return {};
+  }
+  for_each_row(L, 0, L.rows, [&](std::int64_t r, const std::int64_t* off) {
+    double* m = buf.get() + 2 * chunks * r;
+    parallel_for(chunks, workers, [&](std::int64_t k0, std::int64_t k1, int) { chunk_moments(x + off[0], m, m + chunks, k0, k1); });
+    double row_mean = 0, r_apply = 0;
+    if (row_stats(r, m, m + chunks, row_mean, r_apply))
+      parallel_for(chunks, workers, [&](std::int64_t k0, std::int64_t k1, int) { apply(x + off[0], y + off[1], row_mean, r_apply, k0, k1); });
+    else
+      whole_row(r, x + off[0], y + off[1]);
+  });
+  return {};
+}
+
+template <class K, class T, class W, bool Rms>
+inline status split_rows_backward(const layout& L, T* x, T* dy, T* dx, const W* gamma, const stat_t<T>* mean,
+                                  const stat_t<T>* rstd, W* dgamma, W* dbeta) noexcept {
+  const std::int64_t cols = L.cols, chunks = (cols + kSplitChunk - 1) / kSplitChunk;
+  const int workers = workers_for(L.rows * cols, chunks);
+  // dgamma/dbeta partials: one set over the whole width, rows added in row order (chunks of columns
+  // are disjoint, so threads never share an element); row sums per chunk, merged in chunk order.
+  std::unique_ptr<stat_t<T>[]> partial(new (std::nothrow) stat_t<T>[static_cast<std::size_t>(2 * cols)]());
+  std::unique_ptr<double[]> sums(new (std::nothrow) double[static_cast<std::size_t>(2 * chunks)]);
+  if (!partial || !sums) return {status_code::out_of_memory, "out of memory for backward partials"};
+  stat_t<T>* dg = dgamma ? partial.get() : nullptr;
+  stat_t<T>* db = (dbeta && !Rms) ? partial.get() + cols : nullptr;
+  for_each_row(L, 0, L.rows, [&](std::int64_t r, const std::int64_t* off) {
+    const double m = Rms ? 0.0 : static_cast<double>(mean[r]), rs = static_cast<double>(rstd[r]);
+    parallel_for(chunks, workers, [&](std::int64_t k0, std::int64_t k1, int) {
+      for (std::int64_t k = k0; k < k1; ++k) {
+        const std::int64_t o = k * kSplitChunk, len = std::min(kSplitChunk, cols - o);
+        K::template backward_sums<T, W>(Rms, x + off[0] + o, dy + off[1] + o, len, gamma ? gamma + o : gamma, m, rs,
+                                        dg ? dg + o : dg, db ? db + o : db, sums[2 * k], sums[2 * k + 1]);
+      }
+    });
+    double sg = 0, sgx = 0;
+    for (std::int64_t k = 0; k < chunks; ++k) sg += sums[2 * k], sgx += sums[2 * k + 1];
+    const double c1 = Rms ? 0.0 : sg / static_cast<double>(cols), c2 = sgx / static_cast<double>(cols);
+    parallel_for(chunks, workers, [&](std::int64_t k0, std::int64_t k1, int) {
+      for (std::int64_t k = k0; k < k1; ++k) {
+        const std::int64_t o = k * kSplitChunk, len = std::min(kSplitChunk, cols - o);
+        K::template backward_apply<T, W>(Rms, x + off[0] + o, dy + off[1] + o, dx + off[2] + o, len,
+                                         gamma ? gamma + o : gamma, m, rs, c1, c2);
+      }
+    });
+  });
+  for (std::int64_t c = 0; c < cols; ++c) {
+    if (dgamma) dgamma[c] = narrow<W>(static_cast<double>(partial[c]));
+    if (dbeta) dbeta[c] = Rms ? narrow<W>(0.0) : narrow<W>(static_cast<double>(partial[cols + c]));
+  }
+  return {};
+}
+
 // Whether a row-layout output should be written with non-temporal stores: large, and not in place
 // (in place, the lines were just read and sit in cache anyway).
 inline bool streams(const layout& L, const void* out, const void* in, std::size_t elem) noexcept {
@@ -430,9 +570,12 @@ status try_layer_norm_nd(int ndim, const std::int64_t* shape, const bool* normal
   detail::build_layout(L, ndim, shape, normalized, 2, st);
   if (L.rows == 0) return {};
   T* base[2] = {const_cast<T*>(static_cast<const T*>(x.data)), static_cast<T*>(const_cast<void*>(y.data))};
+  const bool stream = detail::streams(L, y.data, x.data, sizeof(T));
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
-    return detail::execute(L, base, detail::layer_norm_op<K, T, W>{gamma, beta, eps, mean, rstd, L.cols, detail::streams(L, y.data, x.data, sizeof(T))});
+    if (L.kind == detail::layout_kind::rows && L.cols >= detail::kSplitRowCols)
+      return detail::split_rows_forward<K, T, W, false>(L, base[0], base[1], gamma, beta, eps, mean, rstd, stream);
+    return detail::execute(L, base, detail::layer_norm_op<K, T, W>{gamma, beta, eps, mean, rstd, L.cols, stream});
   });
 }
 
@@ -446,9 +589,13 @@ status try_rms_norm_nd(int ndim, const std::int64_t* shape, const bool* normaliz
   detail::build_layout(L, ndim, shape, normalized, 2, st);
   if (L.rows == 0) return {};
   T* base[2] = {const_cast<T*>(static_cast<const T*>(x.data)), static_cast<T*>(const_cast<void*>(y.data))};
+  const bool stream = detail::streams(L, y.data, x.data, sizeof(T));
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
-    return detail::execute(L, base, detail::rms_norm_op<K, T, W>{gamma, eps, rstd, L.cols, detail::streams(L, y.data, x.data, sizeof(T))});
+    if (L.kind == detail::layout_kind::rows && L.cols >= detail::kSplitRowCols)
+      return detail::split_rows_forward<K, T, W, true>(L, base[0], base[1], gamma, static_cast<const W*>(nullptr), eps,
+                                                       static_cast<stat_t<T>*>(nullptr), rstd, stream);
+    return detail::execute(L, base, detail::rms_norm_op<K, T, W>{gamma, eps, rstd, L.cols, stream});
   });
 }
 
@@ -495,6 +642,10 @@ status try_norm_backward_nd(bool rms, int ndim, const std::int64_t* shape, const
   }
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
+    if (L.kind == detail::layout_kind::rows && L.cols >= detail::kSplitRowCols) {
+      if (rms) return detail::split_rows_backward<K, T, W, true>(L, base[0], base[1], base[2], gamma, mean, rstd, dgamma, dbeta);
+      return detail::split_rows_backward<K, T, W, false>(L, base[0], base[1], base[2], gamma, mean, rstd, dgamma, dbeta);
+    }
     if (rms) return detail::execute(L, base, detail::norm_backward_op<K, T, W, true>{gamma, mean, rstd, dgamma, dbeta, L.cols});
     return detail::execute(L, base, detail::norm_backward_op<K, T, W, false>{gamma, mean, rstd, dgamma, dbeta, L.cols});
   });

@@ -246,6 +246,60 @@ struct kernels {
     }
   }
 
+  // ---- pieces of a row: a huge row is cut into fixed chunks whose moments are merged in order ----
+
+  /// Mean and sum of squared deviations (M2) of n contiguous elements.
+  template <class T>
+  static void moments(const T* x, std::int64_t n, double& mean, double& m2) noexcept {
+    double var = 0;
+    detail::two_pass(x, 1, n, 1.0, mean, var);
+    m2 = var * static_cast<double>(n);
+  }
+
+  /// Sum of squares of n contiguous elements.
+  template <class T>
+  static void sum_squares(const T* x, std::int64_t n, double& ss) noexcept {
+    ss = detail::mean_square(x, 1, n, 1.0) * static_cast<double>(n);
+  }
+
+  /// y = (x - mean) * r * gamma + beta over n elements (gamma, beta may be null).
+  template <class T, class W>
+  static void apply_norm(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, double mean, double r,
+                         bool /*stream*/) noexcept {
+    for (std::int64_t i = 0; i < n; ++i) {
+      y[i] = narrow<T>((widen(x[i]) - mean) * r * detail::weight_at(gamma, i, 1.0) + detail::weight_at(beta, i, 0.0));
+    }
+  }
+
+  /// The backward's row sums over n elements, sum(g*dy) and sum(g*dy*xhat), and this piece's
+  /// dgamma/dbeta partials (RMSNorm: mean = 0, db unused).
+  template <class T, class W>
+  static void backward_sums(bool rms, const T* x, const T* dy, std::int64_t n, const W* gamma, double mean, double rstd,
+                            stat_t<T>* dg, stat_t<T>* db, double& sum_g, double& sum_gx) noexcept {
+    sum_g = sum_gx = 0;
+    for (std::int64_t i = 0; i < n; ++i) {
+      const double xhat = (widen(x[i]) - (rms ? 0.0 : mean)) * rstd;
+      const double d = widen(dy[i]);
+      const double gd = d * detail::weight_at(gamma, i, 1.0);
+      sum_g += gd;
+      sum_gx += gd * xhat;
+      if (dg) dg[i] += static_cast<stat_t<T>>(d * xhat);
+      if (db) db[i] += static_cast<stat_t<T>>(d);
+    }
+  }
+
+  /// dx = rstd * (g*dy - c1 - xhat*c2) over n elements, c1 = mean(g*dy) (0 for RMSNorm),
+  /// c2 = mean(g*dy*xhat) over the whole row.
+  template <class T, class W>
+  static void backward_apply(bool rms, const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean,
+                             double rstd, double c1, double c2) noexcept {
+    for (std::int64_t i = 0; i < n; ++i) {
+      const double xhat = (widen(x[i]) - (rms ? 0.0 : mean)) * rstd;
+      const double gd = widen(dy[i]) * detail::weight_at(gamma, i, 1.0);
+      dx[i] = narrow<T>(rstd * (gd - c1 - xhat * c2));
+    }
+  }
+
   // ---- column tiles: `width` (<= kColumnTile) unit-stride lanes, each normalized over `n` elements
   // ---- that lie `xs` (`ys`, ...) elements apart. Statistics are per lane, lane-contiguous.
 

@@ -213,7 +213,7 @@ struct kernels {
   // k elements (a full vector if k >= lanes) of the backward's first sweep: sg += g*dy,
   // sx += g*dy*xhat, and this row's share of the dgamma/dbeta partials.
   template <bool Rms, class T, class W>
-  static void backward_sums(const T* x, const T* dy, std::int64_t k, const W* gamma, typename V<T>::reg vm,
+  static void backward_chunk(const T* x, const T* dy, std::int64_t k, const W* gamma, typename V<T>::reg vm,
                             typename V<T>::reg vr, stat_t<T>* dg, stat_t<T>* db, typename V<T>::reg& sg,
                             typename V<T>::reg& sx) noexcept {
     using R = typename V<T>::reg;
@@ -237,43 +237,103 @@ struct kernels {
     }
   }
 
-  // dx = rstd * (g*dy - mean(g*dy) - xhat * mean(g*dy*xhat)); dg += dy*xhat; db += dy.
+  // First sweep of the backward: sg = sum(g*dy), sx = sum(g*dy*xhat); dg += dy*xhat; db += dy.
   template <bool Rms, class T, class W>
-  static void backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean_d,
-                           double rstd_d, stat_t<T>* dg, stat_t<T>* db) noexcept {
+  static void backward_row_sums(const T* x, const T* dy, std::int64_t n, const W* gamma, double mean_d, double rstd_d,
+                                stat_t<T>* dg, stat_t<T>* db, calc_t<T>& sg, calc_t<T>& sx) noexcept {
+    using E = calc_t<T>;
+    using R = typename V<T>::reg;
+    constexpr std::int64_t L = V<T>::lanes;
+    const R vm = V<T>::set1(static_cast<E>(mean_d)), vr = V<T>::set1(static_cast<E>(rstd_d));
+    R sg0 = V<T>::zero(), sg1 = V<T>::zero(), sx0 = V<T>::zero(), sx1 = V<T>::zero();
+    std::int64_t i = 0;
+    for (; i + 2 * L <= n; i += 2 * L) {
+      backward_chunk<Rms>(x + i, dy + i, L, gamma ? gamma + i : gamma, vm, vr, dg ? dg + i : dg, db ? db + i : db, sg0, sx0);
+      backward_chunk<Rms>(x + i + L, dy + i + L, L, gamma ? gamma + i + L : gamma, vm, vr, dg ? dg + i + L : dg,
+                         db ? db + i + L : db, sg1, sx1);
+    }
+    for (; i < n; i += L)
+      backward_chunk<Rms>(x + i, dy + i, n - i, gamma ? gamma + i : gamma, vm, vr, dg ? dg + i : dg, db ? db + i : db, sg0, sx0);
+    sg = Rms ? E(0) : V<T>::sum(V<T>::add(sg0, sg1));
+    sx = V<T>::sum(V<T>::add(sx0, sx1));
+  }
+
+  // Second sweep: dx = rstd * ((g*dy - c1) - xhat * c2).
+  template <bool Rms, class T, class W>
+  static void backward_row_apply(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean_d,
+                                 double rstd_d, calc_t<T> c1_s, calc_t<T> c2_s) noexcept {
     using E = calc_t<T>;
     using R = typename V<T>::reg;
     using VW = vec<E>;
     constexpr std::int64_t L = V<T>::lanes;
     const R vm = V<T>::set1(static_cast<E>(mean_d)), vr = V<T>::set1(static_cast<E>(rstd_d));
-    R sg0 = V<T>::zero(), sg1 = V<T>::zero(), sx0 = V<T>::zero(), sx1 = V<T>::zero();
-    // First sweep: the two row sums, and the dgamma/dbeta partials of this row.
-    std::int64_t i = 0;
-    for (; i + 2 * L <= n; i += 2 * L) {
-      backward_sums<Rms>(x + i, dy + i, L, gamma ? gamma + i : gamma, vm, vr, dg ? dg + i : dg, db ? db + i : db, sg0, sx0);
-      backward_sums<Rms>(x + i + L, dy + i + L, L, gamma ? gamma + i + L : gamma, vm, vr, dg ? dg + i + L : dg,
-                         db ? db + i + L : db, sg1, sx1);
-    }
-    for (; i < n; i += L)
-      backward_sums<Rms>(x + i, dy + i, n - i, gamma ? gamma + i : gamma, vm, vr, dg ? dg + i : dg, db ? db + i : db, sg0, sx0);
-    const R c1 = V<T>::set1(Rms ? E(0) : V<T>::sum(V<T>::add(sg0, sg1)) / static_cast<E>(n));
-    const R c2 = V<T>::set1(V<T>::sum(V<T>::add(sx0, sx1)) / static_cast<E>(n));
-    // Second sweep: dx.
-    for (i = 0; i < n; i += L) {
+    const R c1 = V<T>::set1(c1_s), c2 = V<T>::set1(c2_s);
+    for (std::int64_t i = 0; i < n; i += L) {
       const std::int64_t k = n - i;
       const bool full = k >= L;
       const R xv = full ? V<T>::load(x + i) : V<T>::load_n(x + i, k);
       const R d = full ? V<T>::load(dy + i) : V<T>::load_n(dy + i, k);
       const R xh = Rms ? V<T>::mul(xv, vr) : V<T>::mul(V<T>::sub(xv, vm), vr);
       const R gd = gamma ? V<T>::mul(d, full ? VW::load(gamma + i) : VW::load_n(gamma + i, k)) : d;
-      // rstd * ((gd - c1) - xh * c2)
       const R t = V<T>::mul(vr, V<T>::sub(V<T>::sub(gd, c1), V<T>::mul(xh, c2)));
       if (full) V<T>::store(dx + i, t);
       else V<T>::store_n(dx + i, t, k);
     }
   }
 
+  // dx = rstd * (g*dy - mean(g*dy) - xhat * mean(g*dy*xhat)); dg += dy*xhat; db += dy.
+  template <bool Rms, class T, class W>
+  static void backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean_d,
+                           double rstd_d, stat_t<T>* dg, stat_t<T>* db) noexcept {
+    using E = calc_t<T>;
+    E sg, sx;
+    backward_row_sums<Rms>(x, dy, n, gamma, mean_d, rstd_d, dg, db, sg, sx);
+    backward_row_apply<Rms>(x, dy, dx, n, gamma, mean_d, rstd_d, sg / static_cast<E>(n), sx / static_cast<E>(n));
+  }
+
  public:
+  // ---- pieces of a row (huge rows are cut into fixed chunks, merged in order by lnorm.hpp) ----
+
+  template <class T>
+  static void moments(const T* x, std::int64_t n, double& mean, double& m2) noexcept {
+    calc_t<T> m0, c, var;
+    row_moments(x, n, m0, c, var);
+    mean = static_cast<double>(m0) + static_cast<double>(c);
+    m2 = static_cast<double>(var) * static_cast<double>(n);
+  }
+
+  template <class T>
+  static void sum_squares(const T* x, std::int64_t n, double& ss) noexcept {
+    calc_t<T> ms;
+    row_mean_square(x, n, ms);
+    ss = static_cast<double>(ms) * static_cast<double>(n);
+  }
+
+  template <class T, class W>
+  static void apply_norm(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, double mean, double r,
+                         bool stream) noexcept {
+    using E = calc_t<T>;
+    const E m0 = static_cast<E>(mean);
+    normalize_row_any(x, y, n, gamma, beta, m0, static_cast<E>(mean - static_cast<double>(m0)), static_cast<E>(r), stream);
+  }
+
+  template <class T, class W>
+  static void backward_sums(bool rms, const T* x, const T* dy, std::int64_t n, const W* gamma, double mean, double rstd,
+                            stat_t<T>* dg, stat_t<T>* db, double& sum_g, double& sum_gx) noexcept {
+    calc_t<T> sg, sx;
+    if (rms) backward_row_sums<true>(x, dy, n, gamma, mean, rstd, dg, db, sg, sx);
+    else backward_row_sums<false>(x, dy, n, gamma, mean, rstd, dg, db, sg, sx);
+    sum_g = sg;
+    sum_gx = sx;
+  }
+
+  template <class T, class W>
+  static void backward_apply(bool rms, const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean,
+                             double rstd, double c1, double c2) noexcept {
+    if (rms) backward_row_apply<true>(x, dy, dx, n, gamma, mean, rstd, static_cast<calc_t<T>>(c1), static_cast<calc_t<T>>(c2));
+    else backward_row_apply<false>(x, dy, dx, n, gamma, mean, rstd, static_cast<calc_t<T>>(c1), static_cast<calc_t<T>>(c2));
+  }
+
   // ---- column tiles (non-trailing axes): lanes are unit-stride, the normalized axis strides ------
   // A tile is kColumnTile lanes = kColumnTile / lanes registers per statistic, kept in arrays the
   // compiler keeps in registers where it can.
