@@ -97,3 +97,27 @@ def test_concurrent_calls_from_python_threads(restore_threads):
         got = list(ex.map(lnorm.layer_norm, xs))
     for a, b in zip(expect, got):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("rms", [False, True])
+def test_large_fused_add_norm(in_place, rms):
+    """add_layer_norm / add_rms_norm on outputs of 16 MiB and more: s is built in a row buffer and
+    both outputs are streamed (or, in place, written over the inputs)."""
+    rng = np.random.default_rng(int(in_place) + 2 * int(rms))
+    rows, cols = 1031, 4097
+    x = rng.standard_normal((rows, cols), dtype=np.float32)
+    res = rng.standard_normal((rows, cols), dtype=np.float32)
+    w = rng.standard_normal(cols, dtype=np.float32)
+    b = rng.standard_normal(cols, dtype=np.float32)
+    s_expect = x + res
+    y_expect = (rms_norm_ref(s_expect, w, -1, 1e-6) if rms else layer_norm_ref(s_expect, w, b, -1, 1e-5))[0]
+    kwargs = dict(out=x, residual_out=res) if in_place else {}
+    if rms:
+        y, s = lnorm.add_rms_norm(x, res, w, **kwargs)
+    else:
+        y, s = lnorm.add_layer_norm(x, res, w, b, **kwargs)
+    if in_place:
+        assert y is x and s is res
+    assert np.array_equal(s, s_expect)
+    assert_close(y, y_expect, np.float32, what="fused y")

@@ -185,8 +185,9 @@ inline int workers_for(std::int64_t elements, std::int64_t tasks) noexcept {
 }
 
 // Runs op over the layout. Op provides: n_in (arrays read), n_arrays, partial_size (0 or the partial
-// elements one chunk needs), row(ptrs, r, partial), cols(ptrs, strides, width, r0, partial) and, with
-// partials, finish(partials, chunks).
+// elements one chunk needs), scratch_rows() (row buffers a worker needs in the rows layout),
+// row(ptrs, r, partial, scratch), cols(ptrs, strides, width, r0, partial) and, with partials,
+// finish(partials, chunks).
 template <class T, class Op>
 inline status execute(const layout& L, T* const* base, const Op& op) noexcept {
   using partial_t = typename Op::partial_t;
@@ -195,18 +196,23 @@ inline status execute(const layout& L, T* const* base, const Op& op) noexcept {
   const std::int64_t tasks = L.kind == layout_kind::columns ? outer * tile_count : L.rows;
   const int workers = workers_for(L.rows * L.cols, tasks);
 
+  // Per-worker row buffers: the gathered rows, or what the op asks for in the rows layout.
+  const std::int64_t scratch_rows = L.kind == layout_kind::gather ? Op::n_arrays
+                                    : L.kind == layout_kind::rows  ? op.scratch_rows()
+                                                                   : 0;
   std::unique_ptr<T[]> scratch;
-  if (L.kind == layout_kind::gather && tasks > 0) {
-    scratch.reset(new (std::nothrow) T[static_cast<std::size_t>(Op::n_arrays * L.cols * workers)]);
-    if (!scratch) return {status_code::out_of_memory, "out of memory for gather buffers"};
+  if (scratch_rows > 0 && tasks > 0) {
+    scratch.reset(new (std::nothrow) T[static_cast<std::size_t>(scratch_rows * L.cols * workers)]);
+    if (!scratch) return {status_code::out_of_memory, "out of memory for row buffers"};
   }
   // Runs tasks [t0, t1) in order; `slot` picks the worker's gather buffers.
   auto run_tasks = [&](std::int64_t t0, std::int64_t t1, std::int64_t slot, partial_t* partial) {
     if (L.kind == layout_kind::rows) {
+      T* buf = scratch ? scratch.get() + slot * scratch_rows * L.cols : nullptr;
       for_each_row(L, t0, t1, [&](std::int64_t r, const std::int64_t* off) {
         T* p[kMaxArrays];
         for (int a = 0; a < Op::n_arrays; ++a) p[a] = base[a] + off[a];
-        op.row(p, r, partial);
+        op.row(p, r, partial, buf);
       });
     } else if (L.kind == layout_kind::columns) {
       const std::int64_t inner = L.bshape[L.nb - 1];
@@ -228,7 +234,7 @@ inline status execute(const layout& L, T* const* base, const Op& op) noexcept {
           p[a] = buf + a * L.cols;
           if (a < Op::n_in) copy_row(L, a, base[a] + off[a], p[a], true);
         }
-        op.row(p, r, partial);
+        op.row(p, r, partial, static_cast<T*>(nullptr));
         for (int a = Op::n_in; a < Op::n_arrays; ++a) copy_row(L, a, base[a] + off[a], p[a], false);
       });
     }
@@ -276,7 +282,8 @@ struct layer_norm_op {
   stat_t<T>*mean, *rstd;
   std::int64_t n;
   bool stream;
-  void row(T* const* p, std::int64_t r, partial_t*) const noexcept {
+  std::int64_t scratch_rows() const noexcept { return 0; }
+  void row(T* const* p, std::int64_t r, partial_t*, T*) const noexcept {
     K::template layer_norm_row<T, W>(p[0], p[1], n, gamma, beta, eps, mean ? mean + r : nullptr,
                                      rstd ? rstd + r : nullptr, stream);
   }
@@ -298,7 +305,8 @@ struct rms_norm_op {
   stat_t<T>* rstd;
   std::int64_t n;
   bool stream;
-  void row(T* const* p, std::int64_t r, partial_t*) const noexcept {
+  std::int64_t scratch_rows() const noexcept { return 0; }
+  void row(T* const* p, std::int64_t r, partial_t*, T*) const noexcept {
     K::template rms_norm_row<T, W>(p[0], p[1], n, gamma, eps, rstd ? rstd + r : nullptr, stream);
   }
   void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t*) const noexcept {
@@ -308,7 +316,9 @@ struct rms_norm_op {
   void finish(partial_t*, std::int64_t, std::int64_t) const noexcept {}
 };
 
-// s = x + bias_in + residual, then the norm of s: arrays x, residual | s, y.
+// s = x + bias_in + residual, then the norm of s: arrays x, residual | s, y. Large outputs: s is built
+// in a worker's row buffer (it stays in cache for the norm's passes), then y and s are both streamed
+// out, so memory sees two reads and two writes, as a copy of the same bytes would.
 template <class K, class T, class W, bool Rms>
 struct add_norm_op {
   using partial_t = stat_t<T>;  // dgamma/dbeta partial sums
@@ -318,12 +328,23 @@ struct add_norm_op {
   double eps;
   stat_t<T>*mean, *rstd;
   std::int64_t n;
-  void row(T* const* p, std::int64_t r, partial_t*) const noexcept {
-    K::template add_row<T, W>(p[0], p[1], bias_in, p[2], n);
-    if constexpr (Rms) K::template rms_norm_row<T, W>(p[2], p[3], n, gamma, eps, rstd ? rstd + r : nullptr);
+  bool stream;
+  std::int64_t scratch_rows() const noexcept { return stream ? 1 : 0; }
+  void norm(const T* s, T* y, std::int64_t r, bool streamed) const noexcept {
+    if constexpr (Rms) K::template rms_norm_row<T, W>(s, y, n, gamma, eps, rstd ? rstd + r : nullptr, streamed);
     else
-      K::template layer_norm_row<T, W>(p[2], p[3], n, gamma, beta, eps, mean ? mean + r : nullptr,
-                                       rstd ? rstd + r : nullptr);
+      K::template layer_norm_row<T, W>(s, y, n, gamma, beta, eps, mean ? mean + r : nullptr,
+                                       rstd ? rstd + r : nullptr, streamed);
+  }
+  void row(T* const* p, std::int64_t r, partial_t*, T* buf) const noexcept {
+    if (stream && buf) {
+      K::template add_row<T, W>(p[0], p[1], bias_in, buf, n);
+      norm(buf, p[3], r, true);
+      K::template copy_row<T>(buf, p[2], n, true);
+      return;
+    }
+    K::template add_row<T, W>(p[0], p[1], bias_in, p[2], n);
+    norm(p[2], p[3], r, false);
   }
   void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t*) const noexcept {
     K::template add_cols<T, W>(p[0], s[0], p[1], s[1], bias_in, p[2], s[2], n, w);
@@ -347,7 +368,8 @@ struct norm_backward_op {
   const stat_t<T>*mean, *rstd;
   W *dgamma, *dbeta;
   std::int64_t n;
-  void row(T* const* p, std::int64_t r, partial_t* part) const noexcept {
+  std::int64_t scratch_rows() const noexcept { return 0; }
+  void row(T* const* p, std::int64_t r, partial_t* part, T*) const noexcept {
     if constexpr (Rms) K::template rms_norm_backward_row<T, W>(p[0], p[1], p[2], n, gamma, rstd[r], part);
     else K::template layer_norm_backward_row<T, W>(p[0], p[1], p[2], n, gamma, mean[r], rstd[r], part, part + n);
   }
@@ -613,10 +635,13 @@ status try_add_norm_nd(bool rms, int ndim, const std::int64_t* shape, const bool
   if (L.rows == 0) return {};
   T* base[4] = {const_cast<T*>(static_cast<const T*>(x.data)), const_cast<T*>(static_cast<const T*>(residual.data)),
                 static_cast<T*>(const_cast<void*>(s.data)), static_cast<T*>(const_cast<void*>(y.data))};
+  // Streamed only when neither output is an input (in place, the lines are in cache already).
+  const bool stream = detail::streams(L, y.data, x.data, sizeof(T)) && y.data != residual.data &&
+                      s.data != x.data && s.data != residual.data;
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
-    if (rms) return detail::execute(L, base, detail::add_norm_op<K, T, W, true>{bias_in, gamma, beta, eps, mean, rstd, L.cols});
-    return detail::execute(L, base, detail::add_norm_op<K, T, W, false>{bias_in, gamma, beta, eps, mean, rstd, L.cols});
+    if (rms) return detail::execute(L, base, detail::add_norm_op<K, T, W, true>{bias_in, gamma, beta, eps, mean, rstd, L.cols, stream});
+    return detail::execute(L, base, detail::add_norm_op<K, T, W, false>{bias_in, gamma, beta, eps, mean, rstd, L.cols, stream});
   });
 }
 

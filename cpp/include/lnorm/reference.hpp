@@ -246,6 +246,12 @@ struct kernels {
     }
   }
 
+  /// dst = src over n elements (`stream`: a hint for the SIMD sets).
+  template <class T>
+  static void copy_row(const T* src, T* dst, std::int64_t n, bool /*stream*/) noexcept {
+    for (std::int64_t i = 0; i < n; ++i) dst[i] = src[i];
+  }
+
   // ---- pieces of a row: a huge row is cut into fixed chunks whose moments are merged in order ----
 
   /// Mean and sum of squared deviations (M2) of n contiguous elements.

@@ -193,6 +193,30 @@ struct kernels {
     backward_row<true>(x, dy, dx, n, gamma, 0.0, rstd, dg, static_cast<stat_t<T>*>(nullptr));
   }
 
+  /// dst = src over n elements; with `stream`, full vectors past an aligning head are stored
+  /// non-temporally.
+  template <class T>
+  static void copy_row(const T* src, T* dst, std::int64_t n, bool stream) noexcept {
+    using R = typename V<T>::reg;
+    constexpr std::int64_t L = V<T>::lanes;
+    constexpr std::uintptr_t align = static_cast<std::uintptr_t>(L) * sizeof(T);
+    const std::uintptr_t addr = reinterpret_cast<std::uintptr_t>(dst);
+    if (!stream || addr % sizeof(T) != 0 || n < 2 * L) {
+      std::memmove(static_cast<void*>(dst), static_cast<const void*>(src), static_cast<std::size_t>(n) * sizeof(T));
+      return;
+    }
+    const std::int64_t head = static_cast<std::int64_t>(((align - addr % align) % align) / sizeof(T));
+    std::memmove(static_cast<void*>(dst), static_cast<const void*>(src), static_cast<std::size_t>(head) * sizeof(T));
+    std::int64_t i = head;
+    // Through the compute type: exact for every T (a widening and a narrowing of the same value).
+    for (; i + L <= n; i += L) {
+      const R v = V<T>::load(src + i);
+      V<T>::stream(dst + i, v);
+    }
+    V<T>::fence();
+    std::memmove(static_cast<void*>(dst + i), static_cast<const void*>(src + i), static_cast<std::size_t>(n - i) * sizeof(T));
+  }
+
   template <class T, class W>
   static void add_row(const T* x, const T* residual, const W* bias_in, T* s, std::int64_t n) noexcept {
     using R = typename V<T>::reg;
