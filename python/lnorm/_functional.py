@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _lnorm
+from . import _interop, _lnorm
 
 Axis = Union[int, Sequence[int]]
 
@@ -243,6 +243,8 @@ def layer_norm(x, weight=None, bias=None, *, axis: Axis = -1, eps: float = 1e-5,
     >>> bool(abs(y.mean(-1)).max() < 1e-5)
     True
     """
+    if type(x) is not np.ndarray and _interop.library_of(x):
+        return _interop.call(layer_norm, x, (x, weight, bias), dict(axis=axis, eps=eps, out=out, return_stats=return_stats))
     return _forward(False, x, weight, bias, axis, eps, out, return_stats)
 
 
@@ -258,6 +260,8 @@ def rms_norm(x, weight=None, *, axis: Axis = -1, eps: float = 1e-6, out=None,
     >>> rstd.shape
     (2, 1)
     """
+    if type(x) is not np.ndarray and _interop.library_of(x):
+        return _interop.call(rms_norm, x, (x, weight), dict(axis=axis, eps=eps, out=out, return_stats=return_stats))
     return _forward(True, x, weight, None, axis, eps, out, return_stats)
 
 
@@ -293,6 +297,8 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis: Axis = -1):
     >>> dx.shape, dw.shape, db.shape
     ((8, 64), (64,), (64,))
     """
+    if type(x) is not np.ndarray and _interop.library_of(x):
+        return _interop.call(layer_norm_backward, x, (dy, x, mean, rstd, weight), dict(axis=axis))
     return _backward(False, dy, x, mean, rstd, weight, axis)
 
 
@@ -306,6 +312,8 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, axis: Axis = -1):
     >>> dw is None
     True
     """
+    if type(x) is not np.ndarray and _interop.library_of(x):
+        return _interop.call(rms_norm_backward, x, (dy, x, rstd, weight), dict(axis=axis))
     return _backward(True, dy, x, None, rstd, weight, axis)
 
 
@@ -347,6 +355,8 @@ def add_layer_norm(x, residual, weight=None, bias=None, *, axis: Axis = -1, eps:
     >>> bool(np.array_equal(s, x + r))
     True
     """
+    if type(x) is not np.ndarray and _interop.library_of(x):
+        return _interop.call(add_layer_norm, x, (x, residual, weight, bias), dict(axis=axis, eps=eps, bias_in=bias_in, out=out, residual_out=residual_out, return_stats=return_stats))
     return _add_forward(False, x, residual, weight, bias, bias_in, axis, eps, out, residual_out,
                         return_stats)
 
@@ -363,5 +373,7 @@ def add_rms_norm(x, residual, weight=None, *, axis: Axis = -1, eps: float = 1e-6
     >>> float(y[0, 0])
     1.0
     """
+    if type(x) is not np.ndarray and _interop.library_of(x):
+        return _interop.call(add_rms_norm, x, (x, residual, weight), dict(axis=axis, eps=eps, bias_in=bias_in, out=out, residual_out=residual_out, return_stats=return_stats))
     return _add_forward(True, x, residual, weight, None, bias_in, axis, eps, out, residual_out,
                         return_stats)

@@ -1,0 +1,134 @@
+"""float16 and bfloat16: every operation on every kernel set against a float64 reference, with
+weights in the data's dtype or float32, and conversions that round exactly like NumPy's."""
+
+import numpy as np
+import pytest
+
+import lnorm
+from reference import layer_norm_ref, rms_norm_ref
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+BF16 = np.dtype(ml_dtypes.bfloat16)
+F16 = np.dtype(np.float16)
+# Norm-wise error bounds: the rounding of the output type and nothing more.
+BOUND = {F16: 1e-3, BF16: 6e-3}
+SIZES = [1, 3, 7, 15, 16, 17, 31, 33, 64, 127, 257, 1000, 4099]
+
+
+@pytest.fixture(params=lnorm.available_isas())
+def isa(request):
+    before = lnorm.config()["isa"]
+    lnorm.set_isa(request.param)
+    yield request.param
+    lnorm.set_isa(before)
+
+
+def _norm_error(y, ref):
+    """max |y - ref| over max(1, max |ref|), in float64."""
+    y = np.asarray(y, np.float64)
+    return float(np.abs(y - ref).max() / max(1.0, np.abs(ref).max()))
+
+
+def _inputs(rng, shape, dtype, wdtype):
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+    w = rng.standard_normal(shape[-1]).astype(wdtype)
+    b = rng.standard_normal(shape[-1]).astype(wdtype)
+    return x, w, b
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("weights", ["same", "float32"])
+def test_forward_all_sizes(isa, dtype, weights):
+    rng = np.random.default_rng(len(isa) + dtype.itemsize)
+    wdtype = dtype if weights == "same" else np.float32
+    for cols in SIZES:
+        x, w, b = _inputs(rng, (5, cols), dtype, wdtype)
+        y, mean, rstd = lnorm.layer_norm(x, w, b, return_stats=True)
+        assert y.dtype == dtype and mean.dtype == np.float32 and rstd.dtype == np.float32
+        ref, rmean, rrstd = layer_norm_ref(x, w, b, -1, 1e-5)
+        assert _norm_error(y, ref) <= BOUND[dtype], (isa, cols)
+        np.testing.assert_allclose(mean, rmean, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(rstd, rrstd, rtol=1e-5)
+        yr, rr = lnorm.rms_norm(x, w, return_stats=True)
+        assert yr.dtype == dtype
+        assert _norm_error(yr, rms_norm_ref(x, w, -1, 1e-6)[0]) <= BOUND[dtype], (isa, cols)
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("layout", ["rows", "columns", "gather"])
+def test_forward_layouts(isa, dtype, layout):
+    """Trailing rows, a non-trailing axis (column tiles) and a strided normalized axis (gathered)."""
+    rng = np.random.default_rng(7)
+    base = (rng.standard_normal((4, 70, 3, 37)) + 1).astype(dtype)
+    x, axis = {"rows": (base, -1), "columns": (base, 1), "gather": (base[:, ::2, :, ::-3], (1, 3))}[layout]
+    shape = tuple(x.shape[a] for a in np.atleast_1d(axis) % x.ndim)
+    w = rng.standard_normal(shape).astype(np.float32)
+    y = lnorm.layer_norm(x, w, axis=axis)
+    assert _norm_error(y, layer_norm_ref(x, w, None, axis, 1e-5)[0]) <= BOUND[dtype]
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("weights", ["same", "float32"])
+def test_backward(isa, dtype, weights):
+    """dx in the data's dtype, dweight/dbias in the weight's, accumulated in float32."""
+    rng = np.random.default_rng(11)
+    wdtype = np.dtype(dtype if weights == "same" else np.float32)
+    for cols in (7, 64, 1000):
+        x, w, b = _inputs(rng, (33, cols), dtype, wdtype)
+        dy = rng.standard_normal(x.shape).astype(dtype)
+        y, mean, rstd = lnorm.layer_norm(x, w, b, return_stats=True)
+        dx, dw, db = lnorm.layer_norm_backward(dy, x, mean, rstd, w)
+        assert dx.dtype == dtype and dw.dtype == wdtype and db.dtype == wdtype
+        x64, dy64, w64 = (a.astype(np.float64) for a in (x, dy, w))
+        m = x64.mean(-1, keepdims=True)
+        r = 1 / np.sqrt(((x64 - m) ** 2).mean(-1, keepdims=True) + 1e-5)
+        xhat = (x64 - m) * r
+        g = dy64 * w64
+        dx_ref = r * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+        assert _norm_error(dx, dx_ref) <= 2 * BOUND[dtype]
+        assert _norm_error(dw, (dy64 * xhat).sum(0)) <= 2 * BOUND[dtype] * np.sqrt(33)
+        assert _norm_error(db, dy64.sum(0)) <= 2 * BOUND[dtype] * np.sqrt(33)
+        dxr, dwr = lnorm.rms_norm_backward(dy, x, lnorm.rms_norm(x, w, return_stats=True)[1], w)
+        assert dxr.dtype == dtype and dwr.dtype == wdtype
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
+def test_fused_add_rounds_like_numpy(isa, dtype):
+    """s = x + residual, computed in float32 and rounded to nearest even: the same bits as NumPy's
+    own conversion, on every kernel set, ties, overflow, Inf and NaN included."""
+    rng = np.random.default_rng(3)
+    n = 4099
+    x = rng.standard_normal((3, n)).astype(np.float32)
+    r = rng.standard_normal((3, n)).astype(np.float32)
+    if dtype == F16:
+        x[0, :8] = [65504, 65504, -65504, 2.0 ** -24, 1.0, np.inf, np.nan, 0.0]
+        r[0, :8] = [16, 65504, -32, 2.0 ** -25, 2.0 ** -11, 1.0, 1.0, -0.0]
+    else:
+        x[0, :6] = [1.0, 1.0, 3.0e38, np.inf, np.nan, -1.0]
+        r[0, :6] = [2.0 ** -8, 3 * 2.0 ** -9, 3.0e38, -np.inf, 0.0, 2.0 ** -8]
+    xh, rh = x.astype(dtype), r.astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        expect = (xh.astype(np.float32) + rh.astype(np.float32)).astype(dtype)
+    y, s = lnorm.add_layer_norm(xh, rh)
+    assert s.dtype == dtype
+    np.testing.assert_array_equal(s.view(np.uint16)[~np.isnan(expect)], expect.view(np.uint16)[~np.isnan(expect)])
+    assert np.isnan(s[np.isnan(expect)]).all()
+    # The two finite rows normalize within the dtype's rounding; the row with Inf/NaN is NaN.
+    assert np.isnan(y[0]).all()
+    ref = layer_norm_ref(expect[1:].astype(np.float64), None, None, -1, 1e-5)[0]
+    assert _norm_error(y[1:], ref) <= BOUND[dtype]
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
+def test_output_rounding_is_nearest_even(isa, dtype):
+    """y computed in float32 is rounded once, to nearest: within half a unit in the last place of
+    the exact value, plus float32's own error (it shows near zero, where x - mean cancels, and near
+    ties). So it equals NumPy's rounding of the float64 reference in all but a few elements."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((64, 1024)).astype(dtype)
+    y = lnorm.layer_norm(x)
+    exact = layer_norm_ref(x, None, None, -1, 1e-5)[0]
+    ref = exact.astype(np.float32).astype(dtype)
+    assert np.mean(y.view(np.uint16) != ref.view(np.uint16)) < 0.01
+    half_ulp = np.spacing(np.abs(y)).astype(np.float64) / 2  # the ulp of the binade above |y|
+    assert (np.abs(y.astype(np.float64) - exact) <= half_ulp * 1.0001 + 1e-6).all()
