@@ -48,11 +48,15 @@ struct status {
 
 inline status fail(const char* message) noexcept { return {status_code::invalid_argument, message}; }
 
-/// Throws std::invalid_argument (or std::bad_alloc) for a failed status.
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS) || defined(_CPPUNWIND)
+#define LNORM_HAS_EXCEPTIONS 1
+/// Throws std::invalid_argument (or std::bad_alloc) for a failed status. (Not declared when
+/// compiled with -fno-exceptions: use the `try_` calls, which return a status.)
 inline void throw_if_failed(const status& s) {
   if (s.code == status_code::out_of_memory) throw std::bad_alloc();
   if (s.code != status_code::ok) throw std::invalid_argument(s.message);
 }
+#endif
 
 // ============================================================================================
 // Layout: any strided tensor, normalized over any set of axes, as rows, column tiles or gathers
@@ -718,6 +722,106 @@ status try_rms_norm(const T* x, std::int64_t ld_x, T* y, std::int64_t ld_y, std:
   return try_rms_norm_nd<T, W>(2, shape, norm, {x, sx}, {y, sy}, gamma, eps, rstd);
 }
 
+// ============================================================================================
+// Row ranges on the calling thread: for engines with their own threads. These never allocate and
+// never start threads; an engine splits its rows among its workers and calls these per range.
+// ============================================================================================
+
+namespace detail {
+inline status check_ranges(std::int64_t rows, std::int64_t cols, double eps) noexcept {
+  if (status s = check_rows(rows, cols); !s) return s;
+  if (!(eps >= 0 && eps <= 1e300)) return fail("eps: must be a finite number >= 0");
+  return {};
+}
+}  // namespace detail
+
+/// LayerNorm of rows [0, rows) on the calling thread: row r at x + r*ld_x, written to y + r*ld_y
+/// (y may be x). mean/rstd (may be null) get one value per row. No allocation, no threads.
+///   // in an engine's worker w of W:
+///   const std::int64_t r0 = rows * w / W, r1 = rows * (w + 1) / W;
+///   lnorm::layer_norm_rows(x + r0 * cols, cols, y + r0 * cols, cols, r1 - r0, cols, g, b, 1e-5);
+template <class T, class W = T>
+status layer_norm_rows(const T* x, std::int64_t ld_x, T* y, std::int64_t ld_y, std::int64_t rows, std::int64_t cols,
+                       const detail::identity_t<W>* gamma, const detail::identity_t<W>* beta, double eps,
+                       stat_t<T>* mean = nullptr, stat_t<T>* rstd = nullptr) noexcept {
+  if (status s = detail::check_ranges(rows, cols, eps); !s) return s;
+  return detail::with_kernels([&](auto k) {
+    using K = decltype(k);
+    for (std::int64_t r = 0; r < rows; ++r)
+      K::template layer_norm_row<T, W>(x + r * ld_x, y + r * ld_y, cols, gamma, beta, eps, mean ? mean + r : nullptr,
+                                       rstd ? rstd + r : nullptr, false);
+    return status{};
+  });
+}
+
+/// RMSNorm of rows [0, rows) on the calling thread (see layer_norm_rows).
+///   lnorm::rms_norm_rows(x, cols, y, cols, rows, cols, g, 1e-6);
+template <class T, class W = T>
+status rms_norm_rows(const T* x, std::int64_t ld_x, T* y, std::int64_t ld_y, std::int64_t rows, std::int64_t cols,
+                     const detail::identity_t<W>* gamma, double eps, stat_t<T>* rstd = nullptr) noexcept {
+  if (status s = detail::check_ranges(rows, cols, eps); !s) return s;
+  return detail::with_kernels([&](auto k) {
+    using K = decltype(k);
+    for (std::int64_t r = 0; r < rows; ++r)
+      K::template rms_norm_row<T, W>(x + r * ld_x, y + r * ld_y, cols, gamma, eps, rstd ? rstd + r : nullptr, false);
+    return status{};
+  });
+}
+
+/// The transformer block's "add & norm" on rows [0, rows), calling thread:
+/// s = x + bias_in + residual (rounded to T), y = layer_norm(s), or rms_norm(s) with `rms` (beta is
+/// then ignored). bias_in, gamma, beta may be null; s may be x or residual (the residual stream
+/// updated in place); y must not be s.
+///   lnorm::add_norm_rows(false, h, d, attn_out, d, nullptr, h, d, normed, d, tokens, d, g, b, 1e-5);
+template <class T, class W = T>
+status add_norm_rows(bool rms, const T* x, std::int64_t ld_x, const T* residual, std::int64_t ld_r,
+                     const detail::identity_t<W>* bias_in, T* s, std::int64_t ld_s, T* y, std::int64_t ld_y,
+                     std::int64_t rows, std::int64_t cols, const detail::identity_t<W>* gamma,
+                     const detail::identity_t<W>* beta, double eps, stat_t<T>* mean = nullptr,
+                     stat_t<T>* rstd = nullptr) noexcept {
+  if (status st = detail::check_ranges(rows, cols, eps); !st) return st;
+  if (rows > 0 && y == s) return fail("y: must not be s");
+  return detail::with_kernels([&](auto k) {
+    using K = decltype(k);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      T* sr = s + r * ld_s;
+      K::template add_row<T, W>(x + r * ld_x, residual + r * ld_r, bias_in, sr, cols);
+      if (rms) K::template rms_norm_row<T, W>(sr, y + r * ld_y, cols, gamma, eps, rstd ? rstd + r : nullptr, false);
+      else
+        K::template layer_norm_row<T, W>(sr, y + r * ld_y, cols, gamma, beta, eps, mean ? mean + r : nullptr,
+                                         rstd ? rstd + r : nullptr, false);
+    }
+    return status{};
+  });
+}
+
+/// Backward of layer_norm (rms_norm with `rms`; mean is then ignored) on rows [0, rows), calling
+/// thread: dx from dy, x and the forward's statistics; dgamma_acc and dbeta_acc (cols values each,
+/// may be null) are ADDED to, so an engine gives each worker its own and sums them at the end.
+///   std::vector<float> dg(cols), db(cols);   // zeroed, per worker
+///   lnorm::norm_backward_rows(false, dy, cols, x, cols, mean, rstd, g, dx, cols, rows, cols, dg.data(), db.data());
+template <class T, class W = T>
+status norm_backward_rows(bool rms, const T* dy, std::int64_t ld_dy, const T* x, std::int64_t ld_x,
+                          const stat_t<T>* mean, const stat_t<T>* rstd, const detail::identity_t<W>* gamma, T* dx,
+                          std::int64_t ld_dx, std::int64_t rows, std::int64_t cols, stat_t<T>* dgamma_acc,
+                          stat_t<T>* dbeta_acc) noexcept {
+  if (status st = detail::check_rows(rows, cols); !st) return st;
+  if (rows > 0 && (!rstd || (!rms && !mean))) return fail("mean, rstd: null pointer");
+  return detail::with_kernels([&](auto k) {
+    using K = decltype(k);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      if (rms)
+        K::template rms_norm_backward_row<T, W>(x + r * ld_x, dy + r * ld_dy, dx + r * ld_dx, cols, gamma, rstd[r],
+                                                dgamma_acc);
+      else
+        K::template layer_norm_backward_row<T, W>(x + r * ld_x, dy + r * ld_dy, dx + r * ld_dx, cols, gamma, mean[r],
+                                                  rstd[r], dgamma_acc, dbeta_acc);
+    }
+    return status{};
+  });
+}
+
+#if defined(LNORM_HAS_EXCEPTIONS)
 /// LayerNorm over contiguous rows; throws std::invalid_argument on bad arguments.
 ///   lnorm::layer_norm(x, y, rows, cols, gamma, beta, 1e-5f);   // gamma, beta may be nullptr
 template <class T, class W = T>
@@ -733,5 +837,7 @@ void rms_norm(const T* x, T* y, std::int64_t rows, std::int64_t cols, const deta
               double eps) {
   throw_if_failed(try_rms_norm<T, W>(x, cols, y, cols, rows, cols, gamma, eps));
 }
+
+#endif  // LNORM_HAS_EXCEPTIONS
 
 }  // namespace lnorm
