@@ -136,9 +136,11 @@ inline void batch_offsets(const layout& L, int nb, std::int64_t r, std::int64_t*
 }
 
 // Walks rows [r0, r1) with an odometer over the batch dims: one division per block, not per row.
+// f(row, offsets, next) gets the offsets of the row and of the row after it (null for the last row
+// of the range), for the kernels to prefetch.
 template <class F>
 inline void for_each_row(const layout& L, std::int64_t r0, std::int64_t r1, F&& f) noexcept {
-  std::int64_t off[kMaxArrays], idx[kMaxDims];
+  std::int64_t off[kMaxArrays], cur[kMaxArrays], idx[kMaxDims];
   batch_offsets(L, L.nb, r0, off);
   std::int64_t r = r0;
   for (int d = L.nb - 1; d >= 0; --d) {
@@ -146,13 +148,14 @@ inline void for_each_row(const layout& L, std::int64_t r0, std::int64_t r1, F&& 
     r /= L.bshape[d];
   }
   for (std::int64_t row = r0; row < r1; ++row) {
-    f(row, static_cast<const std::int64_t*>(off));
+    for (int a = 0; a < L.narrays; ++a) cur[a] = off[a];
     for (int d = L.nb - 1; d >= 0; --d) {
       for (int a = 0; a < L.narrays; ++a) off[a] += L.bstride[a][d];
       if (++idx[d] < L.bshape[d]) break;
       for (int a = 0; a < L.narrays; ++a) off[a] -= L.bstride[a][d] * L.bshape[d];
       idx[d] = 0;
     }
+    f(row, static_cast<const std::int64_t*>(cur), row + 1 < r1 ? static_cast<const std::int64_t*>(off) : nullptr);
   }
 }
 
@@ -213,10 +216,13 @@ inline status execute(const layout& L, T* const* base, const Op& op) noexcept {
   auto run_tasks = [&](std::int64_t t0, std::int64_t t1, std::int64_t slot, partial_t* partial) {
     if (L.kind == layout_kind::rows) {
       T* buf = scratch ? scratch.get() + slot * scratch_rows * L.cols : nullptr;
-      for_each_row(L, t0, t1, [&](std::int64_t r, const std::int64_t* off) {
-        T* p[kMaxArrays];
-        for (int a = 0; a < Op::n_arrays; ++a) p[a] = base[a] + off[a];
-        op.row(p, r, partial, buf);
+      for_each_row(L, t0, t1, [&](std::int64_t r, const std::int64_t* off, const std::int64_t* next_off) {
+        T *p[kMaxArrays], *next[kMaxArrays];
+        for (int a = 0; a < Op::n_arrays; ++a) {
+          p[a] = base[a] + off[a];
+          next[a] = next_off ? base[a] + next_off[a] : nullptr;
+        }
+        op.row(p, next, r, partial, buf);
       });
     } else if (L.kind == layout_kind::columns) {
       const std::int64_t inner = L.bshape[L.nb - 1];
@@ -232,13 +238,13 @@ inline status execute(const layout& L, T* const* base, const Op& op) noexcept {
       }
     } else {
       T* buf = scratch.get() + slot * Op::n_arrays * L.cols;
-      for_each_row(L, t0, t1, [&](std::int64_t r, const std::int64_t* off) {
-        T* p[kMaxArrays];
+      for_each_row(L, t0, t1, [&](std::int64_t r, const std::int64_t* off, const std::int64_t*) {
+        T *p[kMaxArrays], *next[kMaxArrays] = {};
         for (int a = 0; a < Op::n_arrays; ++a) {
           p[a] = buf + a * L.cols;
           if (a < Op::n_in) copy_row(L, a, base[a] + off[a], p[a], true);
         }
-        op.row(p, r, partial, static_cast<T*>(nullptr));
+        op.row(p, next, r, partial, static_cast<T*>(nullptr));
         for (int a = Op::n_in; a < Op::n_arrays; ++a) copy_row(L, a, base[a] + off[a], p[a], false);
       });
     }
@@ -287,9 +293,9 @@ struct layer_norm_op {
   std::int64_t n;
   bool stream;
   std::int64_t scratch_rows() const noexcept { return 0; }
-  void row(T* const* p, std::int64_t r, partial_t*, T*) const noexcept {
+  void row(T* const* p, T* const* next, std::int64_t r, partial_t*, T*) const noexcept {
     K::template layer_norm_row<T, W>(p[0], p[1], n, gamma, beta, eps, mean ? mean + r : nullptr,
-                                     rstd ? rstd + r : nullptr, stream);
+                                     rstd ? rstd + r : nullptr, stream, next[0]);
   }
   void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t*) const noexcept {
     K::template layer_norm_cols<T, W>(p[0], s[0], p[1], s[1], n, w, gamma, beta, eps, mean ? mean + r0 : nullptr,
@@ -310,8 +316,8 @@ struct rms_norm_op {
   std::int64_t n;
   bool stream;
   std::int64_t scratch_rows() const noexcept { return 0; }
-  void row(T* const* p, std::int64_t r, partial_t*, T*) const noexcept {
-    K::template rms_norm_row<T, W>(p[0], p[1], n, gamma, eps, rstd ? rstd + r : nullptr, stream);
+  void row(T* const* p, T* const* next, std::int64_t r, partial_t*, T*) const noexcept {
+    K::template rms_norm_row<T, W>(p[0], p[1], n, gamma, eps, rstd ? rstd + r : nullptr, stream, next[0]);
   }
   void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t*) const noexcept {
     K::template rms_norm_cols<T, W>(p[0], s[0], p[1], s[1], n, w, gamma, eps, rstd ? rstd + r0 : nullptr);
@@ -334,21 +340,22 @@ struct add_norm_op {
   std::int64_t n;
   bool stream;
   std::int64_t scratch_rows() const noexcept { return stream ? 1 : 0; }
-  void norm(const T* s, T* y, std::int64_t r, bool streamed) const noexcept {
-    if constexpr (Rms) K::template rms_norm_row<T, W>(s, y, n, gamma, eps, rstd ? rstd + r : nullptr, streamed);
+  // The norm of s into y, prefetching `next` (the next row's x) on the way.
+  void norm(const T* s, T* y, std::int64_t r, bool streamed, const T* next) const noexcept {
+    if constexpr (Rms) K::template rms_norm_row<T, W>(s, y, n, gamma, eps, rstd ? rstd + r : nullptr, streamed, next);
     else
       K::template layer_norm_row<T, W>(s, y, n, gamma, beta, eps, mean ? mean + r : nullptr,
-                                       rstd ? rstd + r : nullptr, streamed);
+                                       rstd ? rstd + r : nullptr, streamed, next);
   }
-  void row(T* const* p, std::int64_t r, partial_t*, T* buf) const noexcept {
+  void row(T* const* p, T* const* next, std::int64_t r, partial_t*, T* buf) const noexcept {
     if (stream && buf) {
       K::template add_row<T, W>(p[0], p[1], bias_in, buf, n);
-      norm(buf, p[3], r, true);
-      K::template copy_row<T>(buf, p[2], n, true);
+      norm(buf, p[3], r, true, next[0]);
+      K::template copy_row<T>(buf, p[2], n, true, next[1]);
       return;
     }
     K::template add_row<T, W>(p[0], p[1], bias_in, p[2], n);
-    norm(p[2], p[3], r, false);
+    norm(p[2], p[3], r, false, next[0]);
   }
   void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t*) const noexcept {
     K::template add_cols<T, W>(p[0], s[0], p[1], s[1], bias_in, p[2], s[2], n, w);
@@ -373,9 +380,12 @@ struct norm_backward_op {
   W *dgamma, *dbeta;
   std::int64_t n;
   std::int64_t scratch_rows() const noexcept { return 0; }
-  void row(T* const* p, std::int64_t r, partial_t* part, T*) const noexcept {
-    if constexpr (Rms) K::template rms_norm_backward_row<T, W>(p[0], p[1], p[2], n, gamma, rstd[r], part);
-    else K::template layer_norm_backward_row<T, W>(p[0], p[1], p[2], n, gamma, mean[r], rstd[r], part, part + n);
+  void row(T* const* p, T* const* next, std::int64_t r, partial_t* part, T*) const noexcept {
+    if constexpr (Rms)
+      K::template rms_norm_backward_row<T, W>(p[0], p[1], p[2], n, gamma, rstd[r], part, next[0], next[1]);
+    else
+      K::template layer_norm_backward_row<T, W>(p[0], p[1], p[2], n, gamma, mean[r], rstd[r], part, part + n, next[0],
+                                                next[1]);
   }
   void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t* part) const noexcept {
     if constexpr (Rms)
@@ -488,7 +498,7 @@ inline status split_rows_forward(const layout& L, T* x, T* y, const W* gamma, co
   };
   if (L.rows >= workers) {
     parallel_for(L.rows, workers, [&](std::int64_t r0, std::int64_t r1, int) {
-      for_each_row(L, r0, r1, [&](std::int64_t r, const std::int64_t* off) {
+      for_each_row(L, r0, r1, [&](std::int64_t r, const std::int64_t* off, const std::int64_t*) {
         double* m = buf.get() + 2 * chunks * r;
         chunk_moments(x + off[0], m, m + chunks, 0, chunks);
         double row_mean = 0, r_apply = 0;
@@ -498,7 +508,7 @@ inline status split_rows_forward(const layout& L, T* x, T* y, const W* gamma, co
     });
     return {};
   }
-  for_each_row(L, 0, L.rows, [&](std::int64_t r, const std::int64_t* off) {
+  for_each_row(L, 0, L.rows, [&](std::int64_t r, const std::int64_t* off, const std::int64_t*) {
     double* m = buf.get() + 2 * chunks * r;
     parallel_for(chunks, workers, [&](std::int64_t k0, std::int64_t k1, int) { chunk_moments(x + off[0], m, m + chunks, k0, k1); });
     double row_mean = 0, r_apply = 0;
@@ -522,7 +532,7 @@ inline status split_rows_backward(const layout& L, T* x, T* dy, T* dx, const W* 
   if (!partial || !sums) return {status_code::out_of_memory, "out of memory for backward partials"};
   stat_t<T>* dg = dgamma ? partial.get() : nullptr;
   stat_t<T>* db = (dbeta && !Rms) ? partial.get() + cols : nullptr;
-  for_each_row(L, 0, L.rows, [&](std::int64_t r, const std::int64_t* off) {
+  for_each_row(L, 0, L.rows, [&](std::int64_t r, const std::int64_t* off, const std::int64_t*) {
     const double m = Rms ? 0.0 : static_cast<double>(mean[r]), rs = static_cast<double>(rstd[r]);
     parallel_for(chunks, workers, [&](std::int64_t k0, std::int64_t k1, int) {
       for (std::int64_t k = k0; k < k1; ++k) {

@@ -171,7 +171,8 @@ struct kernels {
   /// y is large and better written past the caches, is for the SIMD sets.)
   template <class T, class W>
   static void layer_norm_row(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, double eps,
-                             stat_t<T>* mean, stat_t<T>* rstd, bool /*stream*/ = false) noexcept {
+                             stat_t<T>* mean, stat_t<T>* rstd, bool /*stream*/ = false,
+                             const T* /*next*/ = nullptr) noexcept {
     const row_stats st = detail::layer_norm_stats(x, 1, n, eps);
     for (std::int64_t i = 0; i < n; ++i) {
       const double xhat = (widen(x[i]) * st.scale - st.mean) * st.rstd_apply;
@@ -184,7 +185,7 @@ struct kernels {
   /// y = rms_norm(x) over one contiguous row; writes rstd if not null.
   template <class T, class W>
   static void rms_norm_row(const T* x, T* y, std::int64_t n, const W* gamma, double eps,
-                           stat_t<T>* rstd, bool /*stream*/ = false) noexcept {
+                           stat_t<T>* rstd, bool /*stream*/ = false, const T* /*next*/ = nullptr) noexcept {
     const row_stats st = detail::rms_norm_stats(x, 1, n, eps);
     for (std::int64_t i = 0; i < n; ++i) {
       const double xhat = widen(x[i]) * st.scale * st.rstd_apply;
@@ -196,7 +197,8 @@ struct kernels {
   /// dx of layer_norm for one row, and dgamma/dbeta partials accumulated into dg/db (if not null).
   template <class T, class W>
   static void layer_norm_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma,
-                                      double mean, double rstd, stat_t<T>* dg, stat_t<T>* db) noexcept {
+                                      double mean, double rstd, stat_t<T>* dg, stat_t<T>* db,
+                                      const T* /*next_x*/ = nullptr, const T* /*next_dy*/ = nullptr) noexcept {
     double sum_g = 0, sum_gx = 0;
     for (std::int64_t i = 0; i < n; ++i) {
       const double xhat = (widen(x[i]) - mean) * rstd;
@@ -218,7 +220,8 @@ struct kernels {
   /// dx of rms_norm for one row, and dgamma partials accumulated into dg (if not null).
   template <class T, class W>
   static void rms_norm_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma,
-                                    double rstd, stat_t<T>* dg) noexcept {
+                                    double rstd, stat_t<T>* dg, const T* /*next_x*/ = nullptr,
+                                    const T* /*next_dy*/ = nullptr) noexcept {
     double sum_gx = 0;
     for (std::int64_t i = 0; i < n; ++i) {
       const double xhat = widen(x[i]) * rstd;
@@ -248,7 +251,7 @@ struct kernels {
 
   /// dst = src over n elements (`stream`: a hint for the SIMD sets).
   template <class T>
-  static void copy_row(const T* src, T* dst, std::int64_t n, bool /*stream*/) noexcept {
+  static void copy_row(const T* src, T* dst, std::int64_t n, bool /*stream*/, const T* /*next*/ = nullptr) noexcept {
     for (std::int64_t i = 0; i < n; ++i) dst[i] = src[i];
   }
 

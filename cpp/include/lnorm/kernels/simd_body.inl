@@ -24,43 +24,55 @@ struct kernels {
   template <class T>
   using V = vec<calc_t<T>>;
 
-  // Statistics of one row by the corrected two-pass scheme: m0 (rough mean), c (its correction) and
-  // the biased variance.
+  // Sums of d = x - shift and d^2 over one row (4 accumulator pairs: FP add latency 4, 2 ports).
+  template <class T>
+  static void shifted_sums(const T* x, std::int64_t n, calc_t<T> shift, calc_t<T>& sum_d, calc_t<T>& sum_q) noexcept {
+    using R = typename V<T>::reg;
+    constexpr std::int64_t L = V<T>::lanes;
+    const R vk = V<T>::set1(shift);
+    R d0 = V<T>::zero(), d1 = V<T>::zero(), d2 = V<T>::zero(), d3 = V<T>::zero();
+    R q0 = V<T>::zero(), q1 = V<T>::zero(), q2 = V<T>::zero(), q3 = V<T>::zero();
+    std::int64_t i = 0;
+    for (; i + 4 * L <= n; i += 4 * L) {
+      const R a = V<T>::sub(V<T>::load(x + i), vk), b = V<T>::sub(V<T>::load(x + i + L), vk);
+      const R c = V<T>::sub(V<T>::load(x + i + 2 * L), vk), e = V<T>::sub(V<T>::load(x + i + 3 * L), vk);
+      d0 = V<T>::add(d0, a);
+      d1 = V<T>::add(d1, b);
+      d2 = V<T>::add(d2, c);
+      d3 = V<T>::add(d3, e);
+      q0 = V<T>::fma(a, a, q0);
+      q1 = V<T>::fma(b, b, q1);
+      q2 = V<T>::fma(c, c, q2);
+      q3 = V<T>::fma(e, e, q3);
+    }
+    for (; i < n; i += L) {
+      const R a = V<T>::head(V<T>::sub(V<T>::load_n(x + i, n - i), vk), n - i);
+      d0 = V<T>::add(d0, a);
+      q0 = V<T>::fma(a, a, q0);
+    }
+    sum_d = V<T>::sum(V<T>::add(V<T>::add(d0, d1), V<T>::add(d2, d3)));
+    sum_q = V<T>::sum(V<T>::add(V<T>::add(q0, q1), V<T>::add(q2, q3)));
+  }
+
+  // Statistics of one row in one read: the shift m0 is the mean of the row's first vector, the sums
+  // of d = x - m0 and d^2 give the correction c = mean(d) and var = mean(d^2) - c^2, which cancels
+  // little while |c| is within a few spreads (so never E[x^2] - E[x]^2). A shift far from the mean
+  // (an outlier at the row's start) costs one more pass, from cache, around m0 + c.
   template <class T>
   static void row_moments(const T* x, std::int64_t n, calc_t<T>& m0, calc_t<T>& c, calc_t<T>& var) noexcept {
     using E = calc_t<T>;
-    using R = typename V<T>::reg;
-    constexpr std::int64_t L = V<T>::lanes;
-    // 4 accumulators: FP add latency 4, 2 ports; the row streams from memory here.
-    R s0 = V<T>::zero(), s1 = V<T>::zero(), s2 = V<T>::zero(), s3 = V<T>::zero();
-    std::int64_t i = 0;
-    for (; i + 4 * L <= n; i += 4 * L) {
-      s0 = V<T>::add(s0, V<T>::load(x + i));
-      s1 = V<T>::add(s1, V<T>::load(x + i + L));
-      s2 = V<T>::add(s2, V<T>::load(x + i + 2 * L));
-      s3 = V<T>::add(s3, V<T>::load(x + i + 3 * L));
+    const std::int64_t k0 = n < V<T>::lanes ? n : V<T>::lanes;
+    m0 = V<T>::sum(V<T>::load_n(x, k0)) / static_cast<E>(k0);
+    E sd, sq;
+    shifted_sums(x, n, m0, sd, sq);
+    c = sd / static_cast<E>(n);
+    var = sq / static_cast<E>(n) - c * c;
+    if (!(c * c <= E(4) * var)) {
+      m0 += c;
+      shifted_sums(x, n, m0, sd, sq);
+      c = sd / static_cast<E>(n);
+      var = sq / static_cast<E>(n) - c * c;
     }
-    for (; i + L <= n; i += L) s0 = V<T>::add(s0, V<T>::load(x + i));
-    if (i < n) s1 = V<T>::add(s1, V<T>::load_n(x + i, n - i));
-    m0 = V<T>::sum(V<T>::add(V<T>::add(s0, s1), V<T>::add(s2, s3))) / static_cast<E>(n);
-    // Second pass (the row is in cache now): sums of d = x - m0 and d^2, 2 x 2 accumulators.
-    const R vm = V<T>::set1(m0);
-    R d0 = V<T>::zero(), d1 = V<T>::zero(), q0 = V<T>::zero(), q1 = V<T>::zero();
-    i = 0;
-    for (; i + 2 * L <= n; i += 2 * L) {
-      const R a = V<T>::sub(V<T>::load(x + i), vm), b = V<T>::sub(V<T>::load(x + i + L), vm);
-      d0 = V<T>::add(d0, a);
-      d1 = V<T>::add(d1, b);
-      q0 = V<T>::fma(a, a, q0);
-      q1 = V<T>::fma(b, b, q1);
-    }
-    for (; i < n; i += L) {
-      const R a = V<T>::head(V<T>::sub(V<T>::load_n(x + i, n - i), vm), n - i);
-      d0 = V<T>::add(d0, a);
-      q0 = V<T>::fma(a, a, q0);
-    }
-    c = V<T>::sum(V<T>::add(d0, d1)) / static_cast<E>(n);
-    var = V<T>::sum(V<T>::add(q0, q1)) / static_cast<E>(n) - c * c;
     if (var < 0) var = 0;
   }
 
@@ -117,9 +129,12 @@ struct kernels {
 
   // The whole row; gamma/beta presence fixed at compile time. With `stream`, full vectors are stored
   // non-temporally (a large output then costs no read-for-ownership) after a head that aligns y.
+  //
+  // `next` (may be null) is the row the caller handles next: it is prefetched while this row, already
+  // in cache, is normalized, so that the next row's read from memory overlaps this row's work.
   template <bool G, bool B, class T, class W>
   static void normalize_row(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
-                            calc_t<T> c, calc_t<T> r, bool stream) noexcept {
+                            calc_t<T> c, calc_t<T> r, bool stream, const T* next) noexcept {
     using R = typename V<T>::reg;
     constexpr std::int64_t L = V<T>::lanes;
     constexpr std::uintptr_t align = static_cast<std::uintptr_t>(L) * sizeof(T);
@@ -129,22 +144,36 @@ struct kernels {
     if (stream && addr % sizeof(T) == 0 && n >= 2 * L) {
       const std::int64_t head = static_cast<std::int64_t>(((align - addr % align) % align) / sizeof(T));
       if (head > 0) normalize_chunk<G, B>(x, y, head, gamma, beta, vm, vc, vr);
-      for (i = head; i + L <= n; i += L)
+      for (i = head; i + L <= n; i += L) {
+        prefetch_row(next, i, n);
         normalize_chunk<G, B, true>(x + i, y + i, L, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
+      }
       V<T>::fence();
     } else {
-      for (; i + L <= n; i += L) normalize_chunk<G, B>(x + i, y + i, L, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
+      for (; i + L <= n; i += L) {
+        prefetch_row(next, i, n);
+        normalize_chunk<G, B>(x + i, y + i, L, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
+      }
     }
     if (i < n) normalize_chunk<G, B>(x + i, y + i, n - i, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
   }
 
   template <class T, class W>
   static void normalize_row_any(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
-                                calc_t<T> c, calc_t<T> r, bool stream) noexcept {
-    if (gamma && beta) normalize_row<true, true>(x, y, n, gamma, beta, m0, c, r, stream);
-    else if (gamma) normalize_row<true, false>(x, y, n, gamma, beta, m0, c, r, stream);
-    else if (beta) normalize_row<false, true>(x, y, n, gamma, beta, m0, c, r, stream);
-    else normalize_row<false, false>(x, y, n, gamma, beta, m0, c, r, stream);
+                                calc_t<T> c, calc_t<T> r, bool stream, const T* next = nullptr) noexcept {
+    if (gamma && beta) normalize_row<true, true>(x, y, n, gamma, beta, m0, c, r, stream, next);
+    else if (gamma) normalize_row<true, false>(x, y, n, gamma, beta, m0, c, r, stream, next);
+    else if (beta) normalize_row<false, true>(x, y, n, gamma, beta, m0, c, r, stream, next);
+    else normalize_row<false, false>(x, y, n, gamma, beta, m0, c, r, stream, next);
+  }
+
+  // Prefetches the line of `next` at element i (once per vector; harmless where a line holds two).
+  // Rows up to 16 KiB go to L1, longer ones to L2 so as not to evict the row in hand.
+  template <class T>
+  static void prefetch_row(const T* next, std::int64_t i, std::int64_t n) noexcept {
+    if (!next) return;
+    if (n * static_cast<std::int64_t>(sizeof(T)) <= 16384) __builtin_prefetch(next + i, 0, 3);
+    else __builtin_prefetch(next + i, 0, 2);
   }
 
  public:
@@ -152,7 +181,8 @@ struct kernels {
 
   template <class T, class W>
   static void layer_norm_row(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, double eps,
-                             stat_t<T>* mean, stat_t<T>* rstd, bool stream = false) noexcept {
+                             stat_t<T>* mean, stat_t<T>* rstd, bool stream = false,
+                             const T* next = nullptr) noexcept {
     using E = calc_t<T>;
     E m0, c, var;
     row_moments(x, n, m0, c, var);
@@ -161,14 +191,14 @@ struct kernels {
       return;
     }
     const double ve = static_cast<double>(var) + eps;
-    normalize_row_any(x, y, n, gamma, beta, m0, c, static_cast<E>(rstd_apply(ve)), stream);
+    normalize_row_any(x, y, n, gamma, beta, m0, c, static_cast<E>(rstd_apply(ve)), stream, next);
     if (mean) *mean = static_cast<stat_t<T>>(static_cast<double>(m0) + static_cast<double>(c));
     if (rstd) *rstd = static_cast<stat_t<T>>(1.0 / std::sqrt(ve));
   }
 
   template <class T, class W>
   static void rms_norm_row(const T* x, T* y, std::int64_t n, const W* gamma, double eps,
-                           stat_t<T>* rstd, bool stream = false) noexcept {
+                           stat_t<T>* rstd, bool stream = false, const T* next = nullptr) noexcept {
     using E = calc_t<T>;
     E ms;
     row_mean_square(x, n, ms);
@@ -177,26 +207,28 @@ struct kernels {
       return;
     }
     const double ve = static_cast<double>(ms) + eps;
-    normalize_row_any(x, y, n, gamma, static_cast<const W*>(nullptr), E(0), E(0), static_cast<E>(rstd_apply(ve)), stream);
+    normalize_row_any(x, y, n, gamma, static_cast<const W*>(nullptr), E(0), E(0), static_cast<E>(rstd_apply(ve)), stream,
+                      next);
     if (rstd) *rstd = static_cast<stat_t<T>>(1.0 / std::sqrt(ve));
   }
 
   template <class T, class W>
   static void layer_norm_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma,
-                                      double mean, double rstd, stat_t<T>* dg, stat_t<T>* db) noexcept {
-    backward_row<false>(x, dy, dx, n, gamma, mean, rstd, dg, db);
+                                      double mean, double rstd, stat_t<T>* dg, stat_t<T>* db,
+                                      const T* next_x = nullptr, const T* next_dy = nullptr) noexcept {
+    backward_row<false>(x, dy, dx, n, gamma, mean, rstd, dg, db, next_x, next_dy);
   }
 
   template <class T, class W>
   static void rms_norm_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double rstd,
-                                    stat_t<T>* dg) noexcept {
-    backward_row<true>(x, dy, dx, n, gamma, 0.0, rstd, dg, static_cast<stat_t<T>*>(nullptr));
+                                    stat_t<T>* dg, const T* next_x = nullptr, const T* next_dy = nullptr) noexcept {
+    backward_row<true>(x, dy, dx, n, gamma, 0.0, rstd, dg, static_cast<stat_t<T>*>(nullptr), next_x, next_dy);
   }
 
   /// dst = src over n elements; with `stream`, full vectors past an aligning head are stored
   /// non-temporally.
   template <class T>
-  static void copy_row(const T* src, T* dst, std::int64_t n, bool stream) noexcept {
+  static void copy_row(const T* src, T* dst, std::int64_t n, bool stream, const T* next = nullptr) noexcept {
     using R = typename V<T>::reg;
     constexpr std::int64_t L = V<T>::lanes;
     constexpr std::uintptr_t align = static_cast<std::uintptr_t>(L) * sizeof(T);
@@ -210,6 +242,7 @@ struct kernels {
     std::int64_t i = head;
     // Through the compute type: exact for every T (a widening and a narrowing of the same value).
     for (; i + L <= n; i += L) {
+      prefetch_row(next, i, n);
       const R v = V<T>::load(src + i);
       V<T>::stream(dst + i, v);
     }
@@ -285,7 +318,8 @@ struct kernels {
   // Second sweep: dx = rstd * ((g*dy - c1) - xhat * c2).
   template <bool Rms, class T, class W>
   static void backward_row_apply(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean_d,
-                                 double rstd_d, calc_t<T> c1_s, calc_t<T> c2_s) noexcept {
+                                 double rstd_d, calc_t<T> c1_s, calc_t<T> c2_s, const T* next_x = nullptr,
+                                 const T* next_dy = nullptr) noexcept {
     using E = calc_t<T>;
     using R = typename V<T>::reg;
     using VW = vec<E>;
@@ -295,6 +329,8 @@ struct kernels {
     for (std::int64_t i = 0; i < n; i += L) {
       const std::int64_t k = n - i;
       const bool full = k >= L;
+      prefetch_row(next_x, i, n);
+      prefetch_row(next_dy, i, n);
       const R xv = full ? V<T>::load(x + i) : V<T>::load_n(x + i, k);
       const R d = full ? V<T>::load(dy + i) : V<T>::load_n(dy + i, k);
       const R xh = Rms ? V<T>::mul(xv, vr) : V<T>::mul(V<T>::sub(xv, vm), vr);
@@ -308,11 +344,12 @@ struct kernels {
   // dx = rstd * (g*dy - mean(g*dy) - xhat * mean(g*dy*xhat)); dg += dy*xhat; db += dy.
   template <bool Rms, class T, class W>
   static void backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean_d,
-                           double rstd_d, stat_t<T>* dg, stat_t<T>* db) noexcept {
+                           double rstd_d, stat_t<T>* dg, stat_t<T>* db, const T* next_x, const T* next_dy) noexcept {
     using E = calc_t<T>;
     E sg, sx;
     backward_row_sums<Rms>(x, dy, n, gamma, mean_d, rstd_d, dg, db, sg, sx);
-    backward_row_apply<Rms>(x, dy, dx, n, gamma, mean_d, rstd_d, sg / static_cast<E>(n), sx / static_cast<E>(n));
+    backward_row_apply<Rms>(x, dy, dx, n, gamma, mean_d, rstd_d, sg / static_cast<E>(n), sx / static_cast<E>(n), next_x,
+                            next_dy);
   }
 
  public:
