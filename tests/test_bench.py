@@ -1,0 +1,88 @@
+"""Checks of bench/bench.py: the quick run writes verified results, and verification catches a wrong
+answer before anything is timed."""
+
+import csv
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH_SCRIPT = os.path.join(REPO_ROOT, "bench", "bench.py")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """bench/bench.py imported as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("lnorm_bench", BENCH_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+@pytest.mark.slow
+def test_quick_run_writes_verified_results(tmp_path):
+    pytest.importorskip("matplotlib")
+    completed = subprocess.run(
+        [sys.executable, BENCH_SCRIPT, "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-4000:]
+    assert "verification passed" in completed.stdout
+
+    results_md = (tmp_path / "RESULTS.md").read_text()
+    assert "Verification: passed" in results_md
+    assert "--quick" in results_md  # the command is recorded
+    assert "## Headline" in results_md and "## Hidden-size sweep" in results_md
+
+    with open(tmp_path / "gbps_vs_hidden.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    with open(tmp_path / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows
+    import lnorm
+
+    timed_isas = {r["isa"] for r in rows if r["library"] == "lnorm" and r["op"] == "layer_norm"}
+    assert timed_isas == set(lnorm.available_isas())
+    assert {int(r["threads"]) for r in rows} == {1, 2}
+    for r in rows:
+        assert float(r["max_rel_error"]) < 0.05, r
+        assert math.isfinite(float(r["gbps"])) and float(r["gbps"]) > 0, r
+
+
+def test_verification_rejects_a_wrong_result(bench):
+    inputs = bench.make_inputs(8, 100, np.float32, seed=1)
+    reference = {"y": bench.reference_layer_norm(inputs.x, inputs.weight, inputs.bias)}
+    tolerance = bench.tolerance(np.float32)
+
+    good = bench.lnorm_forward("layer_norm", inputs, "scalar", "out")
+    assert bench.verify_contender(good, reference, tolerance) < tolerance
+
+    y_without_bias = bench.reference_layer_norm(inputs.x, inputs.weight, np.zeros_like(inputs.bias))
+    wrong = bench.Contender("fake", "layer_norm", "alloc", run=lambda: None,
+                            outputs=lambda: {"y": y_without_bias.astype(np.float32)}, bytes_moved=1)
+    with pytest.raises(bench.VerificationError, match="fake"):
+        bench.verify_contender(wrong, reference, tolerance)
+
+    nan_result = bench.Contender("fake", "layer_norm", "alloc", run=lambda: None,
+                                 outputs=lambda: {"y": np.full_like(inputs.x, np.nan)}, bytes_moved=1)
+    with pytest.raises(bench.VerificationError):
+        bench.verify_contender(nan_result, reference, tolerance)
+
+
+def test_paired_ratio_and_geomean(bench):
+    def row(seconds):
+        return bench.Row("goal", "float32", 1, 1, 1, "x", "op", "", "alloc", 8, 1, 0.0, seconds)
+
+    slow, fast = row([4.0, 9.0, 2.0]), row([2.0, 3.0, 2.0])
+    assert bench.paired_ratio(slow, fast) == 2.0  # median of 2, 3, 1
+    assert bench.geomean([2.0, 8.0]) == pytest.approx(4.0)
