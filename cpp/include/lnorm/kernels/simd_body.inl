@@ -19,6 +19,8 @@
 
 struct kernels {
   static constexpr const char* name = LNORM_SIMD_NAME;
+  // Next rows up to this size are prefetched into L1, longer ones into L2 (see prefetch_row).
+  static constexpr std::int64_t kPrefetchL1Bytes = 16384;
 
  private:
   template <class T>
@@ -26,7 +28,8 @@ struct kernels {
 
   // Sums of d = x - shift and d^2 over one row (4 accumulator pairs: FP add latency 4, 2 ports).
   template <class T>
-  static void shifted_sums(const T* x, std::int64_t n, calc_t<T> shift, calc_t<T>& sum_d, calc_t<T>& sum_q) noexcept {
+  static void shifted_sums(const T* x, std::int64_t n, calc_t<T> shift, calc_t<T>& sum_d, calc_t<T>& sum_q,
+                           const T* next = nullptr) noexcept {
     using R = typename V<T>::reg;
     constexpr std::int64_t L = V<T>::lanes;
     const R vk = V<T>::set1(shift);
@@ -34,6 +37,7 @@ struct kernels {
     R q0 = V<T>::zero(), q1 = V<T>::zero(), q2 = V<T>::zero(), q3 = V<T>::zero();
     std::int64_t i = 0;
     for (; i + 4 * L <= n; i += 4 * L) {
+      prefetch_first_half(next, i, L, n);
       const R a = V<T>::sub(V<T>::load(x + i), vk), b = V<T>::sub(V<T>::load(x + i + L), vk);
       const R c = V<T>::sub(V<T>::load(x + i + 2 * L), vk), e = V<T>::sub(V<T>::load(x + i + 3 * L), vk);
       d0 = V<T>::add(d0, a);
@@ -59,12 +63,13 @@ struct kernels {
   // little while |c| is within a few spreads (so never E[x^2] - E[x]^2). A shift far from the mean
   // (an outlier at the row's start) costs one more pass, from cache, around m0 + c.
   template <class T>
-  static void row_moments(const T* x, std::int64_t n, calc_t<T>& m0, calc_t<T>& c, calc_t<T>& var) noexcept {
+  static void row_moments(const T* x, std::int64_t n, calc_t<T>& m0, calc_t<T>& c, calc_t<T>& var,
+                          const T* next = nullptr) noexcept {
     using E = calc_t<T>;
     const std::int64_t k0 = n < V<T>::lanes ? n : V<T>::lanes;
     m0 = V<T>::sum(V<T>::load_n(x, k0)) / static_cast<E>(k0);
     E sd, sq;
-    shifted_sums(x, n, m0, sd, sq);
+    shifted_sums(x, n, m0, sd, sq, next);
     c = sd / static_cast<E>(n);
     var = sq / static_cast<E>(n) - c * c;
     if (!(c * c <= E(4) * var)) {
@@ -77,12 +82,13 @@ struct kernels {
   }
 
   template <class T>
-  static void row_mean_square(const T* x, std::int64_t n, calc_t<T>& ms) noexcept {
+  static void row_mean_square(const T* x, std::int64_t n, calc_t<T>& ms, const T* next = nullptr) noexcept {
     using R = typename V<T>::reg;
     constexpr std::int64_t L = V<T>::lanes;
     R q0 = V<T>::zero(), q1 = V<T>::zero(), q2 = V<T>::zero(), q3 = V<T>::zero();
     std::int64_t i = 0;
     for (; i + 4 * L <= n; i += 4 * L) {
+      prefetch_first_half(next, i, L, n);
       const R a = V<T>::load(x + i), b = V<T>::load(x + i + L);
       const R c = V<T>::load(x + i + 2 * L), d = V<T>::load(x + i + 3 * L);
       q0 = V<T>::fma(a, a, q0);
@@ -145,13 +151,13 @@ struct kernels {
       const std::int64_t head = static_cast<std::int64_t>(((align - addr % align) % align) / sizeof(T));
       if (head > 0) normalize_chunk<G, B>(x, y, head, gamma, beta, vm, vc, vr);
       for (i = head; i + L <= n; i += L) {
-        prefetch_row(next, i, n);
+        prefetch_row(next, n / 2 + i / 2, n);
         normalize_chunk<G, B, true>(x + i, y + i, L, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
       }
       V<T>::fence();
     } else {
       for (; i + L <= n; i += L) {
-        prefetch_row(next, i, n);
+        prefetch_row(next, n / 2 + i / 2, n);
         normalize_chunk<G, B>(x + i, y + i, L, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
       }
     }
@@ -167,12 +173,21 @@ struct kernels {
     else normalize_row<false, false>(x, y, n, gamma, beta, m0, c, r, stream, next);
   }
 
-  // Prefetches the line of `next` at element i (once per vector; harmless where a line holds two).
-  // Rows up to 16 KiB go to L1, longer ones to L2 so as not to evict the row in hand.
+  // Prefetches the line of `next` at element i. The next row is fetched while this one is worked on:
+  // its first half during the statistics sweep (prefetch_first_half), its second half during the
+  // normalizing sweep, so that memory is busy in both. Rows up to 16 KiB go to L1, longer ones to L2
+  // so as not to evict the row in hand. (Lines are hinted more than once: harmless.)
+  // In a sweep of 4 vectors per step at element i: the matching part of next's first half.
+  template <class T>
+  static void prefetch_first_half(const T* next, std::int64_t i, std::int64_t lanes, std::int64_t n) noexcept {
+    prefetch_row(next, i / 2, n);
+    prefetch_row(next, i / 2 + lanes, n);
+  }
+
   template <class T>
   static void prefetch_row(const T* next, std::int64_t i, std::int64_t n) noexcept {
     if (!next) return;
-    if (n * static_cast<std::int64_t>(sizeof(T)) <= 16384) __builtin_prefetch(next + i, 0, 3);
+    if (n * static_cast<std::int64_t>(sizeof(T)) <= kPrefetchL1Bytes) __builtin_prefetch(next + i, 0, 3);
     else __builtin_prefetch(next + i, 0, 2);
   }
 
@@ -185,7 +200,7 @@ struct kernels {
                              const T* next = nullptr) noexcept {
     using E = calc_t<T>;
     E m0, c, var;
-    row_moments(x, n, m0, c, var);
+    row_moments(x, n, m0, c, var, next);
     if (!stats_ok(m0, c, var, eps)) {
       scalar::kernels::layer_norm_row(x, y, n, gamma, beta, eps, mean, rstd);
       return;
@@ -201,7 +216,7 @@ struct kernels {
                            stat_t<T>* rstd, bool stream = false, const T* next = nullptr) noexcept {
     using E = calc_t<T>;
     E ms;
-    row_mean_square(x, n, ms);
+    row_mean_square(x, n, ms, next);
     if (!stats_ok(E(0), E(0), ms, eps)) {
       scalar::kernels::rms_norm_row(x, y, n, gamma, eps, rstd);
       return;
