@@ -66,6 +66,11 @@ struct vec<float> {
     store(buf, v);
     if (n > 0) std::memcpy(static_cast<void*>(p), static_cast<const void*>(buf), static_cast<std::size_t>(n) * sizeof(X));
   }
+  // Advanced SIMD's only non-temporal store is STNP of a register pair, which no intrinsic reaches;
+  // streaming is a plain store here, and nothing needs ordering.
+  template <class X>
+  static void stream(X* p, reg v) noexcept { store(p, v); }
+  static void fence() noexcept {}
   static reg add(reg a, reg b) noexcept { return vaddq_f32(a, b); }
   static reg sub(reg a, reg b) noexcept { return vsubq_f32(a, b); }
   static reg mul(reg a, reg b) noexcept { return vmulq_f32(a, b); }
@@ -111,6 +116,8 @@ struct vec<double> {
     store(buf, v);
     if (n > 0) std::memcpy(p, buf, static_cast<std::size_t>(n) * sizeof(double));
   }
+  static void stream(double* p, reg v) noexcept { store(p, v); }  // a plain store (see vec<float>)
+  static void fence() noexcept {}
   static reg add(reg a, reg b) noexcept { return vaddq_f64(a, b); }
   static reg sub(reg a, reg b) noexcept { return vsubq_f64(a, b); }
   static reg mul(reg a, reg b) noexcept { return vmulq_f64(a, b); }
