@@ -43,14 +43,6 @@ struct vec<float> {
     const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
   }
-  template <class X>
-  static reg load_n(const X* p, std::int64_t n) noexcept {
-    if (n >= lanes) return load(p);
-    X buf[lanes];
-    std::memset(static_cast<void*>(buf), 0, sizeof buf);
-    if (n > 0) std::memcpy(static_cast<void*>(buf), static_cast<const void*>(p), static_cast<std::size_t>(n) * sizeof(X));
-    return load(buf);
-  }
   static void store(float* p, reg v) noexcept { _mm256_storeu_ps(p, v); }
   static void store(float16_t* p, reg v) noexcept {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
@@ -74,13 +66,7 @@ struct vec<float> {
     const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
     return _mm256_castsi256_si128(packed);
   }
-  template <class X>
-  static void store_n(X* p, reg v, std::int64_t n) noexcept {
-    if (n >= lanes) return store(p, v);
-    X buf[lanes];
-    store(buf, v);
-    if (n > 0) std::memcpy(static_cast<void*>(p), static_cast<const void*>(buf), static_cast<std::size_t>(n) * sizeof(X));
-  }
+#include "buffered_tail.inl"
   static reg add(reg a, reg b) noexcept { return _mm256_add_ps(a, b); }
   static reg sub(reg a, reg b) noexcept { return _mm256_sub_ps(a, b); }
   static reg mul(reg a, reg b) noexcept { return _mm256_mul_ps(a, b); }
@@ -102,23 +88,10 @@ struct vec<double> {
   static reg set1(double v) noexcept { return _mm256_set1_pd(v); }
   static reg load(const double* p) noexcept { return _mm256_loadu_pd(p); }
   static reg load(const float* p) noexcept { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
-  template <class X>
-  static reg load_n(const X* p, std::int64_t n) noexcept {
-    if (n >= lanes) return load(p);
-    X buf[lanes];
-    std::memset(static_cast<void*>(buf), 0, sizeof buf);
-    if (n > 0) std::memcpy(static_cast<void*>(buf), static_cast<const void*>(p), static_cast<std::size_t>(n) * sizeof(X));
-    return load(buf);
-  }
   static void store(double* p, reg v) noexcept { _mm256_storeu_pd(p, v); }
-  static void store_n(double* p, reg v, std::int64_t n) noexcept {
-    if (n >= lanes) return store(p, v);
-    double buf[lanes];
-    store(buf, v);
-    if (n > 0) std::memcpy(p, buf, static_cast<std::size_t>(n) * sizeof(double));
-  }
   static void stream(double* p, reg v) noexcept { _mm256_stream_pd(p, v); }
   static void fence() noexcept { _mm_sfence(); }
+#include "buffered_tail.inl"
   static reg add(reg a, reg b) noexcept { return _mm256_add_pd(a, b); }
   static reg sub(reg a, reg b) noexcept { return _mm256_sub_pd(a, b); }
   static reg mul(reg a, reg b) noexcept { return _mm256_mul_pd(a, b); }

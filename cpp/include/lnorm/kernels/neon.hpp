@@ -47,30 +47,16 @@ struct vec<float> {
   static reg load(const float* p) noexcept { return vld1q_f32(p); }
   static reg load(const float16_t* p) noexcept { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(bits_of(p)))); }
   static reg load(const bfloat16_t* p) noexcept { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(bits_of(p)), 16)); }
-  template <class X>
-  static reg load_n(const X* p, std::int64_t n) noexcept {
-    if (n >= lanes) return load(p);
-    X buf[lanes];
-    std::memset(static_cast<void*>(buf), 0, sizeof buf);
-    if (n > 0) std::memcpy(static_cast<void*>(buf), static_cast<const void*>(p), static_cast<std::size_t>(n) * sizeof(X));
-    return load(buf);
-  }
   static void store(float* p, reg v) noexcept { vst1q_f32(p, v); }
   // FCVTN rounds by FPCR, which is round to nearest even unless a program changed it.
   static void store(float16_t* p, reg v) noexcept { vst1_u16(bits_of(p), vreinterpret_u16_f16(vcvt_f16_f32(v))); }
   static void store(bfloat16_t* p, reg v) noexcept { vst1_u16(bits_of(p), to_bf16(v)); }
-  template <class X>
-  static void store_n(X* p, reg v, std::int64_t n) noexcept {
-    if (n >= lanes) return store(p, v);
-    X buf[lanes];
-    store(buf, v);
-    if (n > 0) std::memcpy(static_cast<void*>(p), static_cast<const void*>(buf), static_cast<std::size_t>(n) * sizeof(X));
-  }
   // Advanced SIMD's only non-temporal store is STNP of a register pair, which no intrinsic reaches;
   // streaming is a plain store here, and nothing needs ordering.
   template <class X>
   static void stream(X* p, reg v) noexcept { store(p, v); }
   static void fence() noexcept {}
+#include "buffered_tail.inl"
   static reg add(reg a, reg b) noexcept { return vaddq_f32(a, b); }
   static reg sub(reg a, reg b) noexcept { return vsubq_f32(a, b); }
   static reg mul(reg a, reg b) noexcept { return vmulq_f32(a, b); }
@@ -101,23 +87,10 @@ struct vec<double> {
   static reg set1(double v) noexcept { return vdupq_n_f64(v); }
   static reg load(const double* p) noexcept { return vld1q_f64(p); }
   static reg load(const float* p) noexcept { return vcvt_f64_f32(vld1_f32(p)); }
-  template <class X>
-  static reg load_n(const X* p, std::int64_t n) noexcept {
-    if (n >= lanes) return load(p);
-    X buf[lanes];
-    std::memset(static_cast<void*>(buf), 0, sizeof buf);
-    if (n > 0) std::memcpy(static_cast<void*>(buf), static_cast<const void*>(p), static_cast<std::size_t>(n) * sizeof(X));
-    return load(buf);
-  }
   static void store(double* p, reg v) noexcept { vst1q_f64(p, v); }
-  static void store_n(double* p, reg v, std::int64_t n) noexcept {
-    if (n >= lanes) return store(p, v);
-    double buf[lanes];
-    store(buf, v);
-    if (n > 0) std::memcpy(p, buf, static_cast<std::size_t>(n) * sizeof(double));
-  }
   static void stream(double* p, reg v) noexcept { store(p, v); }  // a plain store (see vec<float>)
   static void fence() noexcept {}
+#include "buffered_tail.inl"
   static reg add(reg a, reg b) noexcept { return vaddq_f64(a, b); }
   static reg sub(reg a, reg b) noexcept { return vsubq_f64(a, b); }
   static reg mul(reg a, reg b) noexcept { return vmulq_f64(a, b); }
