@@ -386,7 +386,7 @@ struct kernels {
       const double g = detail::weight_at(gamma, c, 1.0);
       double dgc = 0, dbc = 0;
       for (std::int64_t l = 0; l < width; ++l) {
-        const double xhat = (widen(x[c * xs + l]) - mean[l]) * rstd[l];
+        const double xhat = (static_cast<double>(widen(x[c * xs + l])) - mean[l]) * rstd[l];
         const double d = widen(dy[c * dys + l]);
         sg[l] += d * g;
         sgx[l] += d * g * xhat;
@@ -400,7 +400,7 @@ struct kernels {
       const double g = detail::weight_at(gamma, c, 1.0);
       for (std::int64_t l = 0; l < width; ++l) {
         const double r = rstd[l];
-        const double xhat = (widen(x[c * xs + l]) - mean[l]) * r;
+        const double xhat = (static_cast<double>(widen(x[c * xs + l])) - mean[l]) * r;
         const double gd = widen(dy[c * dys + l]) * g;
         dx[c * dxs + l] =
             narrow<T>(r * (gd - sg[l] / static_cast<double>(n) - xhat * (sgx[l] / static_cast<double>(n))));
@@ -418,7 +418,7 @@ struct kernels {
       const double g = detail::weight_at(gamma, c, 1.0);
       double dgc = 0;
       for (std::int64_t l = 0; l < width; ++l) {
-        const double xhat = widen(x[c * xs + l]) * rstd[l];
+        const double xhat = static_cast<double>(widen(x[c * xs + l])) * rstd[l];
         const double d = widen(dy[c * dys + l]);
         sgx[l] += d * g * xhat;
         dgc += d * xhat;
