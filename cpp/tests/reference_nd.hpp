@@ -1,6 +1,6 @@
 // cpp/tests/reference_nd.hpp: the C++ tests' own reference, independent of lnorm's kernels: N-d
 // strided problems enumerated element by element, and LayerNorm / RMSNorm (forward, fused add,
-// backward) computed in double (long double for float64 data) straight from the definitions.
+// backward) computed in double with compensated sums, straight from the definitions.
 #pragma once
 
 #include "harness.hpp"
@@ -12,6 +12,8 @@
 #include <vector>
 
 namespace lnorm_test {
+
+// ---- problems ----------------------------------------------------------------------------------
 
 constexpr int kMaxTestDims = 6;
 
@@ -122,39 +124,51 @@ inline row_table enumerate_rows(const geometry& g, const std::vector<std::int64_
 
 // ---- the reference ---------------------------------------------------------------------------
 
-/// Exact-enough statistics of one row: two passes in R, never E[x^2] - E[x]^2.
-template <class R>
-struct exact_moments {
-  R mean = 0, var = 0, mean_square = 0;
+/// A sum of doubles with Neumaier's compensation: as accurate as a sum in twice the precision, so the
+/// reference's sums over thousands of elements add no error of their own (it stays a few units of
+/// double's roundoff, against tolerances of 16 or more).
+class compensated_sum {
+ public:
+  void add(double v) {
+    const double t = sum_ + v;
+    correction_ += std::fabs(sum_) >= std::fabs(v) ? (sum_ - t) + v : (v - t) + sum_;
+    sum_ = t;
+  }
+  double value() const { return sum_ + correction_; }
+
+ private:
+  double sum_ = 0, correction_ = 0;
 };
 
-template <class R, class Get>
-exact_moments<R> row_moments(std::int64_t n, Get get) {
-  exact_moments<R> m;
-  R sum = 0, sum_sq = 0;
+/// Statistics of one row: two passes with compensated sums, never E[x^2] - E[x]^2.
+struct exact_moments {
+  double mean = 0, var = 0, mean_square = 0;
+};
+
+template <class Get>
+exact_moments row_moments(std::int64_t n, Get get) {
+  exact_moments m;
+  compensated_sum sum, sum_sq;
   for (std::int64_t j = 0; j < n; ++j) {
-    sum += get(j);
-    sum_sq += get(j) * get(j);
+    sum.add(get(j));
+    sum_sq.add(get(j) * get(j));
   }
-  m.mean = sum / static_cast<R>(n);
-  m.mean_square = sum_sq / static_cast<R>(n);
-  R d_sum = 0, d_sq = 0;
+  m.mean = sum.value() / static_cast<double>(n);
+  m.mean_square = sum_sq.value() / static_cast<double>(n);
+  compensated_sum d_sum, d_sq;
   for (std::int64_t j = 0; j < n; ++j) {
-    const R d = get(j) - m.mean;
-    d_sum += d;
-    d_sq += d * d;
+    const double d = get(j) - m.mean;
+    d_sum.add(d);
+    d_sq.add(d * d);
   }
-  const R c = d_sum / static_cast<R>(n);
+  const double c = d_sum.value() / static_cast<double>(n);
   m.mean += c;
-  m.var = d_sq / static_cast<R>(n) - c * c;
+  m.var = d_sq.value() / static_cast<double>(n) - c * c;
   if (m.var < 0) m.var = 0;
   return m;
 }
 
-/// 1 / sqrt(v) in R, +inf for v == 0.
-template <class R>
-R inv_sqrt(R v) {
-  return v > 0 ? R(1) / std::sqrt(v) : R(INFINITY);
-}
+/// 1 / sqrt(v), +inf for v == 0.
+inline double inv_sqrt(double v) { return v > 0 ? 1.0 / std::sqrt(v) : INFINITY; }
 
 }  // namespace lnorm_test

@@ -1,0 +1,159 @@
+"""The C++ side from pytest: builds cpp/tests with CMake (g++ and clang++) and runs ctest; runs the
+C++ tests for aarch64 under qemu-aarch64 (the NEON kernel set, .ci/cross.sh); and runs the C++ tests
+and a slice of the Python tests under qemu-x86_64 with a CPU that has no AVX, where dispatch must
+pick the scalar set and nothing may die of SIGILL.
+
+Every test here builds or emulates, so all are marked slow; each skips, saying why, where its tools
+are missing. Needs: cmake (ninja optional), g++ and/or clang++, g++-aarch64-linux-gnu, qemu-user.
+"""
+
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed$", re.MULTILINE)
+IS_X86_64_LINUX = sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
+# An x86-64 CPU model without AVX (the emulated CPUID says so): the portable build's CPU.
+OLD_CPU = "Nehalem"
+# The C++ test program at -O1: a third less compile time than -O2 (the kernels' -O2/-O3 code runs in
+# the Python tests; the header checks and the consumer are built at -O2 whatever this says).
+TEST_OPT = "-O1"
+
+
+def run(cmd, timeout=900, env=None, cwd=ROOT):
+    """Runs cmd; fails the test with the output's tail if it exits non-zero."""
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{output[-6000:]}"
+    return output
+
+
+def clean_env(**extra):
+    """The environment without a forced kernel set (the tests check the default)."""
+    env = {k: v for k, v in os.environ.items() if k != "LNORM_ISA"}
+    env.update(extra)
+    return env
+
+
+def expected_isa():
+    """The kernel set dispatch should pick on this machine, from the kernel's CPU flags."""
+    machine = platform.machine()
+    if machine in ("aarch64", "arm64"):
+        return "neon"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(re.search(r"^flags\s*:(.*)$", f.read(), re.MULTILINE).group(1).split())
+    except (OSError, AttributeError):
+        pytest.skip("no /proc/cpuinfo flags to compare dispatch with")
+    avx2 = {"avx", "avx2", "fma", "f16c", "bmi2"}
+    if avx2 | {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= flags:
+        return "avx512"
+    return "avx2" if avx2 <= flags else "scalar"
+
+
+def check_summary(output, isa_line):
+    """The C++ test program's summary: some checks, none failed, on the expected kernel sets."""
+    assert isa_line in output, f"expected {isa_line!r} in:\n{output[-3000:]}"
+    counts = SUMMARY.findall(output)
+    assert counts, f"no summary line in:\n{output[-3000:]}"
+    passed, failed = map(int, counts[-1])
+    assert failed == 0 and passed > 1000, counts[-1]
+
+
+def cmake_build(compiler, build_dir):
+    """Configures and builds cpp/tests (lnorm_tests, header checks, consumer) with `compiler`."""
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    flags = ["-DCMAKE_BUILD_TYPE=None", f"-DCMAKE_CXX_FLAGS={TEST_OPT}"]
+    run(["cmake", "-S", ROOT, "-B", str(build_dir), *generator, f"-DCMAKE_CXX_COMPILER={compiler}",
+         "-DLNORM_TESTS=ON", "-DLNORM_PYTHON=OFF", *flags], timeout=300)
+    run(["cmake", "--build", str(build_dir), "--parallel", str(os.cpu_count() or 2)], timeout=1200)
+    return build_dir
+
+
+def need(*tools):
+    missing = [t for t in tools if not shutil.which(t)]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} on PATH")
+
+
+@pytest.fixture(scope="session")
+def gxx_build(tmp_path_factory):
+    """cpp/tests built once with g++: run natively, and under the old-CPU emulator."""
+    need("cmake", "g++")
+    return cmake_build("g++", tmp_path_factory.mktemp("cpp-g++"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("compiler", ["g++", "clang++"])
+def test_cpp_tests_pass(compiler, request, tmp_path):
+    """ctest: every kernel set of this CPU against the oracle, header alone (with and without
+    exceptions, -Werror), and a plain -O2 consumer that runs the CPU's best kernel set."""
+    need("cmake", compiler)
+    build = request.getfixturevalue("gxx_build") if compiler == "g++" else cmake_build(compiler, tmp_path)
+    # The test program itself runs below, for its summary line; ctest runs the rest.
+    run(["ctest", "--output-on-failure", "-E", "^lnorm_tests$"], cwd=str(build), env=clean_env(), timeout=600)
+    tests = os.path.join(build, "cpp", "tests")
+    # The cases over 16 MiB (streaming stores) once, in the g++ build.
+    env = clean_env() if compiler == "g++" else clean_env(LNORM_TEST_LARGE="0")
+    check_summary(run([os.path.join(tests, "lnorm_tests")], env=env), "testing scalar")
+    consumer = run([os.path.join(tests, "lnorm_consumer")], env=clean_env()).strip()
+    assert consumer == expected_isa(), f"a plain -O2 consumer runs {consumer!r}"
+
+
+@pytest.mark.slow
+def test_neon_under_qemu(tmp_path):
+    """.ci/cross.sh: the C++ tests cross-compiled for aarch64 pass under qemu-aarch64, with neon
+    as the default kernel set."""
+    need("aarch64-linux-gnu-g++", "qemu-aarch64")
+    env = clean_env(CROSS_OPT=TEST_OPT)
+    output = run(["bash", os.path.join(ROOT, ".ci", "cross.sh"), str(tmp_path)], env=env, timeout=1500)
+    check_summary(output, "default kernel set neon; testing neon;")
+
+
+def old_cpu(cmd):
+    """cmd under qemu-x86_64 emulating a CPU without AVX (user mode: same files, same Python)."""
+    return ["qemu-x86_64", "-cpu", OLD_CPU, *cmd]
+
+
+old_cpu_only = pytest.mark.skipif(not IS_X86_64_LINUX, reason="qemu-x86_64 user mode runs x86-64 Linux programs")
+
+
+@pytest.mark.slow
+@old_cpu_only
+def test_old_cpu_cpp_tests(gxx_build):
+    """The same g++ binaries on a CPU without AVX: scalar is the default and the only set, and it
+    passes (float32 and float16, whose conversions have no F16C there; the native run has the rest)."""
+    need("qemu-x86_64")
+    tests = os.path.join(gxx_build, "cpp", "tests")
+    env = clean_env(LNORM_TEST_SUITES="float32,float16", LNORM_TEST_LARGE="0")
+    output = run(old_cpu([os.path.join(tests, "lnorm_tests")]), env=env, timeout=900)
+    check_summary(output, "default kernel set scalar; testing scalar;")
+    assert run(old_cpu([os.path.join(tests, "lnorm_consumer")]), env=clean_env()).strip() == "scalar"
+
+
+@pytest.mark.slow
+@old_cpu_only
+def test_old_cpu_python():
+    """The installed Python module on a CPU without AVX: config() reports scalar, and a slice of
+    the reference tests passes (134 of them: sizes, axes, large means, NaN/Inf, strides, 16-bit)."""
+    need("qemu-x86_64")
+    # One interpreter, config() first, then the slice; without the plugins these tests do not use,
+    # whose start-up costs three times the tests themselves under emulation.
+    program = ("import json, sys, lnorm, pytest; print('CONFIG ' + json.dumps(lnorm.config()), flush=True); "
+               "sys.exit(pytest.main(sys.argv[1:]))")
+    subset = ("(sizes and float32 and -0]) or axes_nchw or large_mean or nan_inf_poison or float16 "
+              "or strided_inputs")
+    no_plugins = ["-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:hypothesispytest", "-p", "no:anyio"]
+    output = run(old_cpu([sys.executable, "-c", program, os.path.join("tests", "test_reference.py"), "-q", "-x",
+                          *no_plugins, "-k", subset]), env=clean_env(), timeout=900)
+    config = json.loads(re.search(r"^CONFIG (.*)$", output, re.MULTILINE).group(1))
+    assert config["isa"] == "scalar", config
+    assert config.get("isas_available", ["scalar"]) == ["scalar"], config
+    assert re.search(r"\d+ passed", output) and "failed" not in output, output[-3000:]
