@@ -7,6 +7,7 @@ from ._config import (
     config,
     get_num_threads,
     include_dir,
+    set_buffer_cache,
     set_isa,
     set_num_threads,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "layer_norm_backward",
     "rms_norm",
     "rms_norm_backward",
+    "set_buffer_cache",
     "set_isa",
     "set_num_threads",
 ]

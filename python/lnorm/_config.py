@@ -6,7 +6,7 @@ import os
 import warnings
 from pathlib import Path
 
-from . import _lnorm
+from . import _buffers, _lnorm
 
 __version__ = _lnorm.version
 
@@ -53,6 +53,25 @@ def set_num_threads(n: int) -> None:
     _lnorm.set_num_threads(n)
 
 
+def set_buffer_cache(nbytes: int) -> None:
+    """Cap the cache of large outputs (16 MiB and up) that allocating calls reuse, in bytes; 0 turns
+    it off and forgets what it holds. The default is 512 MiB, or ``LNORM_BUFFER_CACHE`` at start-up.
+
+    Fresh pages of a large output cost as much to fault in as the normalization itself; a cached
+    buffer is reused once every array viewing it is gone.
+
+    >>> import lnorm
+    >>> lnorm.set_buffer_cache(256 << 20); lnorm.config()["buffer_cache"]
+    268435456
+    """
+    if isinstance(nbytes, bool) or not hasattr(nbytes, "__index__"):
+        raise TypeError(f"nbytes: must be an int, not {type(nbytes).__name__}")
+    nbytes = int(nbytes.__index__())
+    if nbytes < 0:
+        raise ValueError(f"nbytes: must be >= 0, got {nbytes}")
+    _buffers.set_limit(nbytes)
+
+
 def cmake_dir() -> str:
     """The folder holding lnormConfig.cmake, for ``-Dlnorm_DIR=...``."""
     return str(Path(__file__).resolve().parent / "share" / "cmake" / "lnorm")
@@ -75,6 +94,7 @@ def config() -> dict:
         "isa": _lnorm.active_isa(),
         "isas_available": available_isas(),
         "num_threads": get_num_threads(),
+        "buffer_cache": _buffers.limit,
         "openmp": bool(_lnorm.openmp()),
         "cuda_compiled": bool(_lnorm.cuda_compiled()),
         "cuda_devices": int(_lnorm.cuda_devices()),
