@@ -295,7 +295,7 @@ struct layer_norm_op {
   std::int64_t scratch_rows() const noexcept { return 0; }
   void row(T* const* p, T* const* next, std::int64_t r, partial_t*, T*) const noexcept {
     K::template layer_norm_row<T, W>(p[0], p[1], n, gamma, beta, eps, mean ? mean + r : nullptr,
-                                     rstd ? rstd + r : nullptr, stream, next[0]);
+                                     rstd ? rstd + r : nullptr, stream, next[0], true);
   }
   void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t*) const noexcept {
     K::template layer_norm_cols<T, W>(p[0], s[0], p[1], s[1], n, w, gamma, beta, eps, mean ? mean + r0 : nullptr,
@@ -317,7 +317,7 @@ struct rms_norm_op {
   bool stream;
   std::int64_t scratch_rows() const noexcept { return 0; }
   void row(T* const* p, T* const* next, std::int64_t r, partial_t*, T*) const noexcept {
-    K::template rms_norm_row<T, W>(p[0], p[1], n, gamma, eps, rstd ? rstd + r : nullptr, stream, next[0]);
+    K::template rms_norm_row<T, W>(p[0], p[1], n, gamma, eps, rstd ? rstd + r : nullptr, stream, next[0], true);
   }
   void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t*) const noexcept {
     K::template rms_norm_cols<T, W>(p[0], s[0], p[1], s[1], n, w, gamma, eps, rstd ? rstd + r0 : nullptr);

@@ -172,7 +172,7 @@ struct kernels {
   template <class T, class W>
   static void layer_norm_row(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, double eps,
                              stat_t<T>* mean, stat_t<T>* rstd, bool /*stream*/ = false,
-                             const T* /*next*/ = nullptr) noexcept {
+                             const T* /*next*/ = nullptr, bool /*piped*/ = false) noexcept {
     const row_stats st = detail::layer_norm_stats(x, 1, n, eps);
     for (std::int64_t i = 0; i < n; ++i) {
       const double xhat = (widen(x[i]) * st.scale - st.mean) * st.rstd_apply;
@@ -185,7 +185,8 @@ struct kernels {
   /// y = rms_norm(x) over one contiguous row; writes rstd if not null.
   template <class T, class W>
   static void rms_norm_row(const T* x, T* y, std::int64_t n, const W* gamma, double eps,
-                           stat_t<T>* rstd, bool /*stream*/ = false, const T* /*next*/ = nullptr) noexcept {
+                           stat_t<T>* rstd, bool /*stream*/ = false, const T* /*next*/ = nullptr,
+                           bool /*piped*/ = false) noexcept {
     const row_stats st = detail::rms_norm_stats(x, 1, n, eps);
     for (std::int64_t i = 0; i < n; ++i) {
       const double xhat = widen(x[i]) * st.scale * st.rstd_apply;

@@ -26,36 +26,73 @@ struct kernels {
   template <class T>
   using V = vec<calc_t<T>>;
 
-  // Sums of d = x - shift and d^2 over one row (4 accumulator pairs: FP add latency 4, 2 ports).
-  template <class T>
-  static void shifted_sums(const T* x, std::int64_t n, calc_t<T> shift, calc_t<T>& sum_d, calc_t<T>& sum_q,
-                           const T* next = nullptr) noexcept {
+  // The sums a row's statistics come from, accumulated four vectors at a time in one fixed order
+  // (4 accumulator pairs: FP add latency 4, 2 ports), whichever sweep drives it: a sweep of its own
+  // (shifted_sums, row_mean_square) or the normalizing sweep of the row before (the pipelined row
+  // path), so both give bit-identical sums. LayerNorm: d = x - shift and d^2; RMSNorm: x^2 only.
+  template <class T, bool Rms>
+  struct row_sums {
+    using E = calc_t<T>;
     using R = typename V<T>::reg;
-    constexpr std::int64_t L = V<T>::lanes;
-    const R vk = V<T>::set1(shift);
-    R d0 = V<T>::zero(), d1 = V<T>::zero(), d2 = V<T>::zero(), d3 = V<T>::zero();
-    R q0 = V<T>::zero(), q1 = V<T>::zero(), q2 = V<T>::zero(), q3 = V<T>::zero();
-    std::int64_t i = 0;
-    for (; i + 4 * L <= n; i += 4 * L) {
-      prefetch_first_half(next, i, L, n);
-      const R a = V<T>::sub(V<T>::load(x + i), vk), b = V<T>::sub(V<T>::load(x + i + L), vk);
-      const R c = V<T>::sub(V<T>::load(x + i + 2 * L), vk), e = V<T>::sub(V<T>::load(x + i + 3 * L), vk);
-      d0 = V<T>::add(d0, a);
-      d1 = V<T>::add(d1, b);
-      d2 = V<T>::add(d2, c);
-      d3 = V<T>::add(d3, e);
+    static constexpr std::int64_t L = V<T>::lanes;
+    R vk, d0, d1, d2, d3, q0, q1, q2, q3;
+    explicit row_sums(E shift) noexcept
+        : vk(V<T>::set1(shift)), d0(V<T>::zero()), d1(V<T>::zero()), d2(V<T>::zero()), d3(V<T>::zero()),
+          q0(V<T>::zero()), q1(V<T>::zero()), q2(V<T>::zero()), q3(V<T>::zero()) {}
+    // Elements [0, 4 * lanes) of x.
+    void step(const T* x) noexcept {
+      R a = V<T>::load(x), b = V<T>::load(x + L), c = V<T>::load(x + 2 * L), e = V<T>::load(x + 3 * L);
+      if constexpr (!Rms) {
+        a = V<T>::sub(a, vk);
+        b = V<T>::sub(b, vk);
+        c = V<T>::sub(c, vk);
+        e = V<T>::sub(e, vk);
+        d0 = V<T>::add(d0, a);
+        d1 = V<T>::add(d1, b);
+        d2 = V<T>::add(d2, c);
+        d3 = V<T>::add(d3, e);
+      }
       q0 = V<T>::fma(a, a, q0);
       q1 = V<T>::fma(b, b, q1);
       q2 = V<T>::fma(c, c, q2);
       q3 = V<T>::fma(e, e, q3);
     }
-    for (; i < n; i += L) {
-      const R a = V<T>::head(V<T>::sub(V<T>::load_n(x + i, n - i), vk), n - i);
-      d0 = V<T>::add(d0, a);
-      q0 = V<T>::fma(a, a, q0);
+    // The row's last k < 4 * lanes elements, a vector at a time.
+    void tail(const T* x, std::int64_t k) noexcept {
+      for (std::int64_t i = 0; i < k; i += L) {
+        R a = V<T>::load_n(x + i, k - i);
+        if constexpr (!Rms) {
+          a = V<T>::head(V<T>::sub(a, vk), k - i);
+          d0 = V<T>::add(d0, a);
+        }
+        q0 = V<T>::fma(a, a, q0);
+      }
     }
-    sum_d = V<T>::sum(V<T>::add(V<T>::add(d0, d1), V<T>::add(d2, d3)));
-    sum_q = V<T>::sum(V<T>::add(V<T>::add(q0, q1), V<T>::add(q2, q3)));
+    E sum_d() const noexcept { return V<T>::sum(V<T>::add(V<T>::add(d0, d1), V<T>::add(d2, d3))); }
+    E sum_q() const noexcept { return V<T>::sum(V<T>::add(V<T>::add(q0, q1), V<T>::add(q2, q3))); }
+  };
+
+  // Sums of d = x - shift and d^2 over one row.
+  template <class T>
+  static void shifted_sums(const T* x, std::int64_t n, calc_t<T> shift, calc_t<T>& sum_d, calc_t<T>& sum_q,
+                           const T* next = nullptr) noexcept {
+    constexpr std::int64_t L = V<T>::lanes;
+    row_sums<T, false> acc(shift);
+    std::int64_t i = 0;
+    for (; i + 4 * L <= n; i += 4 * L) {
+      prefetch_first_half(next, i, L, n);
+      acc.step(x + i);
+    }
+    acc.tail(x + i, n - i);
+    sum_d = acc.sum_d();
+    sum_q = acc.sum_q();
+  }
+
+  // The shift of a row's shifted sums: the mean of its first vector.
+  template <class T>
+  static calc_t<T> row_shift(const T* x, std::int64_t n) noexcept {
+    const std::int64_t k0 = n < V<T>::lanes ? n : V<T>::lanes;
+    return V<T>::sum(V<T>::load_n(x, k0)) / static_cast<calc_t<T>>(k0);
   }
 
   // Statistics of one row in one read: the shift m0 is the mean of the row's first vector, the sums
@@ -66,10 +103,17 @@ struct kernels {
   static void row_moments(const T* x, std::int64_t n, calc_t<T>& m0, calc_t<T>& c, calc_t<T>& var,
                           const T* next = nullptr) noexcept {
     using E = calc_t<T>;
-    const std::int64_t k0 = n < V<T>::lanes ? n : V<T>::lanes;
-    m0 = V<T>::sum(V<T>::load_n(x, k0)) / static_cast<E>(k0);
+    m0 = row_shift(x, n);
     E sd, sq;
     shifted_sums(x, n, m0, sd, sq, next);
+    finish_moments(x, n, sd, sq, m0, c, var);
+  }
+
+  // c and var from the shifted sums around m0; a shift far from the mean costs one more pass.
+  template <class T>
+  static void finish_moments(const T* x, std::int64_t n, calc_t<T> sd, calc_t<T> sq, calc_t<T>& m0, calc_t<T>& c,
+                             calc_t<T>& var) noexcept {
+    using E = calc_t<T>;
     c = sd / static_cast<E>(n);
     var = sq / static_cast<E>(n) - c * c;
     if (!(c * c <= E(4) * var)) {
@@ -83,24 +127,15 @@ struct kernels {
 
   template <class T>
   static void row_mean_square(const T* x, std::int64_t n, calc_t<T>& ms, const T* next = nullptr) noexcept {
-    using R = typename V<T>::reg;
     constexpr std::int64_t L = V<T>::lanes;
-    R q0 = V<T>::zero(), q1 = V<T>::zero(), q2 = V<T>::zero(), q3 = V<T>::zero();
+    row_sums<T, true> acc(calc_t<T>(0));
     std::int64_t i = 0;
     for (; i + 4 * L <= n; i += 4 * L) {
       prefetch_first_half(next, i, L, n);
-      const R a = V<T>::load(x + i), b = V<T>::load(x + i + L);
-      const R c = V<T>::load(x + i + 2 * L), d = V<T>::load(x + i + 3 * L);
-      q0 = V<T>::fma(a, a, q0);
-      q1 = V<T>::fma(b, b, q1);
-      q2 = V<T>::fma(c, c, q2);
-      q3 = V<T>::fma(d, d, q3);
+      acc.step(x + i);
     }
-    for (; i < n; i += L) {
-      const R a = V<T>::load_n(x + i, n - i);
-      q0 = V<T>::fma(a, a, q0);
-    }
-    ms = V<T>::sum(V<T>::add(V<T>::add(q0, q1), V<T>::add(q2, q3))) / static_cast<calc_t<T>>(n);
+    acc.tail(x + i, n - i);
+    ms = acc.sum_q() / static_cast<calc_t<T>>(n);
   }
 
   // Whether float statistics are trustworthy: finite, and a variance (or mean square) that is not so
@@ -126,8 +161,9 @@ struct kernels {
     const bool full = k >= V<T>::lanes;
     const R xv = full ? V<T>::load(x) : V<T>::load_n(x, k);
     R t = V<T>::mul(V<T>::sub(V<T>::sub(xv, vm), vc), vr);
-    if constexpr (G) t = V<T>::mul(t, full ? VW::load(gamma) : VW::load_n(gamma, k));
-    if constexpr (B) t = V<T>::add(t, full ? VW::load(beta) : VW::load_n(beta, k));
+    if constexpr (G && B) t = V<T>::fma(t, full ? VW::load(gamma) : VW::load_n(gamma, k), full ? VW::load(beta) : VW::load_n(beta, k));
+    else if constexpr (G) t = V<T>::mul(t, full ? VW::load(gamma) : VW::load_n(gamma, k));
+    else if constexpr (B) t = V<T>::add(t, full ? VW::load(beta) : VW::load_n(beta, k));
     if (!full) V<T>::store_n(y, t, k);
     else if constexpr (Stream) V<T>::stream(y, t);
     else V<T>::store(y, t);
@@ -164,6 +200,74 @@ struct kernels {
     if (i < n) normalize_chunk<G, B>(x + i, y + i, n - i, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
   }
 
+  // normalize_row, while the row sums of nx (the next row, n elements, read from memory) accumulate
+  // into acc in their fixed order: the next row's statistics sweep rides along with this row's
+  // normalizing sweep, so memory streams through both at once (the pipelined row path).
+  template <bool G, bool B, bool Stream, bool Rms, class T, class W>
+  static void normalize_row_piped(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
+                                  calc_t<T> c, calc_t<T> r, std::int64_t head, const T* nx,
+                                  row_sums<T, Rms>& acc) noexcept {
+    using R = typename V<T>::reg;
+    constexpr std::int64_t L = V<T>::lanes;
+    const R vm = V<T>::set1(m0), vc = V<T>::set1(c), vr = V<T>::set1(r);
+    if (head > 0) normalize_chunk<G, B>(x, y, head, gamma, beta, vm, vc, vr);
+    std::int64_t j = head, i = 0;
+    for (; i + 4 * L <= n; i += 4 * L) {
+      acc.step(nx + i);
+      for (int u = 0; u < 4 && j + L <= n; ++u, j += L)
+        normalize_chunk<G, B, Stream>(x + j, y + j, L, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
+    }
+    acc.tail(nx + i, n - i);
+    for (; j + L <= n; j += L)
+      normalize_chunk<G, B, Stream>(x + j, y + j, L, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
+    if (Stream) V<T>::fence();
+    if (j < n) normalize_chunk<G, B>(x + j, y + j, n - j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
+  }
+
+  template <bool Rms, class T, class W>
+  static void normalize_row_piped_any(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
+                                      calc_t<T> c, calc_t<T> r, bool stream, const T* nx,
+                                      row_sums<T, Rms>& acc) noexcept {
+    constexpr std::uintptr_t align = static_cast<std::uintptr_t>(V<T>::lanes) * sizeof(T);
+    const std::uintptr_t addr = reinterpret_cast<std::uintptr_t>(y);
+    if (stream && addr % sizeof(T) == 0 && n >= 2 * V<T>::lanes) {
+      const auto head = static_cast<std::int64_t>(((align - addr % align) % align) / sizeof(T));
+      if (gamma && beta) normalize_row_piped<true, true, true>(x, y, n, gamma, beta, m0, c, r, head, nx, acc);
+      else if (gamma) normalize_row_piped<true, false, true>(x, y, n, gamma, beta, m0, c, r, head, nx, acc);
+      else if (beta) normalize_row_piped<false, true, true>(x, y, n, gamma, beta, m0, c, r, head, nx, acc);
+      else normalize_row_piped<false, false, true>(x, y, n, gamma, beta, m0, c, r, head, nx, acc);
+    } else {
+      if (gamma && beta) normalize_row_piped<true, true, false>(x, y, n, gamma, beta, m0, c, r, 0, nx, acc);
+      else if (gamma) normalize_row_piped<true, false, false>(x, y, n, gamma, beta, m0, c, r, 0, nx, acc);
+      else if (beta) normalize_row_piped<false, true, false>(x, y, n, gamma, beta, m0, c, r, 0, nx, acc);
+      else normalize_row_piped<false, false, false>(x, y, n, gamma, beta, m0, c, r, 0, nx, acc);
+    }
+  }
+
+  // The sums of the row a pipelined call normalizes next, left by the call before it on this thread
+  // (consumed, and cleared, by the very next call: for_each_row hands a worker's rows in order).
+  template <class T>
+  struct carry {
+    const T* row;
+    std::int64_t n;
+    bool rms;
+    calc_t<T> m0, sd, sq;
+  };
+  template <class T>
+  static carry<T>& carried() noexcept {
+    static thread_local carry<T> c{};
+    return c;
+  }
+  // Whether this thread's carry holds row x's sums (clears it either way).
+  template <class T>
+  static bool take_carry(const T* x, std::int64_t n, bool rms, carry<T>& out) noexcept {
+    carry<T>& c = carried<T>();
+    const bool hit = c.row == x && c.n == n && c.rms == rms;
+    out = c;
+    c.row = nullptr;
+    return hit;
+  }
+
   template <class T, class W>
   static void normalize_row_any(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
                                 calc_t<T> c, calc_t<T> r, bool stream, const T* next = nullptr) noexcept {
@@ -194,36 +298,63 @@ struct kernels {
  public:
   // ---- rows ---------------------------------------------------------------------------------
 
+  // `piped` (the rows layout of lnorm.hpp): the statistics of `next` are summed during this row's
+  // normalizing sweep and handed to the call for `next` (see carry), so x is read from memory once,
+  // in one continuous stream, and memory never idles between a row's two sweeps. The sums are the
+  // ones a sweep of their own would give, bit for bit: results do not depend on where rows start.
   template <class T, class W>
   static void layer_norm_row(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, double eps,
-                             stat_t<T>* mean, stat_t<T>* rstd, bool stream = false,
-                             const T* next = nullptr) noexcept {
+                             stat_t<T>* mean, stat_t<T>* rstd, bool stream = false, const T* next = nullptr,
+                             bool piped = false) noexcept {
     using E = calc_t<T>;
     E m0, c, var;
-    row_moments(x, n, m0, c, var, next);
+    carry<T> in;
+    if (piped && take_carry(x, n, false, in)) {
+      m0 = in.m0;
+      finish_moments(x, n, in.sd, in.sq, m0, c, var);
+    } else {
+      row_moments(x, n, m0, c, var, next);
+    }
     if (!stats_ok(m0, c, var, eps)) {
       scalar::kernels::layer_norm_row(x, y, n, gamma, beta, eps, mean, rstd);
       return;
     }
     const double ve = static_cast<double>(var) + eps;
-    normalize_row_any(x, y, n, gamma, beta, m0, c, static_cast<E>(rstd_apply(ve)), stream, next);
+    const E r = static_cast<E>(rstd_apply(ve));
+    if (piped && next) {
+      const E shift = row_shift(next, n);
+      row_sums<T, false> acc(shift);
+      normalize_row_piped_any(x, y, n, gamma, beta, m0, c, r, stream, next, acc);
+      carried<T>() = {next, n, false, shift, acc.sum_d(), acc.sum_q()};
+    } else {
+      normalize_row_any(x, y, n, gamma, beta, m0, c, r, stream, next);
+    }
     if (mean) *mean = static_cast<stat_t<T>>(static_cast<double>(m0) + static_cast<double>(c));
     if (rstd) *rstd = static_cast<stat_t<T>>(1.0 / std::sqrt(ve));
   }
 
   template <class T, class W>
-  static void rms_norm_row(const T* x, T* y, std::int64_t n, const W* gamma, double eps,
-                           stat_t<T>* rstd, bool stream = false, const T* next = nullptr) noexcept {
+  static void rms_norm_row(const T* x, T* y, std::int64_t n, const W* gamma, double eps, stat_t<T>* rstd,
+                           bool stream = false, const T* next = nullptr, bool piped = false) noexcept {
     using E = calc_t<T>;
     E ms;
-    row_mean_square(x, n, ms, next);
+    carry<T> in;
+    if (piped && take_carry(x, n, true, in)) ms = in.sq / static_cast<E>(n);
+    else row_mean_square(x, n, ms, next);
     if (!stats_ok(E(0), E(0), ms, eps)) {
       scalar::kernels::rms_norm_row(x, y, n, gamma, eps, rstd);
       return;
     }
     const double ve = static_cast<double>(ms) + eps;
-    normalize_row_any(x, y, n, gamma, static_cast<const W*>(nullptr), E(0), E(0), static_cast<E>(rstd_apply(ve)), stream,
-                      next);
+    const E r = static_cast<E>(rstd_apply(ve));
+    const W* no_beta = nullptr;
+    if (piped && next) {
+      row_sums<T, true> acc(E(0));
+      normalize_row_piped_any(x, y, n, gamma, no_beta, E(0), E(0), r, stream, next, acc);
+      carried<T>() = {next, n, true, E(0), E(0), acc.sum_q()};
+    } else {
+      normalize_row_any(x, y, n, gamma, no_beta, E(0), E(0), r, stream, next);
+    }
     if (rstd) *rstd = static_cast<stat_t<T>>(1.0 / std::sqrt(ve));
   }
 
