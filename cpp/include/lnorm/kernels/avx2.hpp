@@ -14,9 +14,14 @@
 
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma,f16c,bmi2"))), apply_to = function)
+#pragma float_control(push)
+#pragma clang fp contract(off)
 #else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,bmi2")
+// No FP contraction: the kernels write their FMAs explicitly, so every path computing the same
+// value (a row's sweep of its own or the pipelined one, whichever thread runs it) rounds the same.
+#pragma GCC optimize("fp-contract=off")
 #endif
 
 namespace lnorm {
@@ -116,6 +121,7 @@ struct vec<double> {
 }  // namespace lnorm
 
 #if defined(__clang__)
+#pragma float_control(pop)
 #pragma clang attribute pop
 #else
 #pragma GCC pop_options

@@ -13,6 +13,15 @@
 #if defined(LNORM_HAVE_NEON_KERNELS)
 #include <arm_neon.h>
 
+// No FP contraction: the kernels write their FMAs explicitly, so every path computing the same value
+// (a row's sweep of its own or the pipelined one, whichever thread runs it) rounds the same. (Clang
+// has no scoped switch for aarch64, but its default contracts only within one source expression,
+// never across the intrinsics' inline functions.)
+#if !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 namespace lnorm {
 namespace neon {
 
@@ -107,5 +116,9 @@ struct vec<double> {
 
 }  // namespace neon
 }  // namespace lnorm
+
+#if !defined(__clang__)
+#pragma GCC pop_options
+#endif
 
 #endif

@@ -206,8 +206,9 @@ struct kernels {
   template <bool G, bool B, bool Stream, bool Rms, class T, class W>
   static void normalize_row_piped(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
                                   calc_t<T> c, calc_t<T> r, std::int64_t head, const T* nx,
-                                  row_sums<T, Rms>& acc) noexcept {
+                                  row_sums<T, Rms>& sums) noexcept {
     using R = typename V<T>::reg;
+    row_sums<T, Rms> acc = sums;  // a local copy stays in registers (the stores to y may alias sums)
     constexpr std::int64_t L = V<T>::lanes;
     const R vm = V<T>::set1(m0), vc = V<T>::set1(c), vr = V<T>::set1(r);
     if (head > 0) normalize_chunk<G, B>(x, y, head, gamma, beta, vm, vc, vr);
@@ -222,6 +223,7 @@ struct kernels {
       normalize_chunk<G, B, Stream>(x + j, y + j, L, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
     if (Stream) V<T>::fence();
     if (j < n) normalize_chunk<G, B>(x + j, y + j, n - j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
+    sums = acc;
   }
 
   template <bool Rms, class T, class W>
@@ -358,17 +360,21 @@ struct kernels {
     if (rstd) *rstd = static_cast<stat_t<T>>(1.0 / std::sqrt(ve));
   }
 
+  // With `piped`, next_mean/next_rstd are the next row's statistics (see backward_row).
   template <class T, class W>
   static void layer_norm_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma,
                                       double mean, double rstd, stat_t<T>* dg, stat_t<T>* db,
-                                      const T* next_x = nullptr, const T* next_dy = nullptr) noexcept {
-    backward_row<false>(x, dy, dx, n, gamma, mean, rstd, dg, db, next_x, next_dy);
+                                      const T* next_x = nullptr, const T* next_dy = nullptr, bool stream = false,
+                                      bool piped = false, double next_mean = 0, double next_rstd = 0) noexcept {
+    backward_row<false>(x, dy, dx, n, gamma, mean, rstd, dg, db, next_x, next_dy, stream, piped, next_mean, next_rstd);
   }
 
   template <class T, class W>
   static void rms_norm_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double rstd,
-                                    stat_t<T>* dg, const T* next_x = nullptr, const T* next_dy = nullptr) noexcept {
-    backward_row<true>(x, dy, dx, n, gamma, 0.0, rstd, dg, static_cast<stat_t<T>*>(nullptr), next_x, next_dy);
+                                    stat_t<T>* dg, const T* next_x = nullptr, const T* next_dy = nullptr,
+                                    bool stream = false, bool piped = false, double next_rstd = 0) noexcept {
+    backward_row<true>(x, dy, dx, n, gamma, 0.0, rstd, dg, static_cast<stat_t<T>*>(nullptr), next_x, next_dy, stream,
+                       piped, 0.0, next_rstd);
   }
 
   /// dst = src over n elements; with `stream`, full vectors past an aligning head are stored
@@ -410,6 +416,129 @@ struct kernels {
       if (full) V<T>::store(s + i, a);
       else V<T>::store_n(s + i, a, k);
     }
+  }
+
+  // The fused add & norm of one row for large outputs: s = x + bias_in + residual is built in a row
+  // buffer (buf: two rows of n, this row's s and the next's), the norm of s streams to y and s itself
+  // streams to `s`; memory sees two reads and two writes. With `next_x`/`next_res` (the rows layout's
+  // next row, handled next by this thread), the next row's s is built, and its statistics summed,
+  // during this row's output sweep, as the pipelined layer_norm_row does (bit-identical sums).
+  template <bool Rms, class T, class W>
+  static void add_norm_row(const T* x, const T* res, const W* bias_in, T* s, T* y, std::int64_t n, const W* gamma,
+                           const W* beta, double eps, stat_t<T>* mean, stat_t<T>* rstd, const T* next_x,
+                           const T* next_res, T* buf) noexcept {
+    using E = calc_t<T>;
+    add_carry<T>& cr = add_carried<T>();
+    T* cur = buf;
+    E m0 = E(0), c = E(0), var;
+    if (cr.x == x && cr.res == res && cr.n == n && cr.rms == Rms && cr.buf == buf) {
+      cur = buf + cr.half * n;
+      if constexpr (Rms) {
+        var = cr.sq / static_cast<E>(n);
+      } else {
+        m0 = cr.m0;
+        finish_moments(cur, n, cr.sd, cr.sq, m0, c, var);
+      }
+    } else {
+      add_row(x, res, bias_in, cur, n);
+      if constexpr (Rms) row_mean_square(cur, n, var);
+      else row_moments(cur, n, m0, c, var);
+    }
+    cr.x = nullptr;
+    if (!stats_ok(m0, c, var, eps)) {
+      if constexpr (Rms) scalar::kernels::rms_norm_row(cur, y, n, gamma, eps, rstd);
+      else scalar::kernels::layer_norm_row(cur, y, n, gamma, beta, eps, mean, rstd);
+      copy_row(cur, s, n, true);
+      return;
+    }
+    const double ve = static_cast<double>(var) + eps;
+    const E r = static_cast<E>(rstd_apply(ve));
+    if (Rms) beta = nullptr;
+    constexpr std::uintptr_t align = static_cast<std::uintptr_t>(V<T>::lanes) * sizeof(T);
+    const auto head_of = [&](const T* p) {
+      const auto a = reinterpret_cast<std::uintptr_t>(p);
+      return a % sizeof(T) ? std::int64_t{-1} : static_cast<std::int64_t>(((align - a % align) % align) / sizeof(T));
+    };
+    const std::int64_t head = head_of(y);
+    if (next_x && next_res && n >= 2 * V<T>::lanes && head >= 0 && head == head_of(s)) {
+      T* nxt = buf + (cur == buf ? n : 0);
+      const E shift = Rms ? E(0) : added_shift(next_x, next_res, bias_in, n);
+      row_sums<T, Rms> acc(shift);
+      if (gamma && beta) add_norm_piped<true, true>(cur, s, y, n, gamma, beta, m0, c, r, head, next_x, next_res, bias_in, nxt, acc);
+      else if (gamma) add_norm_piped<true, false>(cur, s, y, n, gamma, beta, m0, c, r, head, next_x, next_res, bias_in, nxt, acc);
+      else if (beta) add_norm_piped<false, true>(cur, s, y, n, gamma, beta, m0, c, r, head, next_x, next_res, bias_in, nxt, acc);
+      else add_norm_piped<false, false>(cur, s, y, n, gamma, beta, m0, c, r, head, next_x, next_res, bias_in, nxt, acc);
+      cr = {next_x, next_res, buf, n, Rms, cur == buf ? std::int64_t{1} : std::int64_t{0}, shift, acc.sum_d(), acc.sum_q()};
+    } else {
+      normalize_row_any(cur, y, n, gamma, beta, m0, c, r, true, next_x);
+      copy_row(cur, s, n, true, next_res);
+    }
+    if (mean) *mean = static_cast<stat_t<T>>(static_cast<double>(m0) + static_cast<double>(c));
+    if (rstd) *rstd = static_cast<stat_t<T>>(1.0 / std::sqrt(ve));
+  }
+
+ private:
+  template <class T>
+  struct add_carry {
+    const T* x;
+    const T* res;
+    const T* buf;
+    std::int64_t n;
+    bool rms;
+    std::int64_t half;
+    calc_t<T> m0, sd, sq;
+  };
+  template <class T>
+  static add_carry<T>& add_carried() noexcept {
+    static thread_local add_carry<T> c{};
+    return c;
+  }
+
+  // The shift row_moments would take for the row s = x + bias_in + residual: the mean of its first
+  // vector, rounded to T as s is.
+  template <class T, class W>
+  static calc_t<T> added_shift(const T* x, const T* res, const W* bias_in, std::int64_t n) noexcept {
+    T first[V<T>::lanes];
+    const std::int64_t k0 = n < V<T>::lanes ? n : V<T>::lanes;
+    add_row(x, res, bias_in, first, k0);
+    return row_shift(static_cast<const T*>(first), k0);
+  }
+
+  // The output sweep of add_norm_row: y = norm(cur) and s = cur, both streamed past a common aligning
+  // head, while the next row's s is built in nxt and its sums accumulate in row_sums order.
+  template <bool G, bool B, bool Rms, class T, class W>
+  static void add_norm_piped(const T* cur, T* s, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
+                             calc_t<T> c, calc_t<T> r, std::int64_t head, const T* nx, const T* nres,
+                             const W* bias_in, T* nxt, row_sums<T, Rms>& sums) noexcept {
+    using R = typename V<T>::reg;
+    constexpr std::int64_t L = V<T>::lanes;
+    row_sums<T, Rms> acc = sums;  // in registers (the stores may alias sums)
+    const R vm = V<T>::set1(m0), vc = V<T>::set1(c), vr = V<T>::set1(r);
+    if (head > 0) {
+      normalize_chunk<G, B>(cur, y, head, gamma, beta, vm, vc, vr);
+      V<T>::store_n(s, V<T>::load_n(cur, head), head);
+    }
+    std::int64_t j = head, i = 0;
+    for (; i + 4 * L <= n; i += 4 * L) {
+      add_row(nx + i, nres + i, bias_in ? bias_in + i : bias_in, nxt + i, 4 * L);
+      acc.step(nxt + i);
+      for (int u = 0; u < 4 && j + L <= n; ++u, j += L) {
+        normalize_chunk<G, B, true>(cur + j, y + j, L, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
+        V<T>::stream(s + j, V<T>::load(cur + j));
+      }
+    }
+    add_row(nx + i, nres + i, bias_in ? bias_in + i : bias_in, nxt + i, n - i);
+    acc.tail(nxt + i, n - i);
+    for (; j + L <= n; j += L) {
+      normalize_chunk<G, B, true>(cur + j, y + j, L, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
+      V<T>::stream(s + j, V<T>::load(cur + j));
+    }
+    V<T>::fence();
+    if (j < n) {
+      normalize_chunk<G, B>(cur + j, y + j, n - j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
+      V<T>::store_n(s + j, V<T>::load_n(cur + j, n - j), n - j);
+    }
+    sums = acc;
   }
 
  private:
@@ -461,41 +590,146 @@ struct kernels {
     sx = V<T>::sum(V<T>::add(sx0, sx1));
   }
 
-  // Second sweep: dx = rstd * ((g*dy - c1) - xhat * c2).
+  // k elements (a full vector if k >= lanes; stored non-temporally with Stream) of the second sweep:
+  // dx = rstd * ((g*dy - c1) - xhat * c2).
+  template <bool Rms, bool Stream = false, class T, class W>
+  static void backward_apply_chunk(const T* x, const T* dy, T* dx, std::int64_t k, const W* gamma,
+                                   typename V<T>::reg vm, typename V<T>::reg vr, typename V<T>::reg c1,
+                                   typename V<T>::reg c2) noexcept {
+    using R = typename V<T>::reg;
+    using VW = vec<calc_t<T>>;
+    const bool full = k >= V<T>::lanes;
+    const R xv = full ? V<T>::load(x) : V<T>::load_n(x, k);
+    const R d = full ? V<T>::load(dy) : V<T>::load_n(dy, k);
+    const R xh = Rms ? V<T>::mul(xv, vr) : V<T>::mul(V<T>::sub(xv, vm), vr);
+    const R gd = gamma ? V<T>::mul(d, full ? VW::load(gamma) : VW::load_n(gamma, k)) : d;
+    const R t = V<T>::mul(vr, V<T>::sub(V<T>::sub(gd, c1), V<T>::mul(xh, c2)));
+    if (!full) V<T>::store_n(dx, t, k);
+    else if constexpr (Stream) V<T>::stream(dx, t);
+    else V<T>::store(dx, t);
+  }
+
   template <bool Rms, class T, class W>
   static void backward_row_apply(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean_d,
                                  double rstd_d, calc_t<T> c1_s, calc_t<T> c2_s, const T* next_x = nullptr,
                                  const T* next_dy = nullptr) noexcept {
     using E = calc_t<T>;
     using R = typename V<T>::reg;
-    using VW = vec<E>;
     constexpr std::int64_t L = V<T>::lanes;
     const R vm = V<T>::set1(static_cast<E>(mean_d)), vr = V<T>::set1(static_cast<E>(rstd_d));
     const R c1 = V<T>::set1(c1_s), c2 = V<T>::set1(c2_s);
     for (std::int64_t i = 0; i < n; i += L) {
-      const std::int64_t k = n - i;
-      const bool full = k >= L;
       prefetch_row(next_x, i, n);
       prefetch_row(next_dy, i, n);
-      const R xv = full ? V<T>::load(x + i) : V<T>::load_n(x + i, k);
-      const R d = full ? V<T>::load(dy + i) : V<T>::load_n(dy + i, k);
-      const R xh = Rms ? V<T>::mul(xv, vr) : V<T>::mul(V<T>::sub(xv, vm), vr);
-      const R gd = gamma ? V<T>::mul(d, full ? VW::load(gamma + i) : VW::load_n(gamma + i, k)) : d;
-      const R t = V<T>::mul(vr, V<T>::sub(V<T>::sub(gd, c1), V<T>::mul(xh, c2)));
-      if (full) V<T>::store(dx + i, t);
-      else V<T>::store_n(dx + i, t, k);
+      backward_apply_chunk<Rms>(x + i, dy + i, dx + i, n - i, gamma ? gamma + i : gamma, vm, vr, c1, c2);
     }
   }
 
+  // The backward's sums of the row a pipelined call handles next (see backward_row).
+  template <class T>
+  struct backward_carry {
+    const T* x;
+    const T* dy;
+    std::int64_t n;
+    bool rms;
+    calc_t<T> sg, sx;
+  };
+  template <class T>
+  static backward_carry<T>& backward_carried() noexcept {
+    static thread_local backward_carry<T> c{};
+    return c;
+  }
+
+  // The second sweep of this row, while the first sweep of the next row (nx, ndy, with its own mean
+  // and rstd) runs along in backward_row_sums' order (bit-identical sums and dgamma/dbeta partials).
+  template <bool Rms, bool Stream, class T, class W>
+  static void backward_row_piped(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean_d,
+                                 double rstd_d, calc_t<T> c1_s, calc_t<T> c2_s, std::int64_t head, const T* nx,
+                                 const T* ndy, double nmean_d, double nrstd_d, stat_t<T>* dg, stat_t<T>* db,
+                                 calc_t<T>& nsg, calc_t<T>& nsx) noexcept {
+    using E = calc_t<T>;
+    using R = typename V<T>::reg;
+    constexpr std::int64_t L = V<T>::lanes;
+    const R vm = V<T>::set1(static_cast<E>(mean_d)), vr = V<T>::set1(static_cast<E>(rstd_d));
+    const R c1 = V<T>::set1(c1_s), c2 = V<T>::set1(c2_s);
+    const R nvm = V<T>::set1(static_cast<E>(nmean_d)), nvr = V<T>::set1(static_cast<E>(nrstd_d));
+    R sg0 = V<T>::zero(), sg1 = V<T>::zero(), sx0 = V<T>::zero(), sx1 = V<T>::zero();
+    if (head > 0) backward_apply_chunk<Rms>(x, dy, dx, head, gamma, vm, vr, c1, c2);
+    std::int64_t j = head, i = 0;
+    for (; i + 2 * L <= n; i += 2 * L) {
+      backward_chunk<Rms>(nx + i, ndy + i, L, gamma ? gamma + i : gamma, nvm, nvr, dg ? dg + i : dg, db ? db + i : db,
+                          sg0, sx0);
+      backward_chunk<Rms>(nx + i + L, ndy + i + L, L, gamma ? gamma + i + L : gamma, nvm, nvr, dg ? dg + i + L : dg,
+                          db ? db + i + L : db, sg1, sx1);
+      for (int u = 0; u < 2 && j + L <= n; ++u, j += L)
+        backward_apply_chunk<Rms, Stream>(x + j, dy + j, dx + j, L, gamma ? gamma + j : gamma, vm, vr, c1, c2);
+    }
+    for (; i < n; i += L)
+      backward_chunk<Rms>(nx + i, ndy + i, n - i, gamma ? gamma + i : gamma, nvm, nvr, dg ? dg + i : dg,
+                          db ? db + i : db, sg0, sx0);
+    for (; j + L <= n; j += L)
+      backward_apply_chunk<Rms, Stream>(x + j, dy + j, dx + j, L, gamma ? gamma + j : gamma, vm, vr, c1, c2);
+    if (Stream) V<T>::fence();
+    if (j < n) backward_apply_chunk<Rms>(x + j, dy + j, dx + j, n - j, gamma ? gamma + j : gamma, vm, vr, c1, c2);
+    nsg = Rms ? E(0) : V<T>::sum(V<T>::add(sg0, sg1));
+    nsx = V<T>::sum(V<T>::add(sx0, sx1));
+  }
+
   // dx = rstd * (g*dy - mean(g*dy) - xhat * mean(g*dy*xhat)); dg += dy*xhat; db += dy.
+  // `piped` (the rows layout, next row's mean and rstd given): the next row's first sweep runs during
+  // this row's second, and its sums are handed to the next call on this thread, so x and dy stream
+  // from memory once; with `stream`, dx is stored non-temporally.
   template <bool Rms, class T, class W>
   static void backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean_d,
-                           double rstd_d, stat_t<T>* dg, stat_t<T>* db, const T* next_x, const T* next_dy) noexcept {
+                           double rstd_d, stat_t<T>* dg, stat_t<T>* db, const T* next_x, const T* next_dy,
+                           bool stream = false, bool piped = false, double next_mean = 0,
+                           double next_rstd = 0) noexcept {
     using E = calc_t<T>;
     E sg, sx;
-    backward_row_sums<Rms>(x, dy, n, gamma, mean_d, rstd_d, dg, db, sg, sx);
-    backward_row_apply<Rms>(x, dy, dx, n, gamma, mean_d, rstd_d, sg / static_cast<E>(n), sx / static_cast<E>(n), next_x,
-                            next_dy);
+    backward_carry<T>& cr = backward_carried<T>();
+    if (piped && cr.x == x && cr.dy == dy && cr.n == n && cr.rms == Rms) {
+      sg = cr.sg;
+      sx = cr.sx;
+    } else {
+      backward_row_sums<Rms>(x, dy, n, gamma, mean_d, rstd_d, dg, db, sg, sx);
+    }
+    cr.x = nullptr;
+    const E c1 = sg / static_cast<E>(n), c2 = sx / static_cast<E>(n);
+    if (!(piped && next_x && next_dy)) {
+      if (!stream) {
+        backward_row_apply<Rms>(x, dy, dx, n, gamma, mean_d, rstd_d, c1, c2, next_x, next_dy);
+        return;
+      }
+    }
+    constexpr std::uintptr_t align = static_cast<std::uintptr_t>(V<T>::lanes) * sizeof(T);
+    const std::uintptr_t addr = reinterpret_cast<std::uintptr_t>(dx);
+    const bool streamed = stream && addr % sizeof(T) == 0 && n >= 2 * V<T>::lanes;
+    const std::int64_t head = streamed ? static_cast<std::int64_t>(((align - addr % align) % align) / sizeof(T)) : 0;
+    if (piped && next_x && next_dy) {
+      E nsg, nsx;
+      if (streamed)
+        backward_row_piped<Rms, true>(x, dy, dx, n, gamma, mean_d, rstd_d, c1, c2, head, next_x, next_dy, next_mean,
+                                      next_rstd, dg, db, nsg, nsx);
+      else
+        backward_row_piped<Rms, false>(x, dy, dx, n, gamma, mean_d, rstd_d, c1, c2, head, next_x, next_dy, next_mean,
+                                       next_rstd, dg, db, nsg, nsx);
+      cr = {next_x, next_dy, n, Rms, nsg, nsx};
+      return;
+    }
+    // Streamed, not piped (the last row of a block).
+    using R = typename V<T>::reg;
+    constexpr std::int64_t L = V<T>::lanes;
+    const R vm = V<T>::set1(static_cast<E>(mean_d)), vr = V<T>::set1(static_cast<E>(rstd_d));
+    const R v1 = V<T>::set1(c1), v2 = V<T>::set1(c2);
+    std::int64_t j = 0;
+    if (streamed) {
+      if (head > 0) backward_apply_chunk<Rms>(x, dy, dx, head, gamma, vm, vr, v1, v2);
+      for (j = head; j + L <= n; j += L)
+        backward_apply_chunk<Rms, true>(x + j, dy + j, dx + j, L, gamma ? gamma + j : gamma, vm, vr, v1, v2);
+      V<T>::fence();
+    }
+    for (; j < n; j += L)
+      backward_apply_chunk<Rms>(x + j, dy + j, dx + j, n - j, gamma ? gamma + j : gamma, vm, vr, v1, v2);
   }
 
  public:
