@@ -278,6 +278,59 @@ nb::object fast_forward(bool rms, nb::handle x_, nb::handle weight_, nb::handle 
   return y_;
 }
 
+// The backward of the common call, on the same terms as fast_forward: dy and x exact C-contiguous
+// ndarrays of one float format and shape, mean (LayerNorm) and rstd exact C-contiguous keepdims
+// arrays of the statistics' format (float64 for float64, else float32), weight None or a contiguous
+// 1-d array of x's format. Returns (dx, dweight, dbias) or (dx, dweight), or None to decline.
+nb::object fast_backward(bool rms, nb::handle dy_, nb::handle x_, nb::handle mean_, nb::handle rstd_,
+                         nb::handle weight_, std::int64_t max_bytes) {
+  const int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT;
+  const buffer x(x_, flags), dy(dy_, flags);
+  elem t, tdy;
+  if (!x.ok() || !dy.ok() || (*x).ndim < 1 || (*x).len == 0 || (*x).len >= max_bytes) return nb::none();
+  if (!elem_of_format((*x).format, t) || !elem_of_format((*dy).format, tdy) || tdy != t || (*dy).ndim != (*x).ndim)
+    return nb::none();
+  const int nd = (*x).ndim;
+  for (int d = 0; d < nd; ++d)
+    if ((*dy).shape[d] != (*x).shape[d]) return nb::none();
+  const std::int64_t cols = (*x).shape[nd - 1];
+  const std::int64_t rows = (*x).len / (*x).itemsize / cols;
+  // A statistic: x's shape with the last axis 1, in the statistics' format.
+  const elem st = stat_elem(t);
+  const auto stat_fits = [&](const buffer& b) {
+    elem e;
+    if (!b.ok() || (*b).ndim != nd || !elem_of_format((*b).format, e) || e != st) return false;
+    for (int d = 0; d < nd - 1; ++d)
+      if ((*b).shape[d] != (*x).shape[d]) return false;
+    return (*b).shape[nd - 1] == 1;
+  };
+  const buffer mean(mean_, flags), rstd(rstd_, flags), w(weight_, flags);
+  if (!stat_fits(rstd) || (!rms && !stat_fits(mean))) return nb::none();
+  const void* g;
+  if (!fast_param(weight_, w, t, cols, g)) return nb::none();
+  nb::object dx_ = fast().empty_like(x_);
+  const buffer dx(dx_, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE);
+  if (!dx.ok()) return nb::none();
+  // dweight and dbias: the weight's dtype (x's when there is no weight); one row of x is the template.
+  nb::object dw_ = g ? fast().empty_like(weight_) : nb::none();
+  nb::object db_ = rms ? nb::none() : fast().empty_like(g ? weight_ : x_.attr("reshape")(rows, cols)[nb::int_(0)]);
+  const buffer dw(dw_, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE), db(db_, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE);
+  if ((g && !dw.ok()) || (!rms && !db.ok())) return nb::none();
+  const std::int64_t shape[2] = {rows, cols}, strides[2] = {cols, 1};
+  const bool normalized[2] = {false, true};
+  const lnorm::strided dys{(*dy).buf, strides}, xs{(*x).buf, strides}, dxs{(*dx).buf, strides};
+  lnorm::status s;
+  with_types(t, t, [&](auto tt, auto wt) {
+    nb::gil_scoped_release release;
+    s = lnorm_py::norm_backward_call<decltype(tt), decltype(wt)>(
+        rms, 2, shape, normalized, dys, xs, rms ? nullptr : (*mean).buf, (*rstd).buf, g, dxs, g ? (*dw).buf : nullptr,
+        rms ? nullptr : (*db).buf);
+  });
+  lnorm::throw_if_failed(s);
+  if (rms) return nb::make_tuple(dx_, dw_);
+  return nb::make_tuple(dx_, dw_, db_);
+}
+
 lnorm::isa isa_from(const std::string& name) {
   lnorm::isa i;
   if (!lnorm::parse_isa(name.c_str(), i)) throw std::invalid_argument("isa: expected scalar, avx2, avx512 or neon");
@@ -306,6 +359,9 @@ NB_MODULE(_lnorm, m) {
   m.def("fast_forward", &fast_forward, nb::arg("rms"), nb::arg("x"), nb::arg("weight").none(), nb::arg("bias").none(),
         nb::arg("eps").none(), nb::arg("out").none(), nb::arg("max_bytes"),
         "layer_norm/rms_norm of a C-contiguous array over its last axis, y allocated; None when the call does not fit.");
+  m.def("fast_backward", &fast_backward, nb::arg("rms"), nb::arg("dy"), nb::arg("x"), nb::arg("mean").none(),
+        nb::arg("rstd").none(), nb::arg("weight").none(), nb::arg("max_bytes"),
+        "the backward of fast_forward's calls; None when the call does not fit.");
 
   m.def("active_isa", [] { return std::string(lnorm::active_isa()); });
   m.def("set_isa", [](const std::string& name) { return lnorm::set_isa(isa_from(name)); }, nb::arg("name"));

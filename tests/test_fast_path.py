@@ -98,6 +98,59 @@ def test_calls_the_fast_path_declines_are_still_right():
         lnorm.layer_norm(np.empty((3, 0), np.float32))
 
 
+@pytest.mark.parametrize("dtype", FAST_DTYPES)
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 17), (2, 3, 768), (33, 1025)])
+@pytest.mark.parametrize("affine", [False, True])
+def test_fast_backward_matches_general_path(dtype, shape, affine):
+    rng = np.random.default_rng(sum(shape) + 7 * affine)
+    x = (rng.standard_normal(shape) * 2 + 4).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal(shape[-1]).astype(dtype) if affine else None
+    _, mean, rstd = lnorm.layer_norm(x, w, return_stats=True)
+    saved = [a.copy() for a in (x, dy, mean, rstd)]
+    fast = lnorm.layer_norm_backward(dy, x, mean, rstd, w)
+    slow = general(lambda x_, *p, **kw: lnorm.layer_norm_backward(dy, x_, mean, rstd, w, **kw), x)
+    assert len(fast) == 3 and (fast[1] is None) == (not affine)
+    for a, b in zip(fast, slow):
+        if b is None:
+            assert a is None
+        else:
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
+    _, rrstd = lnorm.rms_norm(x, w, return_stats=True)
+    fast = lnorm.rms_norm_backward(dy, x, rrstd, w)
+    slow = general(lambda x_, **kw: lnorm.rms_norm_backward(dy, x_, rrstd, w, **kw), x)
+    assert len(fast) == 2
+    np.testing.assert_array_equal(fast[0], slow[0])
+    if affine:
+        np.testing.assert_array_equal(fast[1], slow[1])
+    for a, b in zip((x, dy, mean, rstd), saved):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_backward_calls_the_fast_path_declines_are_still_right():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 40))
+    dy = rng.standard_normal((6, 40))
+    _, mean, rstd = lnorm.layer_norm(x, return_stats=True)
+    expected = lnorm.layer_norm_backward(dy, x, mean, rstd)
+    # float32 statistics for float64 data, and statistics without keepdims' shape are refused or
+    # converted exactly as before.
+    got = lnorm.layer_norm_backward(dy, x, mean.astype(np.float32), rstd.astype(np.float32))
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="mean"):
+        lnorm.layer_norm_backward(dy, x, mean.ravel(), rstd)
+    with pytest.raises(ValueError, match="rstd"):
+        lnorm.layer_norm_backward(dy, x, mean, rstd[:5])
+    with pytest.raises(TypeError, match="dy"):
+        lnorm.layer_norm_backward(dy.astype(np.float32), x, mean, rstd)
+    with pytest.raises(ValueError, match="dy"):
+        lnorm.layer_norm_backward(dy[:, :39], x, mean, rstd)
+    with pytest.raises(ValueError, match="weight"):
+        lnorm.layer_norm_backward(dy, x, mean, rstd, np.ones(39))
+    np.testing.assert_array_equal(lnorm.layer_norm_backward(np.asfortranarray(dy), x, mean, rstd)[0], expected[0])
+
+
 # ----------------------------------------------------------------------------------------------
 # The buffer cache
 

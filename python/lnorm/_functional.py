@@ -230,6 +230,7 @@ def _forward(rms: bool, x: Any, weight: Any, bias: Any, axis: Axis, eps: Any, ou
 
 # The native fast path of the most common call (see python/_lnorm.cpp): None when it does not apply.
 _fast_forward = _lnorm.fast_forward
+_fast_backward = _lnorm.fast_backward
 
 
 def layer_norm(x, weight=None, bias=None, *, axis: Axis = -1, eps: float = 1e-5, out=None,
@@ -309,6 +310,10 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis: Axis = -1):
     >>> dx.shape, dw.shape, db.shape
     ((8, 64), (64,), (64,))
     """
+    if type(axis) is int and axis == -1:
+        grads = _fast_backward(False, dy, x, mean, rstd, weight, _buffers.fast_max_bytes)
+        if grads is not None:
+            return grads
     if type(x) is not np.ndarray and _interop.library_of(x):
         return _interop.call(layer_norm_backward, x, (dy, x, mean, rstd, weight), dict(axis=axis))
     return _backward(False, dy, x, mean, rstd, weight, axis)
@@ -324,6 +329,10 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, axis: Axis = -1):
     >>> dw is None
     True
     """
+    if type(axis) is int and axis == -1:
+        grads = _fast_backward(True, dy, x, None, rstd, weight, _buffers.fast_max_bytes)
+        if grads is not None:
+            return grads
     if type(x) is not np.ndarray and _interop.library_of(x):
         return _interop.call(rms_norm_backward, x, (dy, x, rstd, weight), dict(axis=axis))
     return _backward(True, dy, x, None, rstd, weight, axis)
