@@ -59,6 +59,19 @@ struct vec<float> {
     _mm_stream_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
   static void stream(bfloat16_t* p, reg v) noexcept { _mm_stream_si128(reinterpret_cast<__m128i*>(p), to_bf16(v)); }
+  // Two vectors (a then b) non-temporally, p aligned to 2 * lanes * sizeof(X): 16-bit data as one
+  // 32-byte store.
+  static void stream2(float* p, reg a, reg b) noexcept {
+    _mm256_stream_ps(p, a);
+    _mm256_stream_ps(p + 8, b);
+  }
+  static void stream2(float16_t* p, reg a, reg b) noexcept {
+    const int rc = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), _mm256_set_m128i(_mm256_cvtps_ph(b, rc), _mm256_cvtps_ph(a, rc)));
+  }
+  static void stream2(bfloat16_t* p, reg a, reg b) noexcept {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), _mm256_set_m128i(to_bf16(b), to_bf16(a)));
+  }
   static void fence() noexcept { _mm_sfence(); }
   // Round to nearest even on the bits; NaN stays a (quiet) NaN. 8 floats -> 8 bfloat16 in 128 bits.
   static __m128i to_bf16(reg v) noexcept {
@@ -95,6 +108,10 @@ struct vec<double> {
   static reg load(const float* p) noexcept { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
   static void store(double* p, reg v) noexcept { _mm256_storeu_pd(p, v); }
   static void stream(double* p, reg v) noexcept { _mm256_stream_pd(p, v); }
+  static void stream2(double* p, reg a, reg b) noexcept {
+    _mm256_stream_pd(p, a);
+    _mm256_stream_pd(p + 4, b);
+  }
   static void fence() noexcept { _mm_sfence(); }
 #include "buffered_tail.inl"
   static reg add(reg a, reg b) noexcept { return _mm256_add_pd(a, b); }

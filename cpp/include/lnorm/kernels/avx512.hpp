@@ -75,6 +75,19 @@ struct vec<float> {
     _mm256_stream_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
   static void stream(bfloat16_t* p, reg v) noexcept { _mm256_stream_si256(reinterpret_cast<__m256i*>(p), to_bf16(v)); }
+  // Two vectors (a then b) non-temporally, p aligned to 2 * lanes * sizeof(X): 16-bit data as one
+  // full-line store (two half-line streaming stores cost more than a plain store would).
+  static void stream2(float* p, reg a, reg b) noexcept {
+    _mm512_stream_ps(p, a);
+    _mm512_stream_ps(p + 16, b);
+  }
+  static void stream2(float16_t* p, reg a, reg b) noexcept {
+    const int rc = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), join(_mm512_cvtps_ph(a, rc), _mm512_cvtps_ph(b, rc)));
+  }
+  static void stream2(bfloat16_t* p, reg a, reg b) noexcept {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), join(to_bf16(a), to_bf16(b)));
+  }
   static void fence() noexcept { _mm_sfence(); }
   static reg add(reg a, reg b) noexcept { return _mm512_add_ps(a, b); }
   static reg sub(reg a, reg b) noexcept { return _mm512_sub_ps(a, b); }
@@ -92,6 +105,7 @@ struct vec<float> {
   }
 
  private:
+  static __m512i join(__m256i lo, __m256i hi) noexcept { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
   static reg from_bf16(__m256i h) noexcept { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
   // Round to nearest even on the bits; NaN stays a (quiet) NaN.
   static __m256i to_bf16(reg v) noexcept {
@@ -120,6 +134,10 @@ struct vec<double> {
   static void store(double* p, reg v) noexcept { _mm512_storeu_pd(p, v); }
   static void store_n(double* p, reg v, std::int64_t n) noexcept { _mm512_mask_storeu_pd(p, mask(n), v); }
   static void stream(double* p, reg v) noexcept { _mm512_stream_pd(p, v); }
+  static void stream2(double* p, reg a, reg b) noexcept {
+    _mm512_stream_pd(p, a);
+    _mm512_stream_pd(p + 8, b);
+  }
   static void fence() noexcept { _mm_sfence(); }
   static reg add(reg a, reg b) noexcept { return _mm512_add_pd(a, b); }
   static reg sub(reg a, reg b) noexcept { return _mm512_sub_pd(a, b); }

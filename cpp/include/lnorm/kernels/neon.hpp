@@ -64,6 +64,11 @@ struct vec<float> {
   // streaming is a plain store here, and nothing needs ordering.
   template <class X>
   static void stream(X* p, reg v) noexcept { store(p, v); }
+  template <class X>
+  static void stream2(X* p, reg a, reg b) noexcept {
+    store(p, a);
+    store(p + lanes, b);
+  }
   static void fence() noexcept {}
 #include "buffered_tail.inl"
   static reg add(reg a, reg b) noexcept { return vaddq_f32(a, b); }
@@ -98,6 +103,10 @@ struct vec<double> {
   static reg load(const float* p) noexcept { return vcvt_f64_f32(vld1_f32(p)); }
   static void store(double* p, reg v) noexcept { vst1q_f64(p, v); }
   static void stream(double* p, reg v) noexcept { store(p, v); }  // a plain store (see vec<float>)
+  static void stream2(double* p, reg a, reg b) noexcept {
+    store(p, a);
+    store(p + lanes, b);
+  }
   static void fence() noexcept {}
 #include "buffered_tail.inl"
   static reg add(reg a, reg b) noexcept { return vaddq_f64(a, b); }

@@ -8,7 +8,9 @@
 //   past n, n may be <= 0 or >= lanes); store(X*, reg) and store_n(X*, reg, n) (narrowing, round to
 //   nearest even); add, sub, mul, fma(a, b, c) = a*b + c; sum(reg) -> E; head(reg, n) (lanes >= n
 //   zeroed); stream(X*, reg) (a non-temporal store of a full vector to an address aligned to
-//   lanes * sizeof(X), or a plain store where the ISA has none) and fence() (orders those stores).
+//   lanes * sizeof(X), or a plain store where the ISA has none), stream2(X*, a, b) (two vectors, to
+//   an address aligned to 2 * lanes * sizeof(X), as full cache lines where it can) and fence()
+//   (orders those stores).
 // and the macro LNORM_SIMD_NAME.
 //
 // Numerics (same as the scalar set, at vector speed): statistics in float for float32 and 16-bit data
@@ -153,9 +155,9 @@ struct kernels {
 
   // y = ((x - m0) - c) * r * gamma + beta for k elements at i (k >= lanes: a full vector, stored
   // non-temporally with Stream).
-  template <bool G, bool B, bool Stream = false, class T, class W>
-  static void normalize_chunk(const T* x, T* y, std::int64_t k, const W* gamma, const W* beta,
-                              typename V<T>::reg vm, typename V<T>::reg vc, typename V<T>::reg vr) noexcept {
+  template <bool G, bool B, class T, class W>
+  static typename V<T>::reg normalized(const T* x, std::int64_t k, const W* gamma, const W* beta, typename V<T>::reg vm,
+                                       typename V<T>::reg vc, typename V<T>::reg vr) noexcept {
     using R = typename V<T>::reg;
     using VW = vec<calc_t<T>>;
     const bool full = k >= V<T>::lanes;
@@ -164,9 +166,40 @@ struct kernels {
     if constexpr (G && B) t = V<T>::fma(t, full ? VW::load(gamma) : VW::load_n(gamma, k), full ? VW::load(beta) : VW::load_n(beta, k));
     else if constexpr (G) t = V<T>::mul(t, full ? VW::load(gamma) : VW::load_n(gamma, k));
     else if constexpr (B) t = V<T>::add(t, full ? VW::load(beta) : VW::load_n(beta, k));
-    if (!full) V<T>::store_n(y, t, k);
+    return t;
+  }
+
+  template <bool G, bool B, bool Stream = false, class T, class W>
+  static void normalize_chunk(const T* x, T* y, std::int64_t k, const W* gamma, const W* beta,
+                              typename V<T>::reg vm, typename V<T>::reg vc, typename V<T>::reg vr) noexcept {
+    const auto t = normalized<G, B>(x, k, gamma, beta, vm, vc, vr);
+    if (k < V<T>::lanes) V<T>::store_n(y, t, k);
     else if constexpr (Stream) V<T>::stream(y, t);
     else V<T>::store(y, t);
+  }
+
+  // Two full vectors (2 * lanes elements); with Stream, y is aligned to 2 * lanes * sizeof(T).
+  template <bool G, bool B, bool Stream, class T, class W>
+  static void normalize_pair(const T* x, T* y, const W* gamma, const W* beta, typename V<T>::reg vm,
+                             typename V<T>::reg vc, typename V<T>::reg vr) noexcept {
+    constexpr std::int64_t L = V<T>::lanes;
+    const auto a = normalized<G, B>(x, L, gamma, beta, vm, vc, vr);
+    const auto b = normalized<G, B>(x + L, L, G ? gamma + L : gamma, B ? beta + L : beta, vm, vc, vr);
+    if constexpr (Stream) {
+      V<T>::stream2(y, a, b);
+    } else {
+      V<T>::store(y, a);
+      V<T>::store(y + L, b);
+    }
+  }
+
+  // The head of a row to store before y + head is aligned for stream2 (-1: y is not even aligned to
+  // its element size, and is not streamed).
+  template <class T>
+  static std::int64_t stream_head(const T* y) noexcept {
+    constexpr std::uintptr_t align = 2 * static_cast<std::uintptr_t>(V<T>::lanes) * sizeof(T);
+    const auto a = reinterpret_cast<std::uintptr_t>(y);
+    return a % sizeof(T) ? std::int64_t{-1} : static_cast<std::int64_t>(((align - a % align) % align) / sizeof(T));
   }
 
   // The whole row; gamma/beta presence fixed at compile time. With `stream`, full vectors are stored
@@ -211,18 +244,21 @@ struct kernels {
     row_sums<T, Rms> acc = sums;  // a local copy stays in registers (the stores to y may alias sums)
     constexpr std::int64_t L = V<T>::lanes;
     const R vm = V<T>::set1(m0), vc = V<T>::set1(c), vr = V<T>::set1(r);
-    if (head > 0) normalize_chunk<G, B>(x, y, head, gamma, beta, vm, vc, vr);
-    std::int64_t j = head, i = 0;
+    std::int64_t j = 0, i = 0;
+    for (; j < head; j += L)
+      normalize_chunk<G, B>(x + j, y + j, head - j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
+    j = head;
     for (; i + 4 * L <= n; i += 4 * L) {
       acc.step(nx + i);
-      for (int u = 0; u < 4 && j + L <= n; ++u, j += L)
-        normalize_chunk<G, B, Stream>(x + j, y + j, L, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
+      for (int u = 0; u < 2 && j + 2 * L <= n; ++u, j += 2 * L)
+        normalize_pair<G, B, Stream>(x + j, y + j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
     }
     acc.tail(nx + i, n - i);
-    for (; j + L <= n; j += L)
-      normalize_chunk<G, B, Stream>(x + j, y + j, L, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
+    for (; j + 2 * L <= n; j += 2 * L)
+      normalize_pair<G, B, Stream>(x + j, y + j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
     if (Stream) V<T>::fence();
-    if (j < n) normalize_chunk<G, B>(x + j, y + j, n - j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
+    for (; j < n; j += L)
+      normalize_chunk<G, B>(x + j, y + j, n - j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
     sums = acc;
   }
 
@@ -230,10 +266,8 @@ struct kernels {
   static void normalize_row_piped_any(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
                                       calc_t<T> c, calc_t<T> r, bool stream, const T* nx,
                                       row_sums<T, Rms>& acc) noexcept {
-    constexpr std::uintptr_t align = static_cast<std::uintptr_t>(V<T>::lanes) * sizeof(T);
-    const std::uintptr_t addr = reinterpret_cast<std::uintptr_t>(y);
-    if (stream && addr % sizeof(T) == 0 && n >= 2 * V<T>::lanes) {
-      const auto head = static_cast<std::int64_t>(((align - addr % align) % align) / sizeof(T));
+    const std::int64_t head = stream_head(y);
+    if (stream && head >= 0 && n >= 4 * V<T>::lanes) {
       if (gamma && beta) normalize_row_piped<true, true, true>(x, y, n, gamma, beta, m0, c, r, head, nx, acc);
       else if (gamma) normalize_row_piped<true, false, true>(x, y, n, gamma, beta, m0, c, r, head, nx, acc);
       else if (beta) normalize_row_piped<false, true, true>(x, y, n, gamma, beta, m0, c, r, head, nx, acc);
@@ -454,13 +488,8 @@ struct kernels {
     const double ve = static_cast<double>(var) + eps;
     const E r = static_cast<E>(rstd_apply(ve));
     if (Rms) beta = nullptr;
-    constexpr std::uintptr_t align = static_cast<std::uintptr_t>(V<T>::lanes) * sizeof(T);
-    const auto head_of = [&](const T* p) {
-      const auto a = reinterpret_cast<std::uintptr_t>(p);
-      return a % sizeof(T) ? std::int64_t{-1} : static_cast<std::int64_t>(((align - a % align) % align) / sizeof(T));
-    };
-    const std::int64_t head = head_of(y);
-    if (next_x && next_res && n >= 2 * V<T>::lanes && head >= 0 && head == head_of(s)) {
+    const std::int64_t head = stream_head(y);
+    if (next_x && next_res && n >= 4 * V<T>::lanes && head >= 0 && head == stream_head(s)) {
       T* nxt = buf + (cur == buf ? n : 0);
       const E shift = Rms ? E(0) : added_shift(next_x, next_res, bias_in, n);
       row_sums<T, Rms> acc(shift);
@@ -473,7 +502,7 @@ struct kernels {
       normalize_row_any(cur, y, n, gamma, beta, m0, c, r, true, next_x);
       copy_row(cur, s, n, true, next_res);
     }
-    if (mean) *mean = static_cast<stat_t<T>>(static_cast<double>(m0) + static_cast<double>(c));
+    if (!Rms && mean) *mean = static_cast<stat_t<T>>(static_cast<double>(m0) + static_cast<double>(c));
     if (rstd) *rstd = static_cast<stat_t<T>>(1.0 / std::sqrt(ve));
   }
 
@@ -514,30 +543,28 @@ struct kernels {
     constexpr std::int64_t L = V<T>::lanes;
     row_sums<T, Rms> acc = sums;  // in registers (the stores may alias sums)
     const R vm = V<T>::set1(m0), vc = V<T>::set1(c), vr = V<T>::set1(r);
-    if (head > 0) {
-      normalize_chunk<G, B>(cur, y, head, gamma, beta, vm, vc, vr);
-      V<T>::store_n(s, V<T>::load_n(cur, head), head);
-    }
-    std::int64_t j = head, i = 0;
+    const auto out_plain = [&](std::int64_t j, std::int64_t k) {  // k elements at j, plain stores
+      normalize_chunk<G, B>(cur + j, y + j, k, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
+      if (k >= L) V<T>::store(s + j, V<T>::load(cur + j));
+      else V<T>::store_n(s + j, V<T>::load_n(cur + j, k), k);
+    };
+    const auto out_pair = [&](std::int64_t j) {
+      normalize_pair<G, B, true>(cur + j, y + j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
+      V<T>::stream2(s + j, V<T>::load(cur + j), V<T>::load(cur + j + L));
+    };
+    std::int64_t j = 0, i = 0;
+    for (; j < head; j += L) out_plain(j, head - j < L ? head - j : L);
+    j = head;
     for (; i + 4 * L <= n; i += 4 * L) {
       add_row(nx + i, nres + i, bias_in ? bias_in + i : bias_in, nxt + i, 4 * L);
       acc.step(nxt + i);
-      for (int u = 0; u < 4 && j + L <= n; ++u, j += L) {
-        normalize_chunk<G, B, true>(cur + j, y + j, L, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
-        V<T>::stream(s + j, V<T>::load(cur + j));
-      }
+      for (int u = 0; u < 2 && j + 2 * L <= n; ++u, j += 2 * L) out_pair(j);
     }
     add_row(nx + i, nres + i, bias_in ? bias_in + i : bias_in, nxt + i, n - i);
     acc.tail(nxt + i, n - i);
-    for (; j + L <= n; j += L) {
-      normalize_chunk<G, B, true>(cur + j, y + j, L, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
-      V<T>::stream(s + j, V<T>::load(cur + j));
-    }
+    for (; j + 2 * L <= n; j += 2 * L) out_pair(j);
     V<T>::fence();
-    if (j < n) {
-      normalize_chunk<G, B>(cur + j, y + j, n - j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
-      V<T>::store_n(s + j, V<T>::load_n(cur + j, n - j), n - j);
-    }
+    for (; j < n; j += L) out_plain(j, n - j < L ? n - j : L);
     sums = acc;
   }
 
@@ -590,12 +617,11 @@ struct kernels {
     sx = V<T>::sum(V<T>::add(sx0, sx1));
   }
 
-  // k elements (a full vector if k >= lanes; stored non-temporally with Stream) of the second sweep:
-  // dx = rstd * ((g*dy - c1) - xhat * c2).
-  template <bool Rms, bool Stream = false, class T, class W>
-  static void backward_apply_chunk(const T* x, const T* dy, T* dx, std::int64_t k, const W* gamma,
-                                   typename V<T>::reg vm, typename V<T>::reg vr, typename V<T>::reg c1,
-                                   typename V<T>::reg c2) noexcept {
+  // dx = rstd * ((g*dy - c1) - xhat * c2) for k elements (a full vector if k >= lanes).
+  template <bool Rms, class T, class W>
+  static typename V<T>::reg backward_value(const T* x, const T* dy, std::int64_t k, const W* gamma,
+                                           typename V<T>::reg vm, typename V<T>::reg vr, typename V<T>::reg c1,
+                                           typename V<T>::reg c2) noexcept {
     using R = typename V<T>::reg;
     using VW = vec<calc_t<T>>;
     const bool full = k >= V<T>::lanes;
@@ -603,10 +629,27 @@ struct kernels {
     const R d = full ? V<T>::load(dy) : V<T>::load_n(dy, k);
     const R xh = Rms ? V<T>::mul(xv, vr) : V<T>::mul(V<T>::sub(xv, vm), vr);
     const R gd = gamma ? V<T>::mul(d, full ? VW::load(gamma) : VW::load_n(gamma, k)) : d;
-    const R t = V<T>::mul(vr, V<T>::sub(V<T>::sub(gd, c1), V<T>::mul(xh, c2)));
-    if (!full) V<T>::store_n(dx, t, k);
+    return V<T>::mul(vr, V<T>::sub(V<T>::sub(gd, c1), V<T>::mul(xh, c2)));
+  }
+
+  // k elements of the second sweep, stored (plainly: k < lanes, or not Stream) or streamed.
+  template <bool Rms, bool Stream = false, class T, class W>
+  static void backward_apply_chunk(const T* x, const T* dy, T* dx, std::int64_t k, const W* gamma,
+                                   typename V<T>::reg vm, typename V<T>::reg vr, typename V<T>::reg c1,
+                                   typename V<T>::reg c2) noexcept {
+    const auto t = backward_value<Rms>(x, dy, k, gamma, vm, vr, c1, c2);
+    if (k < V<T>::lanes) V<T>::store_n(dx, t, k);
     else if constexpr (Stream) V<T>::stream(dx, t);
     else V<T>::store(dx, t);
+  }
+
+  // Two full vectors of the second sweep, dx streamed as one pair (aligned to 2 * lanes * sizeof(T)).
+  template <bool Rms, class T, class W>
+  static void backward_apply_pair(const T* x, const T* dy, T* dx, const W* gamma, typename V<T>::reg vm,
+                                  typename V<T>::reg vr, typename V<T>::reg c1, typename V<T>::reg c2) noexcept {
+    constexpr std::int64_t L = V<T>::lanes;
+    V<T>::stream2(dx, backward_value<Rms>(x, dy, L, gamma, vm, vr, c1, c2),
+                  backward_value<Rms>(x + L, dy + L, L, gamma ? gamma + L : gamma, vm, vr, c1, c2));
   }
 
   template <bool Rms, class T, class W>
@@ -640,6 +683,18 @@ struct kernels {
     return c;
   }
 
+  template <bool Rms, bool Stream, class T, class W>
+  static void apply_pair(const T* x, const T* dy, T* dx, const W* gamma, typename V<T>::reg vm, typename V<T>::reg vr,
+                         typename V<T>::reg c1, typename V<T>::reg c2) noexcept {
+    constexpr std::int64_t L = V<T>::lanes;
+    if constexpr (Stream) {
+      backward_apply_pair<Rms>(x, dy, dx, gamma, vm, vr, c1, c2);
+    } else {
+      backward_apply_chunk<Rms>(x, dy, dx, L, gamma, vm, vr, c1, c2);
+      backward_apply_chunk<Rms>(x + L, dy + L, dx + L, L, gamma ? gamma + L : gamma, vm, vr, c1, c2);
+    }
+  }
+
   // The second sweep of this row, while the first sweep of the next row (nx, ndy, with its own mean
   // and rstd) runs along in backward_row_sums' order (bit-identical sums and dgamma/dbeta partials).
   template <bool Rms, bool Stream, class T, class W>
@@ -654,23 +709,28 @@ struct kernels {
     const R c1 = V<T>::set1(c1_s), c2 = V<T>::set1(c2_s);
     const R nvm = V<T>::set1(static_cast<E>(nmean_d)), nvr = V<T>::set1(static_cast<E>(nrstd_d));
     R sg0 = V<T>::zero(), sg1 = V<T>::zero(), sx0 = V<T>::zero(), sx1 = V<T>::zero();
-    if (head > 0) backward_apply_chunk<Rms>(x, dy, dx, head, gamma, vm, vr, c1, c2);
-    std::int64_t j = head, i = 0;
+    std::int64_t j = 0, i = 0;
+    for (; j < head; j += L)
+      backward_apply_chunk<Rms>(x + j, dy + j, dx + j, head - j, gamma ? gamma + j : gamma, vm, vr, c1, c2);
+    j = head;
     for (; i + 2 * L <= n; i += 2 * L) {
       backward_chunk<Rms>(nx + i, ndy + i, L, gamma ? gamma + i : gamma, nvm, nvr, dg ? dg + i : dg, db ? db + i : db,
                           sg0, sx0);
       backward_chunk<Rms>(nx + i + L, ndy + i + L, L, gamma ? gamma + i + L : gamma, nvm, nvr, dg ? dg + i + L : dg,
                           db ? db + i + L : db, sg1, sx1);
-      for (int u = 0; u < 2 && j + L <= n; ++u, j += L)
-        backward_apply_chunk<Rms, Stream>(x + j, dy + j, dx + j, L, gamma ? gamma + j : gamma, vm, vr, c1, c2);
+      if (j + 2 * L <= n) {
+        apply_pair<Rms, Stream>(x + j, dy + j, dx + j, gamma ? gamma + j : gamma, vm, vr, c1, c2);
+        j += 2 * L;
+      }
     }
     for (; i < n; i += L)
       backward_chunk<Rms>(nx + i, ndy + i, n - i, gamma ? gamma + i : gamma, nvm, nvr, dg ? dg + i : dg,
                           db ? db + i : db, sg0, sx0);
-    for (; j + L <= n; j += L)
-      backward_apply_chunk<Rms, Stream>(x + j, dy + j, dx + j, L, gamma ? gamma + j : gamma, vm, vr, c1, c2);
+    for (; j + 2 * L <= n; j += 2 * L)
+      apply_pair<Rms, Stream>(x + j, dy + j, dx + j, gamma ? gamma + j : gamma, vm, vr, c1, c2);
     if (Stream) V<T>::fence();
-    if (j < n) backward_apply_chunk<Rms>(x + j, dy + j, dx + j, n - j, gamma ? gamma + j : gamma, vm, vr, c1, c2);
+    for (; j < n; j += L)
+      backward_apply_chunk<Rms>(x + j, dy + j, dx + j, n - j, gamma ? gamma + j : gamma, vm, vr, c1, c2);
     nsg = Rms ? E(0) : V<T>::sum(V<T>::add(sg0, sg1));
     nsx = V<T>::sum(V<T>::add(sx0, sx1));
   }
@@ -701,10 +761,9 @@ struct kernels {
         return;
       }
     }
-    constexpr std::uintptr_t align = static_cast<std::uintptr_t>(V<T>::lanes) * sizeof(T);
-    const std::uintptr_t addr = reinterpret_cast<std::uintptr_t>(dx);
-    const bool streamed = stream && addr % sizeof(T) == 0 && n >= 2 * V<T>::lanes;
-    const std::int64_t head = streamed ? static_cast<std::int64_t>(((align - addr % align) % align) / sizeof(T)) : 0;
+    const std::int64_t aligned_head = stream_head(dx);
+    const bool streamed = stream && aligned_head >= 0 && n >= 4 * V<T>::lanes;
+    const std::int64_t head = streamed ? aligned_head : 0;
     if (piped && next_x && next_dy) {
       E nsg, nsx;
       if (streamed)
@@ -723,9 +782,10 @@ struct kernels {
     const R v1 = V<T>::set1(c1), v2 = V<T>::set1(c2);
     std::int64_t j = 0;
     if (streamed) {
-      if (head > 0) backward_apply_chunk<Rms>(x, dy, dx, head, gamma, vm, vr, v1, v2);
-      for (j = head; j + L <= n; j += L)
-        backward_apply_chunk<Rms, true>(x + j, dy + j, dx + j, L, gamma ? gamma + j : gamma, vm, vr, v1, v2);
+      for (; j < head; j += L)
+        backward_apply_chunk<Rms>(x + j, dy + j, dx + j, head - j, gamma ? gamma + j : gamma, vm, vr, v1, v2);
+      for (j = head; j + 2 * L <= n; j += 2 * L)
+        backward_apply_pair<Rms>(x + j, dy + j, dx + j, gamma ? gamma + j : gamma, vm, vr, v1, v2);
       V<T>::fence();
     }
     for (; j < n; j += L)
