@@ -1,10 +1,13 @@
-"""The C++ side from pytest: builds cpp/tests with CMake (g++ and clang++) and runs ctest; runs the
-C++ tests for aarch64 under qemu-aarch64 (the NEON kernel set, .ci/cross.sh); and runs the C++ tests
-and a slice of the Python tests under qemu-x86_64 with a CPU that has no AVX, where dispatch must
-pick the scalar set and nothing may die of SIGILL.
+"""The C++ side from pytest: builds cpp/tests with CMake (g++ and clang++) and runs ctest; builds the
+C++ example (examples/cpp, an engine's "add & norm" on its own thread pool) with add_subdirectory and
+with find_package, and runs it; builds the C++ tests and the example with AddressSanitizer and
+UndefinedBehaviorSanitizer and runs them; runs the C++ tests for aarch64 under qemu-aarch64 (the NEON
+kernel set, .ci/cross.sh); and runs the C++ tests and a slice of the Python tests under qemu-x86_64
+with a CPU that has no AVX, where dispatch must pick the scalar set and nothing may die of SIGILL.
 
 Every test here builds or emulates, so all are marked slow; each skips, saying why, where its tools
-are missing. Needs: cmake (ninja optional), g++ and/or clang++, g++-aarch64-linux-gnu, qemu-user.
+are missing. Needs: cmake (ninja optional), g++ (with its libasan and libubsan) and/or clang++,
+g++-aarch64-linux-gnu, qemu-user.
 """
 
 import json
@@ -105,6 +108,147 @@ def test_cpp_tests_pass(compiler, request, tmp_path):
     check_summary(run([os.path.join(tests, "lnorm_tests")], env=env), "testing scalar")
     consumer = run([os.path.join(tests, "lnorm_consumer")], env=clean_env()).strip()
     assert consumer == expected_isa(), f"a plain -O2 consumer runs {consumer!r}"
+
+
+# ---- the C++ example: an inference engine's "add & norm" on its own thread pool ----------------------
+
+EXAMPLE = os.path.join(ROOT, "examples", "cpp")
+EXAMPLE_CHECK = re.compile(r"^(float32|bfloat16) .* same bits: ok$", re.MULTILINE)
+
+
+def need_cxx():
+    """cmake, and a C++ compiler for CMake to pick (CXX, else c++, g++ or clang++)."""
+    need("cmake")
+    cxx = os.environ.get("CXX")
+    if not (shutil.which(cxx) if cxx else any(shutil.which(c) for c in ("c++", "g++", "clang++"))):
+        pytest.skip("needs a C++ compiler (CXX, c++, g++ or clang++)")
+
+
+def build_example(build_dir, *defines, flags="-O2", targets=()):
+    """Configures examples/cpp (plain `flags`, no -m flags) and builds it (and `targets`); returns
+    the program's path."""
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    run(["cmake", "-S", EXAMPLE, "-B", str(build_dir), *generator, "-DCMAKE_BUILD_TYPE=None",
+         f"-DCMAKE_CXX_FLAGS={flags}", *defines], timeout=300)
+    target_args = ["--target", "add_norm_engine", *targets] if targets else []
+    run(["cmake", "--build", str(build_dir), "--parallel", "2", *target_args], timeout=1200)
+    return os.path.join(str(build_dir), "add_norm_engine")
+
+
+def check_example(output, isa, threads=2):
+    """The example's report: the kernel set in use, four passing checks, the verdict."""
+    lines = output.splitlines()
+    assert lines and re.fullmatch(rf"lnorm \S+, kernel set {isa}, engine pool of {threads} threads", lines[0]), output[-3000:]
+    assert len(EXAMPLE_CHECK.findall(output)) == 4, output[-3000:]
+    assert lines[-1] == "self-check passed", output[-3000:]
+
+
+@pytest.mark.slow
+def test_example_add_subdirectory(tmp_path):
+    """examples/cpp with add_subdirectory of this checkout, plain -O2: it runs the CPU's best kernel
+    set (LNORM_ISA=scalar: the scalar one, on odd sizes and 3 threads) and passes its self-check."""
+    need_cxx()
+    program = build_example(tmp_path, f"-DLNORM_SOURCE_DIR={ROOT}")
+    check_example(run([program], env=clean_env()), expected_isa())
+    odd = [program, "--threads", "3", "--tokens", "37", "--hidden", "4099"]
+    check_example(run(odd, env=clean_env(LNORM_ISA="scalar")), "scalar", threads=3)
+
+
+@pytest.mark.slow
+def test_example_find_package(tmp_path):
+    """examples/cpp with find_package(lnorm CONFIG REQUIRED) of this checkout, installed by CMake
+    alone (no Python) under a prefix."""
+    need_cxx()
+    lnorm_build, prefix = tmp_path / "lnorm-build", tmp_path / "prefix"
+    run(["cmake", "-S", ROOT, "-B", str(lnorm_build), "-DLNORM_TESTS=OFF", "-DLNORM_PYTHON=OFF"], timeout=300)
+    run(["cmake", "--install", str(lnorm_build), "--prefix", str(prefix)], timeout=300)
+    program = build_example(tmp_path / "example", f"-DCMAKE_PREFIX_PATH={prefix}")
+    check_example(run([program], env=clean_env()), expected_isa())
+
+
+def same_files(want_dir, got_dir):
+    """Whether every file under want_dir is also under got_dir, with the same bytes."""
+    for folder, _, files in os.walk(want_dir):
+        for name in files:
+            want = os.path.join(folder, name)
+            got = os.path.join(got_dir, os.path.relpath(want, want_dir))
+            if not os.path.isfile(got):
+                return False
+            with open(want, "rb") as a, open(got, "rb") as b:
+                if a.read() != b.read():
+                    return False
+    return True
+
+
+@pytest.mark.slow
+def test_example_find_package_pip(tmp_path):
+    """The README's way: -Dlnorm_DIR="$(python -m lnorm --cmakedir)", the installed Python package
+    (when it carries this checkout's headers: after `pip install .`)."""
+    need_cxx()
+    proc = subprocess.run([sys.executable, "-m", "lnorm", "--cmakedir"], capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        pytest.skip("lnorm is not installed as a Python package")
+    cmakedir = proc.stdout.strip()
+    installed = os.path.normpath(os.path.join(cmakedir, os.pardir, os.pardir, os.pardir, "include", "lnorm"))
+    if not same_files(os.path.join(ROOT, "cpp", "include", "lnorm"), installed):
+        pytest.skip("the installed lnorm's headers are not this checkout's (pip install . first)")
+    program = build_example(tmp_path, f"-Dlnorm_DIR={cmakedir}")
+    check_example(run([program], env=clean_env()), expected_isa())
+
+
+# ---- sanitizers --------------------------------------------------------------------------------------
+
+SANITIZE = "-O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
+# The suites the sanitizer build compiles: float32 and bfloat16, every kernel set on 4- and 2-byte
+# elements, to keep the build near 3 minutes on 2 cores (sanitizers make each suite twice as slow
+# to compile). LNORM_SANITIZER_SUITES="all" (or a ;-list) builds others; LNORM_SANITIZER_CXX picks
+# the compiler (g++ by default; clang++ where its sanitizer runtime is installed).
+SANITIZER_SUITES = "float32;bfloat16"
+ALL_SUITES = "float64;float16;bfloat16;float32"
+TESTED_ISAS = {"scalar": "scalar", "avx2": "scalar avx2", "avx512": "scalar avx2 avx512", "neon": "scalar neon"}
+
+
+def sanitizer_env(compiler, tmp_path):
+    """ASAN_OPTIONS and UBSAN_OPTIONS that make any report fatal, with leak checks where
+    LeakSanitizer works here (it needs ptrace, which some containers deny): a program that leaks on
+    purpose must be caught. Skips if `compiler` cannot build with the sanitizers."""
+    source, program = tmp_path / "leak.cpp", tmp_path / "leak"
+    source.write_text("#include <cstdlib>\nint main() { void* volatile p = std::malloc(64); p = nullptr; return 0; }\n")
+    built = subprocess.run([compiler, *SANITIZE.split(), str(source), "-o", str(program)], capture_output=True,
+                           text=True, timeout=300)
+    if built.returncode != 0:
+        pytest.skip(f"{compiler} cannot build with -fsanitize=address,undefined here: {built.stderr[-500:]}")
+    probe = subprocess.run([str(program)], env=clean_env(ASAN_OPTIONS="detect_leaks=1"), capture_output=True,
+                           text=True, timeout=120)
+    leaks = int(probe.returncode != 0 and "detected memory leaks" in probe.stderr)
+    asan = f"halt_on_error=1:abort_on_error=0:detect_leaks={leaks}:detect_stack_use_after_return=1:check_initialization_order=1"
+    return clean_env(ASAN_OPTIONS=asan, UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1", LNORM_NUM_THREADS="2")
+
+
+@pytest.mark.slow
+def test_cpp_under_sanitizers(tmp_path):
+    """The C++ tests (every kernel set of this CPU; the float32 and bfloat16 suites; the workspace
+    and allocation tests, whose fused add streams 16 MiB) and the example, built at -O1 with
+    AddressSanitizer and UndefinedBehaviorSanitizer and run on 2 threads with any report fatal and
+    leaks checked: no report, and every check passes."""
+    compiler = os.environ.get("LNORM_SANITIZER_CXX", "g++")
+    need("cmake", compiler)
+    env = sanitizer_env(compiler, tmp_path)
+    suites = os.environ.get("LNORM_SANITIZER_SUITES", SANITIZER_SUITES)
+    suites = ALL_SUITES if suites == "all" else suites
+    # One build tree: the example's project, with the checkout added by add_subdirectory and its C++
+    # tests switched on, so that all five translation units compile two at a time.
+    build = tmp_path / "build"
+    example = build_example(build, f"-DLNORM_SOURCE_DIR={ROOT}", f"-DCMAKE_CXX_COMPILER={compiler}",
+                            "-DLNORM_TESTS=ON", f"-DLNORM_TEST_SUITE_TYPES={suites}", flags=SANITIZE,
+                            targets=("lnorm_tests", "lnorm_api_tests"))
+    tests = os.path.join(str(build), "lnorm", "cpp", "tests")
+    # The cases over 16 MiB are left out of lnorm_tests (lnorm_api_tests streams one).
+    output = run([os.path.join(tests, "lnorm_tests")], env={**env, "LNORM_TEST_LARGE": "0"}, timeout=900)
+    check_summary(output, f"testing {TESTED_ISAS[expected_isa()]};")
+    output = run([os.path.join(tests, "lnorm_api_tests")], env=env, timeout=600)
+    assert re.search(r"^\d{3,} passed, 0 failed$", output, re.MULTILINE), output[-3000:]
+    check_example(run([example], env=env), expected_isa())
 
 
 @pytest.mark.slow

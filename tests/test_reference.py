@@ -2,6 +2,7 @@
 vector width, strides, axes, eps, large means, NaN/Inf, constant rows, extreme magnitudes, empty
 batches, dtypes and `out=`."""
 
+import math
 import zlib
 
 import numpy as np
@@ -289,6 +290,40 @@ def test_large_mean_float64(ratio):
         err = max_rel_err(lnorm.layer_norm(x), y_ref)
         assert err <= max(1e-12, 64 * np.finfo(np.float64).eps * ratio * 10), err
         assert_close(lnorm.rms_norm(x), rms_norm_ref(x)[0], np.float64)
+
+
+def _layer_norm_two_part_mean(x, eps=1e-5):
+    """LayerNorm of float64 rows with the mean kept as hi + lo from exact sums: accurate to float64
+    precision however large the mean (x - hi is exact where hi is within a factor 2 of every x)."""
+    y = np.empty_like(x)
+    for r, row in enumerate(x):
+        hi = math.fsum(row) / row.size
+        d = row - hi
+        lo = math.fsum(d) / row.size
+        c = d - lo
+        y[r] = c / math.sqrt(math.fsum(c * c) / row.size + eps)
+    return y
+
+
+@pytest.mark.parametrize("isa", lnorm.available_isas())
+def test_large_mean_float64_full_precision(isa):
+    """float64 rows whose mean is 1e8 to 1e9 times their spread normalize to float64 precision on
+    every kernel set, the scalar one (the fallback without AVX) included, along the last axis (row
+    kernels) and along axis 0 (column kernels): the mean is kept as two parts, a rough mean and its
+    correction, never folded into one double, which would be off by up to 1e-7 spreads here."""
+    rng = np.random.default_rng([8, 27])
+    before = lnorm.config()["isa"]
+    lnorm.set_isa(isa)
+    try:
+        for n in (7, 129, 4099):
+            x = _large_mean_rows(rng, 1e8, n, np.float64)
+            y_ref = _layer_norm_two_part_mean(x)
+            err = max_rel_err(lnorm.layer_norm(x), y_ref)
+            assert err <= 1e-13, f"{isa}, n={n}: error {err:.3e} of the output scale"
+            err = max_rel_err(lnorm.layer_norm(np.ascontiguousarray(x.T), axis=0).T, y_ref)
+            assert err <= 1e-13, f"{isa}, n={n}, axis 0: error {err:.3e} of the output scale"
+    finally:
+        lnorm.set_isa(before)
 
 
 def test_large_mean_non_trailing_axis():

@@ -140,9 +140,12 @@ class compensated_sum {
   double sum_ = 0, correction_ = 0;
 };
 
-/// Statistics of one row: two passes with compensated sums, never E[x^2] - E[x]^2.
+/// Statistics of one row: two passes with compensated sums, never E[x^2] - E[x]^2. The mean also as
+/// two parts, mean_hi + mean_lo, for (x - mean_hi) - mean_lo: exact to double precision on a row whose
+/// mean is 1e8 times its spread, where x - mean would carry the rounding of the mean (1e-8 spreads).
 struct exact_moments {
   double mean = 0, var = 0, mean_square = 0;
+  double mean_hi = 0, mean_lo = 0;
 };
 
 template <class Get>
@@ -162,6 +165,8 @@ exact_moments row_moments(std::int64_t n, Get get) {
     d_sq.add(d * d);
   }
   const double c = d_sum.value() / static_cast<double>(n);
+  m.mean_hi = m.mean;
+  m.mean_lo = c;
   m.mean += c;
   m.var = d_sq.value() / static_cast<double>(n) - c * c;
   if (m.var < 0) m.var = 0;

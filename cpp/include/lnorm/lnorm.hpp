@@ -7,6 +7,10 @@
 //   #include <lnorm/lnorm.hpp>
 //   lnorm::layer_norm(x, y, rows, cols, gamma, beta, 1e-5f);   // contiguous float rows
 //   lnorm::rms_norm(x, y, rows, cols, gamma, 1e-6f);
+//
+// An engine with its own threads and memory either calls the row-range calls (layer_norm_rows,
+// add_norm_rows, ...) on its workers, or hands lnorm its pool (set_thread_pool) and gives the N-d
+// calls a `workspace` sized by their *_workspace_size queries: neither way allocates.
 #pragma once
 
 #include <algorithm>
@@ -37,8 +41,9 @@ namespace lnorm {
 // Errors without exceptions
 // ============================================================================================
 
-/// What a `try_` call returns: `ok` or the reason nothing was written.
-enum class status_code : int { ok = 0, invalid_argument = 1, out_of_memory = 2 };
+/// What a `try_` call returns: `ok` or the reason nothing was written. `workspace_too_small`: the
+/// caller's workspace is smaller than the call needs (ask the matching *_workspace_size query).
+enum class status_code : int { ok = 0, invalid_argument = 1, out_of_memory = 2, workspace_too_small = 3 };
 
 struct status {
   status_code code = status_code::ok;
@@ -71,7 +76,37 @@ struct strided {
   const std::int64_t* strides = nullptr;
 };
 
+/// Memory the caller lends an N-d call (try_layer_norm_nd, try_rms_norm_nd, try_add_norm_nd,
+/// try_norm_backward_nd) for what it needs besides its arrays: the gather buffers of layouts no kernel
+/// can walk, the fused add's row buffer, the backward's dgamma/dbeta partials, a huge row's chunk
+/// statistics. Given one, a call never allocates; one smaller than the call needs is refused with
+/// status_code::workspace_too_small, before anything is written. Any alignment. The matching query
+/// (layer_norm_workspace_size, rms_norm_workspace_size, add_norm_workspace_size,
+/// norm_backward_workspace_size) says how many bytes a problem needs on a given thread count; it is 0
+/// for the common forward case (rows contiguous over the normalized axes, narrower than 65536).
+///
+///   // once, when the engine plans the layer (threads: the count the calls will run with):
+///   const std::size_t bytes = lnorm::norm_backward_workspace_size<float>(false, 2, shape, norm, st, st, st);
+///   std::vector<unsigned char> arena(bytes);
+///   // every step, no allocation:
+///   const lnorm::workspace ws{arena.data(), arena.size()};
+///   lnorm::status s = lnorm::try_norm_backward_nd<float>(false, 2, shape, norm, {dy, st}, {x, st}, mean,
+///                                                        rstd, g, {dx, st}, dg, db, &ws);
+struct workspace {
+  void* data = nullptr;
+  std::size_t bytes = 0;
+};
+
 namespace detail {
+
+// Keeps a parameter out of template argument deduction: `const identity_t<W>* gamma` takes nullptr, or
+// float weights for a float16 tensor, with W given by (or defaulted from) the template arguments.
+template <class T>
+struct identity {
+  using type = T;
+};
+template <class T>
+using identity_t = typename identity<T>::type;
 
 enum class layout_kind { rows, columns, gather };
 
@@ -186,36 +221,124 @@ inline constexpr std::int64_t kStreamingStoreBytes = std::int64_t{16} << 20;
 // the reduction order, and so the result, never depends on the number of threads.
 inline constexpr std::int64_t kMaxPartialChunks = 64;
 
-inline int workers_for(std::int64_t elements, std::int64_t tasks) noexcept {
+inline int workers_for(std::int64_t elements, std::int64_t tasks, int threads) noexcept {
   const std::int64_t by_size = std::max<std::int64_t>(1, elements / kMinElementsPerThread);
-  return static_cast<int>(std::min<std::int64_t>({static_cast<std::int64_t>(get_num_threads()), by_size, tasks}));
+  return static_cast<int>(std::min<std::int64_t>({static_cast<std::int64_t>(std::max(1, threads)), by_size, tasks}));
 }
 
-// Runs op over the layout. Op provides: n_in (arrays read), n_arrays, partial_size (0 or the partial
-// elements one chunk needs), scratch_rows() (row buffers a worker needs in the rows layout),
-// row(ptrs, r, partial, scratch), cols(ptrs, strides, width, r0, partial) and, with partials,
-// finish(partials, chunks).
-template <class T, class Op>
-inline status execute(const layout& L, T* const* base, const Op& op) noexcept {
-  using partial_t = typename Op::partial_t;
-  const std::int64_t tile_count = L.kind == layout_kind::columns ? (L.bshape[L.nb - 1] + kColumnTile - 1) / kColumnTile : 1;
-  const std::int64_t outer = L.kind == layout_kind::columns ? L.rows / L.bshape[L.nb - 1] : 1;
-  const std::int64_t tasks = L.kind == layout_kind::columns ? outer * tile_count : L.rows;
-  const int workers = workers_for(L.rows * L.cols, tasks);
+// ---- Scratch: what a call needs besides its arrays, from the caller's workspace or one allocation ----
 
-  // Per-worker row buffers: the gathered rows, or what the op asks for in the rows layout.
-  const std::int64_t scratch_rows = L.kind == layout_kind::gather ? Op::n_arrays
-                                    : L.kind == layout_kind::rows  ? op.scratch_rows()
-                                                                   : 0;
-  std::unique_ptr<T[]> scratch;
-  if (scratch_rows > 0 && tasks > 0) {
-    scratch.reset(new (std::nothrow) T[static_cast<std::size_t>(scratch_rows * L.cols * workers)]);
-    if (!scratch) return {status_code::out_of_memory, "out of memory for row buffers"};
+inline constexpr std::size_t kScratchAlign = 64;  // each region starts a cache line: no false sharing
+
+inline std::size_t align_up(std::size_t n) noexcept { return (n + kScratchAlign - 1) / kScratchAlign * kScratchAlign; }
+
+// The scratch of one call in three regions: row buffers of T (gathered rows, the fused add's s; per
+// worker), dgamma/dbeta partials (zeroed before use) and doubles (a huge row's chunk statistics).
+struct scratch_plan {
+  std::size_t row_bytes = 0, partial_bytes = 0, double_bytes = 0;
+  // The workspace bytes: each region rounded up to a cache line, and room to align the first.
+  std::size_t bytes() const noexcept {
+    const std::size_t regions = align_up(row_bytes) + align_up(partial_bytes) + align_up(double_bytes);
+    return regions == 0 ? 0 : regions + kScratchAlign - 1;
   }
-  // Runs tasks [t0, t1) in order; `slot` picks the worker's gather buffers.
+};
+
+// The regions of a plan, carved from the caller's workspace or from `owned`.
+struct scratch {
+  void* rows = nullptr;
+  void* partials = nullptr;
+  double* doubles = nullptr;
+  std::unique_ptr<unsigned char[]> owned;
+};
+
+// Carves the plan's regions from `ws`, which must be large enough (nothing is allocated), or, with ws
+// null, from one allocation of the call's own.
+inline status acquire(const scratch_plan& plan, const workspace* ws, scratch& out) noexcept {
+  const std::size_t need = plan.bytes();
+  if (need == 0) return {};
+  unsigned char* base = nullptr;
+  if (ws) {
+    if (!ws->data || ws->bytes < need)
+      return {status_code::workspace_too_small, "workspace: smaller than its *_workspace_size query says this call needs"};
+    base = static_cast<unsigned char*>(ws->data);
+  } else {
+    out.owned.reset(new (std::nothrow) unsigned char[need]);
+    if (!out.owned) return {status_code::out_of_memory, "out of memory for scratch buffers"};
+    base = out.owned.get();
+  }
+  unsigned char* p = base + (kScratchAlign - reinterpret_cast<std::uintptr_t>(base) % kScratchAlign) % kScratchAlign;
+  out.rows = p;
+  p += align_up(plan.row_bytes);
+  out.partials = p;
+  p += align_up(plan.partial_bytes);
+  out.doubles = reinterpret_cast<double*>(p);
+  return {};
+}
+
+// How execute cuts a layout into tasks (rows, or tiles of up to kColumnTile columns) and workers.
+struct task_split {
+  std::int64_t tile_count = 1, tasks = 0;
+  int workers = 1;
+};
+
+inline task_split split_tasks(const layout& L, int threads) noexcept {
+  task_split ts;
+  if (L.kind == layout_kind::columns) {
+    ts.tile_count = (L.bshape[L.nb - 1] + kColumnTile - 1) / kColumnTile;
+    ts.tasks = L.rows / L.bshape[L.nb - 1] * ts.tile_count;
+  } else {
+    ts.tasks = L.rows;
+  }
+  ts.workers = workers_for(L.rows * L.cols, ts.tasks, threads);
+  return ts;
+}
+
+// The fixed chunks of tasks whose dgamma/dbeta partials are summed apart: at most 64, and none under
+// kMinElementsPerThread elements (a partial costs as much as that many elements' work). Fixed by the
+// shape alone, so the reduction order never depends on the number of threads.
+inline std::int64_t partial_chunks(std::int64_t tasks, std::int64_t elements) noexcept {
+  const std::int64_t by_size = std::max<std::int64_t>(1, elements / kMinElementsPerThread);
+  return std::max<std::int64_t>(1, std::min({tasks, kMaxPartialChunks, by_size}));
+}
+
+// Row buffers per worker: the gathered rows, or what the op asks for in the rows layout.
+template <class Op>
+inline std::int64_t scratch_rows_of(const layout& L, const Op& op) noexcept {
+  return L.kind == layout_kind::gather ? Op::n_arrays : L.kind == layout_kind::rows ? op.scratch_rows() : 0;
+}
+
+// The scratch execute(L, ..., op) needs on `threads` threads: the one formula for the call and its
+// *_workspace_size query.
+template <class T, class Op>
+inline scratch_plan execute_plan(const layout& L, const Op& op, int threads) noexcept {
+  const task_split ts = split_tasks(L, threads);
+  scratch_plan plan;
+  if (ts.tasks == 0) return plan;
+  plan.row_bytes = static_cast<std::size_t>(scratch_rows_of(L, op) * L.cols * ts.workers) * sizeof(T);
+  if (Op::partial_size != 0)
+    plan.partial_bytes = static_cast<std::size_t>(partial_chunks(ts.tasks, L.rows * L.cols) * op.partial_elements(L.cols)) *
+                         sizeof(typename Op::partial_t);
+  return plan;
+}
+
+// Runs op over the layout on up to `threads` threads, its scratch from `ws` (null: allocated here). Op
+// provides: n_in (arrays read), n_arrays, partial_size (0 or the partial elements one chunk needs),
+// scratch_rows() (row buffers a worker needs in the rows layout), row(ptrs, r, partial, scratch),
+// cols(ptrs, strides, width, r0, partial) and, with partials, finish(partials, chunks).
+template <class T, class Op>
+inline status execute(const layout& L, T* const* base, const Op& op, const workspace* ws, int threads) noexcept {
+  using partial_t = typename Op::partial_t;
+  const task_split ts = split_tasks(L, threads);
+  const std::int64_t tile_count = ts.tile_count, tasks = ts.tasks;
+  const int workers = ts.workers;
+  const std::int64_t scratch_rows = scratch_rows_of(L, op);
+  scratch sc;
+  if (status s = acquire(execute_plan<T>(L, op, threads), ws, sc); !s) return s;
+  T* const row_buffers = static_cast<T*>(sc.rows);
+  // Runs tasks [t0, t1) in order; `slot` picks the worker's row buffers.
   auto run_tasks = [&](std::int64_t t0, std::int64_t t1, std::int64_t slot, partial_t* partial) {
     if (L.kind == layout_kind::rows) {
-      T* buf = scratch ? scratch.get() + slot * scratch_rows * L.cols : nullptr;
+      T* buf = scratch_rows > 0 ? row_buffers + slot * scratch_rows * L.cols : nullptr;
       for_each_row(L, t0, t1, [&](std::int64_t r, const std::int64_t* off, const std::int64_t* next_off) {
         T *p[kMaxArrays], *next[kMaxArrays];
         for (int a = 0; a < Op::n_arrays; ++a) {
@@ -237,7 +360,7 @@ inline status execute(const layout& L, T* const* base, const Op& op) noexcept {
         op.cols(p, nst, std::min(kColumnTile, inner - lane0), o * inner + lane0, partial);
       }
     } else {
-      T* buf = scratch.get() + slot * Op::n_arrays * L.cols;
+      T* buf = row_buffers + slot * Op::n_arrays * L.cols;
       for_each_row(L, t0, t1, [&](std::int64_t r, const std::int64_t* off, const std::int64_t*) {
         T *p[kMaxArrays], *next[kMaxArrays] = {};
         for (int a = 0; a < Op::n_arrays; ++a) {
@@ -255,16 +378,16 @@ inline status execute(const layout& L, T* const* base, const Op& op) noexcept {
     return {};
   }
   // With partials: fixed chunks of tasks, each accumulating into its own partial block.
-  const std::int64_t chunks = std::max<std::int64_t>(1, std::min(tasks, kMaxPartialChunks));
+  const std::int64_t chunks = partial_chunks(tasks, L.rows * L.cols);
   const std::int64_t psize = op.partial_elements(L.cols);
-  std::unique_ptr<partial_t[]> partials(new (std::nothrow) partial_t[static_cast<std::size_t>(chunks * psize)]());
-  if (!partials) return {status_code::out_of_memory, "out of memory for dgamma/dbeta partials"};
+  partial_t* const partials = static_cast<partial_t*>(sc.partials);
+  std::fill_n(partials, chunks * psize, partial_t(0));
   const int chunk_workers = static_cast<int>(std::min<std::int64_t>(workers, chunks));
   parallel_for(chunks, chunk_workers, [&](std::int64_t k0, std::int64_t k1, int worker) {
     for (std::int64_t k = k0; k < k1; ++k)
-      run_tasks(tasks * k / chunks, tasks * (k + 1) / chunks, worker, partials.get() + k * psize);
+      run_tasks(tasks * k / chunks, tasks * (k + 1) / chunks, worker, partials + k * psize);
   });
-  op.finish(partials.get(), chunks, L.cols);
+  op.finish(partials, chunks, L.cols);
   return {};
 }
 
@@ -327,8 +450,8 @@ struct rms_norm_op {
 };
 
 // s = x + bias_in + residual, then the norm of s: arrays x, residual | s, y. Large outputs: s is built
-// in a worker's row buffer (it stays in cache for the norm's passes), then y and s are both streamed
-// out, so memory sees two reads and two writes, as a copy of the same bytes would.
+// in a worker's row buffers (two: this row's and the next's, which K::add_norm_row builds while this
+// row's y and s stream out), so memory sees two reads and two writes, as a copy of the same bytes would.
 template <class K, class T, class W, bool Rms>
 struct add_norm_op {
   using partial_t = stat_t<T>;  // dgamma/dbeta partial sums
@@ -339,7 +462,7 @@ struct add_norm_op {
   stat_t<T>*mean, *rstd;
   std::int64_t n;
   bool stream;
-  std::int64_t scratch_rows() const noexcept { return stream ? 1 : 0; }
+  std::int64_t scratch_rows() const noexcept { return stream ? 2 : 0; }
   // The norm of s into y, prefetching `next` (the next row's x) on the way.
   void norm(const T* s, T* y, std::int64_t r, bool streamed, const T* next) const noexcept {
     if constexpr (Rms) K::template rms_norm_row<T, W>(s, y, n, gamma, eps, rstd ? rstd + r : nullptr, streamed, next);
@@ -349,9 +472,8 @@ struct add_norm_op {
   }
   void row(T* const* p, T* const* next, std::int64_t r, partial_t*, T* buf) const noexcept {
     if (stream && buf) {
-      K::template add_row<T, W>(p[0], p[1], bias_in, buf, n);
-      norm(buf, p[3], r, true, next[0]);
-      K::template copy_row<T>(buf, p[2], n, true, next[1]);
+      K::template add_norm_row<Rms, T, W>(p[0], p[1], bias_in, p[2], p[3], n, gamma, beta, eps,
+                                          mean ? mean + r : nullptr, rstd ? rstd + r : nullptr, next[0], next[1], buf);
       return;
     }
     K::template add_row<T, W>(p[0], p[1], bias_in, p[2], n);
@@ -379,13 +501,18 @@ struct norm_backward_op {
   const stat_t<T>*mean, *rstd;
   W *dgamma, *dbeta;
   std::int64_t n;
+  bool stream;  // dx streamed out (large outputs)
   std::int64_t scratch_rows() const noexcept { return 0; }
+  // Pipelined: the next row (r + 1, handled next by this worker) starts during this one.
   void row(T* const* p, T* const* next, std::int64_t r, partial_t* part, T*) const noexcept {
+    const bool more = next[0] != nullptr;
     if constexpr (Rms)
-      K::template rms_norm_backward_row<T, W>(p[0], p[1], p[2], n, gamma, rstd[r], part, next[0], next[1]);
+      K::template rms_norm_backward_row<T, W>(p[0], p[1], p[2], n, gamma, rstd[r], part, next[0], next[1], stream, true,
+                                              more ? static_cast<double>(rstd[r + 1]) : 0.0);
     else
       K::template layer_norm_backward_row<T, W>(p[0], p[1], p[2], n, gamma, mean[r], rstd[r], part, part + n, next[0],
-                                                next[1]);
+                                                next[1], stream, true, more ? static_cast<double>(mean[r + 1]) : 0.0,
+                                                more ? static_cast<double>(rstd[r + 1]) : 0.0);
   }
   void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t* part) const noexcept {
     if constexpr (Rms)
@@ -429,6 +556,26 @@ inline status with_kernels(F&& f) noexcept {
 inline constexpr std::int64_t kSplitChunk = 16384;
 inline constexpr std::int64_t kSplitRowCols = 4 * kSplitChunk;
 
+inline bool splits_rows(const layout& L) noexcept { return L.kind == layout_kind::rows && L.cols >= kSplitRowCols; }
+inline std::int64_t split_chunks(const layout& L) noexcept { return (L.cols + kSplitChunk - 1) / kSplitChunk; }
+
+// The forward's scratch: the chunk moments (mean, M2) of the row each worker has in hand.
+inline scratch_plan split_forward_plan(const layout& L, int threads) noexcept {
+  const std::int64_t chunks = split_chunks(L);
+  scratch_plan plan;
+  plan.double_bytes = static_cast<std::size_t>(2 * chunks * workers_for(L.rows * L.cols, L.rows * chunks, threads)) * sizeof(double);
+  return plan;
+}
+
+// The backward's scratch: dgamma/dbeta partials over the whole width, and the row sums of each chunk.
+template <class T>
+inline scratch_plan split_backward_plan(const layout& L) noexcept {
+  scratch_plan plan;
+  plan.partial_bytes = static_cast<std::size_t>(2 * L.cols) * sizeof(stat_t<T>);
+  plan.double_bytes = static_cast<std::size_t>(2 * split_chunks(L)) * sizeof(double);
+  return plan;
+}
+
 // Merges chunk moments (count, mean, M2) in order; returns the row's mean and biased variance.
 inline void merge_moments(const double* mean, const double* m2, std::int64_t chunks, std::int64_t cols,
                           double& row_mean, double& row_var) noexcept {
@@ -451,11 +598,13 @@ inline bool split_stats_ok(double mean, double var, double eps) noexcept {
 
 template <class K, class T, class W, bool Rms>
 inline status split_rows_forward(const layout& L, T* x, T* y, const W* gamma, const W* beta, double eps,
-                                 stat_t<T>* mean, stat_t<T>* rstd, bool stream) noexcept {
-  const std::int64_t cols = L.cols, chunks = (cols + kSplitChunk - 1) / kSplitChunk;
-  const int workers = workers_for(L.rows * cols, L.rows * chunks);
-  std::unique_ptr<double[]> buf(new (std::nothrow) double[static_cast<std::size_t>(2 * chunks * L.rows)]);
-  if (!buf) return {status_code::out_of_memory, "out of memory for row statistics"};
+                                 stat_t<T>* mean, stat_t<T>* rstd, bool stream, const workspace* ws,
+                                 int threads) noexcept {
+  const std::int64_t cols = L.cols, chunks = split_chunks(L);
+  const int workers = workers_for(L.rows * cols, L.rows * chunks, threads);
+  scratch sc;
+  if (status s = acquire(split_forward_plan(L, threads), ws, sc); !s) return s;
+  double* const buf = sc.doubles;  // per worker: chunk means, then chunk M2s
   // One row: chunk moments [k0, k1) into its slice of buf.
   auto chunk_moments = [&](const T* xr, double* m, double* m2, std::int64_t k0, std::int64_t k1) {
     for (std::int64_t k = k0; k < k1; ++k) {
@@ -497,9 +646,9 @@ inline status split_rows_forward(const layout& L, T* x, T* y, const W* gamma, co
     else K::template layer_norm_row<T, W>(xr, yr, cols, gamma, beta, eps, mean ? mean + r : nullptr, rstd ? rstd + r : nullptr, stream);
   };
   if (L.rows >= workers) {
-    parallel_for(L.rows, workers, [&](std::int64_t r0, std::int64_t r1, int) {
+    parallel_for(L.rows, workers, [&](std::int64_t r0, std::int64_t r1, int worker) {
+      double* m = buf + 2 * chunks * worker;
       for_each_row(L, r0, r1, [&](std::int64_t r, const std::int64_t* off, const std::int64_t*) {
-        double* m = buf.get() + 2 * chunks * r;
         chunk_moments(x + off[0], m, m + chunks, 0, chunks);
         double row_mean = 0, r_apply = 0;
         if (row_stats(r, m, m + chunks, row_mean, r_apply)) apply(x + off[0], y + off[1], row_mean, r_apply, 0, chunks);
@@ -508,8 +657,9 @@ inline status split_rows_forward(const layout& L, T* x, T* y, const W* gamma, co
     });
     return {};
   }
+  // A few rows, one after another, each on every worker: one slice of chunk moments.
+  double* m = buf;
   for_each_row(L, 0, L.rows, [&](std::int64_t r, const std::int64_t* off, const std::int64_t*) {
-    double* m = buf.get() + 2 * chunks * r;
     parallel_for(chunks, workers, [&](std::int64_t k0, std::int64_t k1, int) { chunk_moments(x + off[0], m, m + chunks, k0, k1); });
     double row_mean = 0, r_apply = 0;
     if (row_stats(r, m, m + chunks, row_mean, r_apply))
@@ -522,16 +672,18 @@ inline status split_rows_forward(const layout& L, T* x, T* y, const W* gamma, co
 
 template <class K, class T, class W, bool Rms>
 inline status split_rows_backward(const layout& L, T* x, T* dy, T* dx, const W* gamma, const stat_t<T>* mean,
-                                  const stat_t<T>* rstd, W* dgamma, W* dbeta) noexcept {
-  const std::int64_t cols = L.cols, chunks = (cols + kSplitChunk - 1) / kSplitChunk;
-  const int workers = workers_for(L.rows * cols, chunks);
+                                  const stat_t<T>* rstd, W* dgamma, W* dbeta, const workspace* ws, int threads) noexcept {
+  const std::int64_t cols = L.cols, chunks = split_chunks(L);
+  const int workers = workers_for(L.rows * cols, chunks, threads);
   // dgamma/dbeta partials: one set over the whole width, rows added in row order (chunks of columns
   // are disjoint, so threads never share an element); row sums per chunk, merged in chunk order.
-  std::unique_ptr<stat_t<T>[]> partial(new (std::nothrow) stat_t<T>[static_cast<std::size_t>(2 * cols)]());
-  std::unique_ptr<double[]> sums(new (std::nothrow) double[static_cast<std::size_t>(2 * chunks)]);
-  if (!partial || !sums) return {status_code::out_of_memory, "out of memory for backward partials"};
-  stat_t<T>* dg = dgamma ? partial.get() : nullptr;
-  stat_t<T>* db = (dbeta && !Rms) ? partial.get() + cols : nullptr;
+  scratch sc;
+  if (status s = acquire(split_backward_plan<T>(L), ws, sc); !s) return s;
+  stat_t<T>* const partial = static_cast<stat_t<T>*>(sc.partials);
+  double* const sums = sc.doubles;
+  std::fill_n(partial, 2 * cols, stat_t<T>(0));
+  stat_t<T>* dg = dgamma ? partial : nullptr;
+  stat_t<T>* db = (dbeta && !Rms) ? partial + cols : nullptr;
   for_each_row(L, 0, L.rows, [&](std::int64_t r, const std::int64_t* off, const std::int64_t*) {
     const double m = Rms ? 0.0 : static_cast<double>(mean[r]), rs = static_cast<double>(rstd[r]);
     parallel_for(chunks, workers, [&](std::int64_t k0, std::int64_t k1, int) {
@@ -559,16 +711,21 @@ inline status split_rows_backward(const layout& L, T* x, T* dy, T* dx, const W* 
   return {};
 }
 
+// Whether a row-layout output of this size is written with non-temporal stores (if not in place).
+inline bool may_stream(const layout& L, std::size_t elem) noexcept {
+  return L.kind == layout_kind::rows && L.rows * L.cols * static_cast<std::int64_t>(elem) >= kStreamingStoreBytes;
+}
+
 // Whether a row-layout output should be written with non-temporal stores: large, and not in place
 // (in place, the lines were just read and sit in cache anyway).
 inline bool streams(const layout& L, const void* out, const void* in, std::size_t elem) noexcept {
-  return L.kind == layout_kind::rows && out != in &&
-         L.rows * L.cols * static_cast<std::int64_t>(elem) >= kStreamingStoreBytes;
+  return out != in && may_stream(L, elem);
 }
 
 inline status check_problem(int ndim, const std::int64_t* shape, const bool* normalized, double eps,
                             bool need_eps) noexcept {
   if (ndim < 1 || ndim > kMaxDims) return fail("x: ndim must be between 1 and 64");
+  if (!shape || !normalized) return fail("shape, normalized: null pointer");
   bool any = false;
   for (int d = 0; d < ndim; ++d) {
     if (shape[d] < 0) return fail("x: negative dimension");
@@ -582,6 +739,46 @@ inline status check_problem(int ndim, const std::int64_t* shape, const bool* nor
   return {};
 }
 
+// ---- The scratch of each N-d call, for its layout on `threads` threads: one formula for the call and
+// ---- its *_workspace_size query, so that the two agree by construction.
+
+template <class T, bool Rms>
+inline scratch_plan norm_plan(const layout& L, int threads) noexcept {
+  if (L.rows == 0) return {};
+  if (splits_rows(L)) return split_forward_plan(L, threads);
+  if constexpr (Rms) return execute_plan<T>(L, rms_norm_op<scalar::kernels, T, T>{}, threads);
+  else return execute_plan<T>(L, layer_norm_op<scalar::kernels, T, T>{}, threads);
+}
+
+// `stream`: whether the call streams its outputs (the query assumes it may, the larger need).
+template <class T>
+inline scratch_plan add_norm_plan(const layout& L, bool stream, int threads) noexcept {
+  if (L.rows == 0) return {};
+  add_norm_op<scalar::kernels, T, T, false> op{};
+  op.stream = stream;
+  return execute_plan<T>(L, op, threads);
+}
+
+template <class T>
+inline scratch_plan norm_backward_plan(bool rms, const layout& L, int threads) noexcept {
+  if (L.rows == 0) return {};
+  if (splits_rows(L)) return split_backward_plan<T>(L);
+  if (rms) return execute_plan<T>(L, norm_backward_op<scalar::kernels, T, T, true>{}, threads);
+  return execute_plan<T>(L, norm_backward_op<scalar::kernels, T, T, false>{}, threads);
+}
+
+// The layout of a query's problem; false for a problem the call would refuse.
+inline bool query_layout(layout& L, int ndim, const std::int64_t* shape, const bool* normalized, int narrays,
+                         const std::int64_t* const* strides) noexcept {
+  if (!check_problem(ndim, shape, normalized, 0.0, false)) return false;
+  for (int a = 0; a < narrays; ++a)
+    if (!strides[a]) return false;
+  build_layout(L, ndim, shape, normalized, narrays, strides);
+  return true;
+}
+
+inline int query_threads(int num_threads) noexcept { return num_threads > 0 ? num_threads : get_num_threads(); }
+
 }  // namespace detail
 
 // ============================================================================================
@@ -590,15 +787,24 @@ inline status check_problem(int ndim, const std::int64_t* shape, const bool* nor
 //
 // `normalized[d]` marks the axes normalized over. gamma, beta and bias_in are contiguous over the
 // normalized axes (row-major in their original order); mean and rstd are contiguous over the others.
-// Any of gamma, beta, bias_in, mean, rstd may be null. y may be x itself (in place).
+// Any of gamma, beta, bias_in, mean, rstd may be null (nullptr needs no template argument for W: the
+// weight parameters take no part in deduction, and W defaults to T). y may be x itself (in place).
+//
+// The calls run on get_num_threads() threads (OpenMP, or the engine's pool: set_thread_pool). What
+// they need besides their arrays (nothing, for contiguous rows narrower than 65536 in the forward
+// calls) comes from `ws` when given, and the call then never allocates; with ws null, the call
+// allocates it. See `workspace` and the *_workspace_size queries after the calls.
 //
 //   const std::int64_t shape[4] = {8, 96, 56, 56}, st[4] = {96 * 56 * 56, 56 * 56, 56, 1};
 //   const bool norm[4] = {false, true, false, false};              // LayerNorm over channels of NCHW
-//   lnorm::try_layer_norm_nd<float, float>(4, shape, norm, {x, st}, {y, st}, g, b, 1e-6, nullptr, nullptr);
+//   lnorm::try_layer_norm_nd<float>(4, shape, norm, {x, st}, {y, st}, g, b, 1e-6, nullptr, nullptr);
 
+/// LayerNorm over the normalized axes of an N-d strided tensor; returns a status.
+///   lnorm::status s = lnorm::try_layer_norm_nd<float>(4, shape, norm, {x, st}, {y, st}, g, b, 1e-5, mean, rstd);
 template <class T, class W = T>
 status try_layer_norm_nd(int ndim, const std::int64_t* shape, const bool* normalized, strided x, strided y,
-                         const W* gamma, const W* beta, double eps, stat_t<T>* mean, stat_t<T>* rstd) noexcept {
+                         const detail::identity_t<W>* gamma, const detail::identity_t<W>* beta, double eps,
+                         stat_t<T>* mean, stat_t<T>* rstd, const workspace* ws = nullptr) noexcept {
   if (status s = detail::check_problem(ndim, shape, normalized, eps, true); !s) return s;
   if (!x.data || !y.data || !x.strides || !y.strides) return fail("x, out: null pointer");
   const std::int64_t* st[2] = {x.strides, y.strides};
@@ -607,17 +813,23 @@ status try_layer_norm_nd(int ndim, const std::int64_t* shape, const bool* normal
   if (L.rows == 0) return {};
   T* base[2] = {const_cast<T*>(static_cast<const T*>(x.data)), static_cast<T*>(const_cast<void*>(y.data))};
   const bool stream = detail::streams(L, y.data, x.data, sizeof(T));
+  const int threads = get_num_threads();
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
-    if (L.kind == detail::layout_kind::rows && L.cols >= detail::kSplitRowCols)
-      return detail::split_rows_forward<K, T, W, false>(L, base[0], base[1], gamma, beta, eps, mean, rstd, stream);
-    return detail::execute(L, base, detail::layer_norm_op<K, T, W>{gamma, beta, eps, mean, rstd, L.cols, stream});
+    if (detail::splits_rows(L))
+      return detail::split_rows_forward<K, T, W, false>(L, base[0], base[1], gamma, beta, eps, mean, rstd, stream, ws,
+                                                        threads);
+    return detail::execute(L, base, detail::layer_norm_op<K, T, W>{gamma, beta, eps, mean, rstd, L.cols, stream}, ws,
+                           threads);
   });
 }
 
+/// RMSNorm over the normalized axes of an N-d strided tensor; returns a status.
+///   lnorm::status s = lnorm::try_rms_norm_nd<float>(3, shape, norm, {x, st}, {y, st}, g, 1e-6, rstd);
 template <class T, class W = T>
 status try_rms_norm_nd(int ndim, const std::int64_t* shape, const bool* normalized, strided x, strided y,
-                       const W* gamma, double eps, stat_t<T>* rstd) noexcept {
+                       const detail::identity_t<W>* gamma, double eps, stat_t<T>* rstd,
+                       const workspace* ws = nullptr) noexcept {
   if (status s = detail::check_problem(ndim, shape, normalized, eps, true); !s) return s;
   if (!x.data || !y.data || !x.strides || !y.strides) return fail("x, out: null pointer");
   const std::int64_t* st[2] = {x.strides, y.strides};
@@ -626,23 +838,29 @@ status try_rms_norm_nd(int ndim, const std::int64_t* shape, const bool* normaliz
   if (L.rows == 0) return {};
   T* base[2] = {const_cast<T*>(static_cast<const T*>(x.data)), static_cast<T*>(const_cast<void*>(y.data))};
   const bool stream = detail::streams(L, y.data, x.data, sizeof(T));
+  const int threads = get_num_threads();
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
-    if (L.kind == detail::layout_kind::rows && L.cols >= detail::kSplitRowCols)
+    if (detail::splits_rows(L))
       return detail::split_rows_forward<K, T, W, true>(L, base[0], base[1], gamma, static_cast<const W*>(nullptr), eps,
-                                                       static_cast<stat_t<T>*>(nullptr), rstd, stream);
-    return detail::execute(L, base, detail::rms_norm_op<K, T, W>{gamma, eps, rstd, L.cols, stream});
+                                                       static_cast<stat_t<T>*>(nullptr), rstd, stream, ws, threads);
+    return detail::execute(L, base, detail::rms_norm_op<K, T, W>{gamma, eps, rstd, L.cols, stream}, ws, threads);
   });
 }
 
 /// s = x + bias_in + residual (rounded to T), y = layer_norm(s) (rms_norm(s) with `rms`), in one call.
 /// s may alias x or residual; y may alias x or residual but not s.
+///   // the residual stream h updated in place: h += attn; y = rms_norm(h)
+///   lnorm::try_add_norm_nd<float>(true, 2, shape, norm, {attn, st}, {h, st}, nullptr, {h, st}, {y, st}, g,
+///                                 nullptr, 1e-6, nullptr, nullptr);
 template <class T, class W = T>
 status try_add_norm_nd(bool rms, int ndim, const std::int64_t* shape, const bool* normalized, strided x,
-                       strided residual, const W* bias_in, strided s, strided y, const W* gamma, const W* beta,
-                       double eps, stat_t<T>* mean, stat_t<T>* rstd) noexcept {
+                       strided residual, const detail::identity_t<W>* bias_in, strided s, strided y,
+                       const detail::identity_t<W>* gamma, const detail::identity_t<W>* beta, double eps,
+                       stat_t<T>* mean, stat_t<T>* rstd, const workspace* ws = nullptr) noexcept {
   if (status st = detail::check_problem(ndim, shape, normalized, eps, true); !st) return st;
-  if (!x.data || !residual.data || !s.data || !y.data) return fail("x, residual, out: null pointer");
+  if (!x.data || !residual.data || !s.data || !y.data || !x.strides || !residual.strides || !s.strides || !y.strides)
+    return fail("x, residual, out: null pointer");
   const std::int64_t* st[4] = {x.strides, residual.strides, s.strides, y.strides};
   detail::layout L;
   detail::build_layout(L, ndim, shape, normalized, 4, st);
@@ -652,21 +870,29 @@ status try_add_norm_nd(bool rms, int ndim, const std::int64_t* shape, const bool
   // Streamed only when neither output is an input (in place, the lines are in cache already).
   const bool stream = detail::streams(L, y.data, x.data, sizeof(T)) && y.data != residual.data &&
                       s.data != x.data && s.data != residual.data;
+  const int threads = get_num_threads();
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
-    if (rms) return detail::execute(L, base, detail::add_norm_op<K, T, W, true>{bias_in, gamma, beta, eps, mean, rstd, L.cols, stream});
-    return detail::execute(L, base, detail::add_norm_op<K, T, W, false>{bias_in, gamma, beta, eps, mean, rstd, L.cols, stream});
+    if (rms)
+      return detail::execute(L, base, detail::add_norm_op<K, T, W, true>{bias_in, gamma, beta, eps, mean, rstd, L.cols, stream},
+                             ws, threads);
+    return detail::execute(L, base, detail::add_norm_op<K, T, W, false>{bias_in, gamma, beta, eps, mean, rstd, L.cols, stream},
+                           ws, threads);
   });
 }
 
 /// Backward of layer_norm (rms_norm with `rms`; mean is then ignored): dx from dy, x and the forward's
-/// statistics; dgamma and dbeta (if not null) summed over the batch in a fixed order.
+/// statistics; dgamma and dbeta (if not null) summed over the batch in a fixed order, so the same
+/// bits for any thread count.
+///   lnorm::try_norm_backward_nd<float>(false, 2, shape, norm, {dy, st}, {x, st}, mean, rstd, g, {dx, st}, dg, db);
 template <class T, class W = T>
 status try_norm_backward_nd(bool rms, int ndim, const std::int64_t* shape, const bool* normalized, strided dy,
-                            strided x, const stat_t<T>* mean, const stat_t<T>* rstd, const W* gamma, strided dx,
-                            W* dgamma, W* dbeta) noexcept {
+                            strided x, const stat_t<T>* mean, const stat_t<T>* rstd, const detail::identity_t<W>* gamma,
+                            strided dx, detail::identity_t<W>* dgamma, detail::identity_t<W>* dbeta,
+                            const workspace* ws = nullptr) noexcept {
   if (status s = detail::check_problem(ndim, shape, normalized, 0.0, false); !s) return s;
-  if (!dy.data || !x.data || !dx.data || !rstd || (!rms && !mean)) return fail("dy, x, mean, rstd: null pointer");
+  if (!dy.data || !x.data || !dx.data || !dy.strides || !x.strides || !dx.strides || !rstd || (!rms && !mean))
+    return fail("dy, x, mean, rstd: null pointer");
   const std::int64_t* st[3] = {x.strides, dy.strides, dx.strides};
   detail::layout L;
   detail::build_layout(L, ndim, shape, normalized, 3, st);
@@ -679,15 +905,83 @@ status try_norm_backward_nd(bool rms, int ndim, const std::int64_t* shape, const
     }
     return {};
   }
+  const int threads = get_num_threads();
+  const bool stream = detail::streams(L, dx.data, x.data, sizeof(T));
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
-    if (L.kind == detail::layout_kind::rows && L.cols >= detail::kSplitRowCols) {
-      if (rms) return detail::split_rows_backward<K, T, W, true>(L, base[0], base[1], base[2], gamma, mean, rstd, dgamma, dbeta);
-      return detail::split_rows_backward<K, T, W, false>(L, base[0], base[1], base[2], gamma, mean, rstd, dgamma, dbeta);
+    if (detail::splits_rows(L)) {
+      if (rms)
+        return detail::split_rows_backward<K, T, W, true>(L, base[0], base[1], base[2], gamma, mean, rstd, dgamma, dbeta,
+                                                          ws, threads);
+      return detail::split_rows_backward<K, T, W, false>(L, base[0], base[1], base[2], gamma, mean, rstd, dgamma, dbeta,
+                                                         ws, threads);
     }
-    if (rms) return detail::execute(L, base, detail::norm_backward_op<K, T, W, true>{gamma, mean, rstd, dgamma, dbeta, L.cols});
-    return detail::execute(L, base, detail::norm_backward_op<K, T, W, false>{gamma, mean, rstd, dgamma, dbeta, L.cols});
+    if (rms)
+      return detail::execute(L, base, detail::norm_backward_op<K, T, W, true>{gamma, mean, rstd, dgamma, dbeta, L.cols, stream}, ws,
+                             threads);
+    return detail::execute(L, base, detail::norm_backward_op<K, T, W, false>{gamma, mean, rstd, dgamma, dbeta, L.cols, stream}, ws,
+                           threads);
   });
+}
+
+// ---- Workspace queries ---------------------------------------------------------------------------
+//
+// Each says how many bytes of `workspace` its N-d call needs for a problem (the same shape,
+// normalized axes and strides, in elements, as the call gets) on `num_threads` threads; 0 (the
+// default) means get_num_threads() now, which is what the call reads when it runs. A workspace sized
+// for n threads serves any call on n threads or fewer; after set_num_threads or set_thread_pool with
+// more, ask again. The answer is 0 when the call needs no workspace, and for a problem the call
+// would refuse (it then says why). The data pointers do not matter, only the layout.
+
+/// Bytes of workspace try_layer_norm_nd needs.
+///   std::vector<unsigned char> arena(lnorm::layer_norm_workspace_size<float>(4, shape, norm, st, st));
+template <class T>
+std::size_t layer_norm_workspace_size(int ndim, const std::int64_t* shape, const bool* normalized,
+                                      const std::int64_t* x_strides, const std::int64_t* y_strides,
+                                      int num_threads = 0) noexcept {
+  const std::int64_t* st[2] = {x_strides, y_strides};
+  detail::layout L;
+  if (!detail::query_layout(L, ndim, shape, normalized, 2, st)) return 0;
+  return detail::norm_plan<T, false>(L, detail::query_threads(num_threads)).bytes();
+}
+
+/// Bytes of workspace try_rms_norm_nd needs.
+///   std::vector<unsigned char> arena(lnorm::rms_norm_workspace_size<float>(2, shape, norm, st, st));
+template <class T>
+std::size_t rms_norm_workspace_size(int ndim, const std::int64_t* shape, const bool* normalized,
+                                    const std::int64_t* x_strides, const std::int64_t* y_strides,
+                                    int num_threads = 0) noexcept {
+  const std::int64_t* st[2] = {x_strides, y_strides};
+  detail::layout L;
+  if (!detail::query_layout(L, ndim, shape, normalized, 2, st)) return 0;
+  return detail::norm_plan<T, true>(L, detail::query_threads(num_threads)).bytes();
+}
+
+/// Bytes of workspace try_add_norm_nd needs (LayerNorm or RMSNorm alike): a row buffer per thread when
+/// its outputs are 16 MiB or more and not in place, gather buffers for layouts that need them.
+///   const std::size_t bytes = lnorm::add_norm_workspace_size<float>(2, shape, norm, st, st, st, st);
+template <class T>
+std::size_t add_norm_workspace_size(int ndim, const std::int64_t* shape, const bool* normalized,
+                                    const std::int64_t* x_strides, const std::int64_t* residual_strides,
+                                    const std::int64_t* s_strides, const std::int64_t* y_strides,
+                                    int num_threads = 0) noexcept {
+  const std::int64_t* st[4] = {x_strides, residual_strides, s_strides, y_strides};
+  detail::layout L;
+  if (!detail::query_layout(L, ndim, shape, normalized, 4, st)) return 0;
+  return detail::add_norm_plan<T>(L, detail::may_stream(L, sizeof(T)), detail::query_threads(num_threads)).bytes();
+}
+
+/// Bytes of workspace try_norm_backward_nd needs: the dgamma/dbeta partials (up to 64 sets, summed in
+/// a fixed order), and gather buffers for layouts that need them.
+///   const std::size_t bytes = lnorm::norm_backward_workspace_size<float>(false, 2, shape, norm, st, st, st);
+template <class T>
+std::size_t norm_backward_workspace_size(bool rms, int ndim, const std::int64_t* shape, const bool* normalized,
+                                         const std::int64_t* dy_strides, const std::int64_t* x_strides,
+                                         const std::int64_t* dx_strides, int num_threads = 0) noexcept {
+  const std::int64_t* st[3] = {x_strides, dy_strides, dx_strides};
+  detail::layout L;
+  if (!detail::query_layout(L, ndim, shape, normalized, 3, st)) return 0;
+  return detail::norm_backward_plan<T>(rms, L, detail::query_threads(num_threads)).bytes();
 }
 
 // ============================================================================================
@@ -695,13 +989,6 @@ status try_norm_backward_nd(bool rms, int ndim, const std::int64_t* shape, const
 // ============================================================================================
 
 namespace detail {
-template <class T>
-struct identity {
-  using type = T;
-};
-template <class T>
-using identity_t = typename identity<T>::type;
-
 inline status check_rows(std::int64_t rows, std::int64_t cols) noexcept {
   if (rows < 0) return fail("rows: must be >= 0");
   if (cols < 1) return fail("cols: must be >= 1");

@@ -31,10 +31,15 @@ inline constexpr std::int64_t kColumnTile = 64;
 
 namespace scalar {
 
-/// One row's statistics as the kernels apply them: y = (x * scale - mean) * rstd * gamma + beta.
-/// `scale` is 1 except for float64 rows whose squares overflow, which are rescaled by a power of two.
+/// One row's statistics as the kernels apply them: y = ((x * scale - mean) - mean_lo) * rstd * gamma + beta.
+/// The mean is kept as two parts, the rough mean of the first pass and its correction (as the SIMD
+/// sets keep m0 and c): for a float64 row whose mean is 1e8 times its spread, x - mean is then exact
+/// and the correction is applied to a small number, where folding the two into one double would
+/// round the mean by an ulp of 1e8, 1e-8 of the spread. `scale` is 1 except for float64 rows whose
+/// squares overflow, which are rescaled by a power of two.
 struct row_stats {
-  double mean = 0;        // mean of x * scale
+  double mean = 0;        // the rough mean m0 of x * scale
+  double mean_lo = 0;     // the correction c: the mean of x * scale is mean + mean_lo
   double rstd = 0;        // 1 / sqrt(var(x) + eps): the statistic returned to callers
   double rstd_apply = 0;  // rstd of the scaled row; 0 where var + eps == 0 (a constant row gives beta)
   double scale = 1;
@@ -49,10 +54,10 @@ inline double rstd_or_zero(double var_plus_eps) noexcept {
 // Corrected two-pass statistics (Bjorck) over n elements `stride` apart: a first pass for a rough mean
 // m0, a second for the sums of d = x*scale - m0 and d^2. The correction c = sum(d)/n absorbs m0's
 // rounding error; var = sum(d^2)/n - c^2 cancels nothing because |c| is tiny next to the spread.
-// Never E[x^2] - E[x]^2.
+// Never E[x^2] - E[x]^2. The mean is returned as the pair (m0, c), not folded into m0 + c.
 template <class T>
-inline void two_pass(const T* x, std::int64_t stride, std::int64_t n, double scale, double& mean,
-                     double& var) noexcept {
+inline void two_pass(const T* x, std::int64_t stride, std::int64_t n, double scale, double& m0_out,
+                     double& c_out, double& var) noexcept {
   // 4 accumulators: independent add chains hide the FP add latency.
   double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
   std::int64_t i = 0;
@@ -79,7 +84,8 @@ inline void two_pass(const T* x, std::int64_t stride, std::int64_t n, double sca
     q0 += a * a;
   }
   const double c = (d0 + d1) / static_cast<double>(n);
-  mean = m0 + c;
+  m0_out = m0;
+  c_out = c;
   var = (q0 + q1) / static_cast<double>(n) - c * c;
   if (var < 0) var = 0;
 }
@@ -119,14 +125,15 @@ inline double rescale_factor(const T* x, std::int64_t stride, std::int64_t n) no
 
 inline row_stats nan_stats() noexcept {
   row_stats st;
-  st.mean = st.rstd = st.rstd_apply = std::numeric_limits<double>::quiet_NaN();
+  st.mean = st.mean_lo = st.rstd = st.rstd_apply = std::numeric_limits<double>::quiet_NaN();
   return st;
 }
 
-// Statistics from a scaled mean and variance; `scale` is the factor applied to x.
-inline row_stats finish_stats(double mean, double var, double eps, double scale) noexcept {
+// Statistics from a scaled mean (mean + mean_lo) and variance; `scale` is the factor applied to x.
+inline row_stats finish_stats(double mean, double mean_lo, double var, double eps, double scale) noexcept {
   row_stats st;
   st.mean = mean;
+  st.mean_lo = mean_lo;
   st.scale = scale;
   st.rstd = scale / std::sqrt(var + eps * scale * scale);
   st.rstd_apply = rstd_or_zero(var + eps * scale * scale);
@@ -137,22 +144,22 @@ inline row_stats finish_stats(double mean, double var, double eps, double scale)
 // two and recomputed. A row holding Inf or NaN gets NaN statistics, so that row alone turns NaN.
 template <class T>
 inline row_stats layer_norm_stats(const T* x, std::int64_t stride, std::int64_t n, double eps) noexcept {
-  double mean = 0, var = 0;
-  two_pass(x, stride, n, 1.0, mean, var);
-  if (std::isfinite(var) && std::isfinite(mean)) return finish_stats(mean, var, eps, 1.0);
+  double m0 = 0, c = 0, var = 0;
+  two_pass(x, stride, n, 1.0, m0, c, var);
+  if (std::isfinite(var) && std::isfinite(m0 + c)) return finish_stats(m0, c, var, eps, 1.0);
   const double s = rescale_factor(x, stride, n);
   if (s == 0.0) return nan_stats();
-  two_pass(x, stride, n, s, mean, var);
-  return finish_stats(mean, var, eps, s);
+  two_pass(x, stride, n, s, m0, c, var);
+  return finish_stats(m0, c, var, eps, s);
 }
 
 template <class T>
 inline row_stats rms_norm_stats(const T* x, std::int64_t stride, std::int64_t n, double eps) noexcept {
   const double ms = mean_square(x, stride, n, 1.0);
-  if (std::isfinite(ms)) return finish_stats(0.0, ms, eps, 1.0);
+  if (std::isfinite(ms)) return finish_stats(0.0, 0.0, ms, eps, 1.0);
   const double s = rescale_factor(x, stride, n);
   if (s == 0.0) return nan_stats();
-  return finish_stats(0.0, mean_square(x, stride, n, s), eps, s);
+  return finish_stats(0.0, 0.0, mean_square(x, stride, n, s), eps, s);
 }
 
 template <class W>
@@ -175,10 +182,10 @@ struct kernels {
                              const T* /*next*/ = nullptr, bool /*piped*/ = false) noexcept {
     const row_stats st = detail::layer_norm_stats(x, 1, n, eps);
     for (std::int64_t i = 0; i < n; ++i) {
-      const double xhat = (widen(x[i]) * st.scale - st.mean) * st.rstd_apply;
+      const double xhat = ((widen(x[i]) * st.scale - st.mean) - st.mean_lo) * st.rstd_apply;
       y[i] = narrow<T>(xhat * detail::weight_at(gamma, i, 1.0) + detail::weight_at(beta, i, 0.0));
     }
-    if (mean) *mean = static_cast<stat_t<T>>(st.mean / st.scale);
+    if (mean) *mean = static_cast<stat_t<T>>((st.mean + st.mean_lo) / st.scale);
     if (rstd) *rstd = static_cast<stat_t<T>>(st.rstd);
   }
 
@@ -199,7 +206,9 @@ struct kernels {
   template <class T, class W>
   static void layer_norm_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma,
                                       double mean, double rstd, stat_t<T>* dg, stat_t<T>* db,
-                                      const T* /*next_x*/ = nullptr, const T* /*next_dy*/ = nullptr) noexcept {
+                                      const T* /*next_x*/ = nullptr, const T* /*next_dy*/ = nullptr,
+                                      bool /*stream*/ = false, bool /*piped*/ = false, double /*next_mean*/ = 0,
+                                      double /*next_rstd*/ = 0) noexcept {
     double sum_g = 0, sum_gx = 0;
     for (std::int64_t i = 0; i < n; ++i) {
       const double xhat = (widen(x[i]) - mean) * rstd;
@@ -222,7 +231,8 @@ struct kernels {
   template <class T, class W>
   static void rms_norm_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma,
                                     double rstd, stat_t<T>* dg, const T* /*next_x*/ = nullptr,
-                                    const T* /*next_dy*/ = nullptr) noexcept {
+                                    const T* /*next_dy*/ = nullptr, bool /*stream*/ = false, bool /*piped*/ = false,
+                                    double /*next_rstd*/ = 0) noexcept {
     double sum_gx = 0;
     for (std::int64_t i = 0; i < n; ++i) {
       const double xhat = widen(x[i]) * rstd;
@@ -256,13 +266,26 @@ struct kernels {
     for (std::int64_t i = 0; i < n; ++i) dst[i] = src[i];
   }
 
+  /// The fused add & norm of one row for large outputs: s built in buf (a row), normalized into y,
+  /// then copied to s. (The SIMD sets also start the next row here; buf holds two rows.)
+  template <bool Rms, class T, class W>
+  static void add_norm_row(const T* x, const T* res, const W* bias_in, T* s, T* y, std::int64_t n, const W* gamma,
+                           const W* beta, double eps, stat_t<T>* mean, stat_t<T>* rstd, const T* /*next_x*/,
+                           const T* /*next_res*/, T* buf) noexcept {
+    add_row(x, res, bias_in, buf, n);
+    if constexpr (Rms) rms_norm_row(buf, y, n, gamma, eps, rstd);
+    else layer_norm_row(buf, y, n, gamma, beta, eps, mean, rstd);
+    copy_row(buf, s, n, true);
+  }
+
   // ---- pieces of a row: a huge row is cut into fixed chunks whose moments are merged in order ----
 
   /// Mean and sum of squared deviations (M2) of n contiguous elements.
   template <class T>
   static void moments(const T* x, std::int64_t n, double& mean, double& m2) noexcept {
-    double var = 0;
-    detail::two_pass(x, 1, n, 1.0, mean, var);
+    double m0 = 0, c = 0, var = 0;
+    detail::two_pass(x, 1, n, 1.0, m0, c, var);
+    mean = m0 + c;
     m2 = var * static_cast<double>(n);
   }
 
@@ -334,19 +357,19 @@ struct kernels {
       double var = q[l] / static_cast<double>(n) - cor * cor;
       if (var < 0) var = 0;
       // A non-finite lane (float64 overflow, or Inf/NaN data) takes the strided row path's cold branch.
-      st[l] = std::isfinite(var) && std::isfinite(m0[l] + cor) ? detail::finish_stats(m0[l] + cor, var, eps, 1.0)
+      st[l] = std::isfinite(var) && std::isfinite(m0[l] + cor) ? detail::finish_stats(m0[l], cor, var, eps, 1.0)
                                                               : detail::layer_norm_stats(x + l, xs, n, eps);
       scale[l] = st[l].scale;
     }
     for (std::int64_t c = 0; c < n; ++c) {
       const double g = detail::weight_at(gamma, c, 1.0), b = detail::weight_at(beta, c, 0.0);
       for (std::int64_t l = 0; l < width; ++l) {
-        const double xhat = (widen(x[c * xs + l]) * scale[l] - st[l].mean) * st[l].rstd_apply;
+        const double xhat = ((widen(x[c * xs + l]) * scale[l] - st[l].mean) - st[l].mean_lo) * st[l].rstd_apply;
         y[c * ys + l] = narrow<T>(xhat * g + b);
       }
     }
     for (std::int64_t l = 0; l < width; ++l) {
-      if (mean) mean[l] = static_cast<stat_t<T>>(st[l].mean / st[l].scale);
+      if (mean) mean[l] = static_cast<stat_t<T>>((st[l].mean + st[l].mean_lo) / st[l].scale);
       if (rstd) rstd[l] = static_cast<stat_t<T>>(st[l].rstd);
     }
   }
@@ -364,7 +387,7 @@ struct kernels {
       }
     for (std::int64_t l = 0; l < width; ++l) {
       const double ms = q[l] / static_cast<double>(n);
-      st[l] = std::isfinite(ms) ? detail::finish_stats(0.0, ms, eps, 1.0) : detail::rms_norm_stats(x + l, xs, n, eps);
+      st[l] = std::isfinite(ms) ? detail::finish_stats(0.0, 0.0, ms, eps, 1.0) : detail::rms_norm_stats(x + l, xs, n, eps);
     }
     for (std::int64_t c = 0; c < n; ++c) {
       const double g = detail::weight_at(gamma, c, 1.0);
