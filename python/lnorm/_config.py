@@ -6,7 +6,7 @@ import os
 import warnings
 from pathlib import Path
 
-from . import _buffers, _lnorm
+from . import _buffers, _cuda, _lnorm
 
 __version__ = _lnorm.version
 
@@ -96,8 +96,8 @@ def config() -> dict:
         "num_threads": get_num_threads(),
         "buffer_cache": _buffers.limit,
         "openmp": bool(_lnorm.openmp()),
-        "cuda_compiled": bool(_lnorm.cuda_compiled()),
-        "cuda_devices": int(_lnorm.cuda_devices()),
+        "cuda_compiled": _cuda.compiled(),     # this build has the CUDA backend (LNORM_CUDA=ON)
+        "cuda_devices": _cuda.device_count(),  # GPUs it can run on (0 without a driver or a GPU)
     }
 
 

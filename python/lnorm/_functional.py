@@ -29,6 +29,7 @@ def _is_bfloat16(dtype: np.dtype) -> bool:
 def _as_array(a: Any, name: str, dtype: Optional[np.dtype] = None) -> np.ndarray:
     """``a`` as an ndarray of a supported float dtype (lists take ``dtype`` when it is given)."""
     if not isinstance(a, np.ndarray):
+        _interop.check_on_host(a, name)
         try:
             a = np.asarray(a, dtype=dtype)
         except (TypeError, ValueError, RuntimeError) as e:
@@ -141,6 +142,7 @@ def _output(out: Any, name: str, x: np.ndarray, inputs: Sequence[np.ndarray] = (
     if out is None:
         return _buffers.empty(x.shape, x.dtype)
     if not isinstance(out, np.ndarray):
+        _interop.check_on_host(out, name)
         raise TypeError(f"{name}: must be a numpy.ndarray, not {type(out).__name__}")
     if out.dtype != x.dtype:
         raise TypeError(f"{name}: dtype {out.dtype} differs from x's {x.dtype}")
@@ -161,6 +163,7 @@ def _stats_shape(x: np.ndarray, axes: Tuple[int, ...]) -> Tuple[int, ...]:
 def _stat(a: Any, name: str, x: np.ndarray, axes: Tuple[int, ...]) -> np.ndarray:
     """mean or rstd from a forward pass: keepdims shape, float32 or x's dtype, made contiguous."""
     if not isinstance(a, np.ndarray):
+        _interop.check_on_host(a, name)
         try:
             a = np.asarray(a, dtype=_stat_dtype(x))
         except (TypeError, ValueError) as e:
@@ -234,7 +237,7 @@ _fast_backward = _lnorm.fast_backward
 
 
 def layer_norm(x, weight=None, bias=None, *, axis: Axis = -1, eps: float = 1e-5, out=None,
-               return_stats: bool = False):
+               return_stats: bool = False, stream=None):
     """Layer normalization: ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
 
     ``mean`` and the biased ``var`` are taken over ``axis`` (an int or a tuple; they need not be
@@ -253,12 +256,12 @@ def layer_norm(x, weight=None, bias=None, *, axis: Axis = -1, eps: float = 1e-5,
         if y is not None:
             return y
     if type(x) is not np.ndarray and _interop.library_of(x):
-        return _interop.call(layer_norm, x, (x, weight, bias), dict(axis=axis, eps=eps, out=out, return_stats=return_stats))
+        return _interop.call(layer_norm, x, (x, weight, bias), dict(axis=axis, eps=eps, out=out, return_stats=return_stats, stream=stream))
     return _forward(False, x, weight, bias, axis, eps, out, return_stats)
 
 
 def rms_norm(x, weight=None, *, axis: Axis = -1, eps: float = 1e-6, out=None,
-             return_stats: bool = False):
+             return_stats: bool = False, stream=None):
     """RMS normalization: ``y = x / sqrt(mean(x**2) + eps) * weight``.
 
     Same conventions as :func:`layer_norm`; with ``return_stats=True`` returns ``(y, rstd)``.
@@ -274,7 +277,7 @@ def rms_norm(x, weight=None, *, axis: Axis = -1, eps: float = 1e-6, out=None,
         if y is not None:
             return y
     if type(x) is not np.ndarray and _interop.library_of(x):
-        return _interop.call(rms_norm, x, (x, weight), dict(axis=axis, eps=eps, out=out, return_stats=return_stats))
+        return _interop.call(rms_norm, x, (x, weight), dict(axis=axis, eps=eps, out=out, return_stats=return_stats, stream=stream))
     return _forward(True, x, weight, None, axis, eps, out, return_stats)
 
 
@@ -295,7 +298,7 @@ def _backward(rms: bool, dy: Any, x: Any, mean: Any, rstd: Any, weight: Any, axi
     return (dx, dweight) if rms else (dx, dweight, dbias)
 
 
-def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis: Axis = -1):
+def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis: Axis = -1, stream=None):
     """Gradients of :func:`layer_norm`: returns ``(dx, dweight, dbias)``.
 
     ``mean`` and ``rstd`` are the statistics the forward pass returned (``return_stats=True``).
@@ -315,11 +318,11 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis: Axis = -1):
         if grads is not None:
             return grads
     if type(x) is not np.ndarray and _interop.library_of(x):
-        return _interop.call(layer_norm_backward, x, (dy, x, mean, rstd, weight), dict(axis=axis))
+        return _interop.call(layer_norm_backward, x, (dy, x, mean, rstd, weight), dict(axis=axis, stream=stream))
     return _backward(False, dy, x, mean, rstd, weight, axis)
 
 
-def rms_norm_backward(dy, x, rstd, weight=None, *, axis: Axis = -1):
+def rms_norm_backward(dy, x, rstd, weight=None, *, axis: Axis = -1, stream=None):
     """Gradients of :func:`rms_norm`: returns ``(dx, dweight)`` (``dweight`` None without weight).
 
     >>> import numpy as np, lnorm
@@ -334,7 +337,7 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, axis: Axis = -1):
         if grads is not None:
             return grads
     if type(x) is not np.ndarray and _interop.library_of(x):
-        return _interop.call(rms_norm_backward, x, (dy, x, rstd, weight), dict(axis=axis))
+        return _interop.call(rms_norm_backward, x, (dy, x, rstd, weight), dict(axis=axis, stream=stream))
     return _backward(True, dy, x, None, rstd, weight, axis)
 
 
@@ -363,7 +366,7 @@ def _add_forward(rms: bool, x: Any, residual: Any, weight: Any, bias: Any, bias_
 
 
 def add_layer_norm(x, residual, weight=None, bias=None, *, axis: Axis = -1, eps: float = 1e-5,
-                   bias_in=None, out=None, residual_out=None, return_stats: bool = False):
+                   bias_in=None, out=None, residual_out=None, return_stats: bool = False, stream=None):
     """Fused "add & norm": ``s = x + bias_in + residual`` (rounded to x's dtype), ``y = layer_norm(s)``.
 
     Returns ``(y, s)`` (``(y, s, mean, rstd)`` with ``return_stats=True``). ``out`` and
@@ -377,13 +380,13 @@ def add_layer_norm(x, residual, weight=None, bias=None, *, axis: Axis = -1, eps:
     True
     """
     if type(x) is not np.ndarray and _interop.library_of(x):
-        return _interop.call(add_layer_norm, x, (x, residual, weight, bias), dict(axis=axis, eps=eps, bias_in=bias_in, out=out, residual_out=residual_out, return_stats=return_stats))
+        return _interop.call(add_layer_norm, x, (x, residual, weight, bias), dict(axis=axis, eps=eps, bias_in=bias_in, out=out, residual_out=residual_out, return_stats=return_stats, stream=stream))
     return _add_forward(False, x, residual, weight, bias, bias_in, axis, eps, out, residual_out,
                         return_stats)
 
 
 def add_rms_norm(x, residual, weight=None, *, axis: Axis = -1, eps: float = 1e-6, bias_in=None,
-                 out=None, residual_out=None, return_stats: bool = False):
+                 out=None, residual_out=None, return_stats: bool = False, stream=None):
     """Fused "add & norm" with RMSNorm: ``s = x + bias_in + residual``, ``y = rms_norm(s)``.
 
     Returns ``(y, s)`` (``(y, s, rstd)`` with ``return_stats=True``).
@@ -395,6 +398,6 @@ def add_rms_norm(x, residual, weight=None, *, axis: Axis = -1, eps: float = 1e-6
     1.0
     """
     if type(x) is not np.ndarray and _interop.library_of(x):
-        return _interop.call(add_rms_norm, x, (x, residual, weight), dict(axis=axis, eps=eps, bias_in=bias_in, out=out, residual_out=residual_out, return_stats=return_stats))
+        return _interop.call(add_rms_norm, x, (x, residual, weight), dict(axis=axis, eps=eps, bias_in=bias_in, out=out, residual_out=residual_out, return_stats=return_stats, stream=stream))
     return _add_forward(True, x, residual, weight, None, bias_in, axis, eps, out, residual_out,
                         return_stats)

@@ -1,5 +1,5 @@
-"""Arrays from other libraries (PyTorch, JAX) through DLPack: zero-copy NumPy views in, results
-back as the caller's kind of array.
+"""Arrays from other libraries (PyTorch, JAX, CuPy) through DLPack: zero-copy NumPy views in, results
+back as the caller's kind of array; arrays on a GPU go to the CUDA backend (``_cuda``) instead.
 
 NumPy cannot import bfloat16 through DLPack, so a bfloat16 tensor travels as its 16-bit integer bits
 and is viewed as ``ml_dtypes.bfloat16`` on the NumPy side (no copy either way).
@@ -11,13 +11,21 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import _cuda
+
 
 def library_of(a: Any) -> str:
-    """'torch', 'jax' or '' for an array lnorm takes through DLPack."""
+    """'torch', 'jax', 'cupy', 'dlpack' (another DLPack producer) or '' for what is not one."""
     if isinstance(a, np.ndarray) or not hasattr(a, "__dlpack__"):
         return ""
     module = type(a).__module__.split(".", 1)[0]
-    return module if module in ("torch", "jax", "jaxlib") else "dlpack"
+    return module if module in ("torch", "jax", "jaxlib", "cupy") else "dlpack"
+
+
+def check_on_host(a: Any, name: str) -> None:
+    """ValueError naming `name` when `a` is an array on a GPU (for a call on host arrays)."""
+    if _cuda.on_gpu(a):
+        raise ValueError(f"{name}: is on cuda:{_cuda.place(a)[1]} but x is on the CPU; pass arrays on one device")
 
 
 def _bfloat16():
@@ -34,9 +42,8 @@ def to_numpy(a: Any, name: str) -> np.ndarray:
     if lib == "torch":
         import torch
         t = a.detach()
-        if t.device.type != "cpu":
-            raise ValueError(f"{name}: is on device {t.device}; this lnorm runs on the CPU "
-                             "(its CUDA backend is not compiled in)")
+        if t.device.type != "cpu":  # GPU arrays go to _cuda before this; other devices stop here
+            raise ValueError(f"{name}: is on device {t.device}; lnorm runs on the CPU and on CUDA GPUs")
         if t.dtype == torch.bfloat16:
             return np.from_dlpack(t.view(torch.int16)).view(_bfloat16())
         return np.from_dlpack(t)
@@ -63,7 +70,13 @@ def from_numpy(a: np.ndarray, lib: str, like: Any) -> Any:
 
 def call(fn: Callable, like: Any, args: tuple, kwargs: dict):
     """Runs fn with every DLPack argument as a NumPy view; returns its arrays as `like`'s kind.
-    An `out=` argument is returned as the caller's own object."""
+    An `out=` argument is returned as the caller's own object. A call with any array on a GPU runs
+    on the GPU instead (the CUDA backend), or is a ValueError naming the argument on the wrong device.
+    `stream` (for GPU arrays) means nothing on the CPU and is dropped."""
+    if _cuda.any_on_gpu(args, kwargs):
+        return _cuda.call(fn.__name__, args, kwargs)
+    if "stream" in kwargs:
+        kwargs = {k: v for k, v in kwargs.items() if k != "stream"}
     lib = library_of(like)
     names = fn.__code__.co_varnames[:fn.__code__.co_argcount]
     np_args = tuple(to_numpy(v, names[i] if i < len(names) else "argument") if library_of(v) else v

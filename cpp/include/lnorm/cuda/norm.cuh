@@ -1,0 +1,505 @@
+// lnorm/cuda/norm.cuh: lnorm's CUDA backend, header-only. Layer norm and RMSNorm over rows on a GPU:
+// forward (with statistics), backward (dx, dweight, dbias), and the fused residual add; elements
+// float, double, __half or __nv_bfloat16, weights of the element type or float, statistics in
+// float (double for double). Include it from a .cu file compiled by nvcc (C++17).
+//
+//   #include <lnorm/cuda/norm.cuh>
+//   // rows of `cols` bf16 elements, ld elements apart; gamma/beta float; mean/rstd float, may be null
+//   lnorm::cuda::status s = lnorm::cuda::layer_norm(x, ld, y, ld, rows, cols, gamma, beta, 1e-5,
+//                                                     mean, rstd, stream);
+//   if (!s) std::fprintf(stderr, "%s\n", s.message);
+//
+// Every call is asynchronous on `stream` (no device-wide synchronization) and validates its
+// arguments first. How rows map to threads (see plan_forward / plan_backward):
+//   - short rows: 1..32 threads per row (a power of two), several rows per warp, shuffles only;
+//   - longer rows: one row per block (up to 1024 threads, 8 elements each in registers);
+//   - rows beyond that: the rest of the row in shared memory (x, and dy, still read once);
+//   - rows too long for one block: chunks over several blocks, two kernels, x read twice.
+// Loads and stores are 16-byte vectors where every row of every array allows it (narrower vectors,
+// down to single elements, where base pointers or row strides do not), with a masked last pack.
+#pragma once
+
+#include <lnorm/cuda/backward.cuh>
+#include <lnorm/cuda/forward.cuh>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <utility>
+
+namespace lnorm {
+namespace cuda {
+namespace detail {
+
+constexpr int kRowsBlock = 256;               // block of the several-rows-per-warp tier
+constexpr std::int64_t kMaxCols = std::int64_t(1) << 30;
+constexpr std::int64_t kMaxGridY = 65535;
+// Backward: a block handles at least this many row groups when rows are plentiful, so that its row
+// of dgamma/dbeta partials (written once, read once) stays small next to the rows it read.
+constexpr std::int64_t kMinRowsPerBlock = 16;
+
+/// Elements per thread held in registers: 8 (16 bytes of 16-bit elements, 64 of double); 4 for
+/// the backward of double. Within the 64 registers a thread of a 1024-thread block has, with the
+/// backward's next row loaded ahead. A 1024-thread block thus holds rows of 8192 elements (4096 for
+/// the backward of double) in registers; longer rows go on in shared memory.
+constexpr int kForwardItems = 8;
+template <class T>
+constexpr int backward_items() {
+  return sizeof(T) == 8 ? 4 : 8;
+}
+
+/// How one call maps rows to threads.
+struct row_plan {
+  int items = 8;          // elements per thread in registers (the kernel's ITEMS)
+  int tpr = 1;            // threads per row
+  int block = kRowsBlock; // threads per block
+  std::size_t smem = 0;   // dynamic shared memory per block, bytes
+  bool split = false;     // chunks of a row over several blocks (two passes)
+};
+
+/// Threads for a row of `cols` at `items` each: a power of two up to 32, else a multiple of 32.
+inline int threads_per_row(std::int64_t cols, int items) {
+  const std::int64_t need = ceil_div(cols, items);
+  return need <= kWarp ? round_up_pow2(need) : static_cast<int>(ceil_div(need, kWarp) * kWarp);
+}
+
+inline std::int64_t round_up(std::int64_t v, std::int64_t m) { return ceil_div(v, m) * m; }
+
+/// Bytes of a whole-block row's packs beyond the registers (`reg` elements), for any vector width.
+template <class T>
+std::size_t cache_bytes(std::int64_t cols, std::int64_t reg) {
+  return static_cast<std::size_t>(round_up(round_up(cols, max_vec_v<T>) - reg, 16)) * sizeof(T);
+}
+
+/// The forward's plan for rows of `cols` elements of T.
+template <class T>
+row_plan plan_forward(std::int64_t cols, const device_info& dev) {
+  constexpr int items = kForwardItems;
+  const int tpr = threads_per_row(cols, items);
+  if (tpr <= kWarp) return {items, tpr, kRowsBlock, 0, false};
+  if (tpr <= 1024) return {items, tpr, tpr, 0, false};
+  const std::size_t smem = cache_bytes<T>(cols, std::int64_t(1024) * items);
+  if (smem <= smem_limit<T>(dev)) return {items, 1024, 1024, smem, false};
+  return {kSplitItems, kSplitBlock, kSplitBlock, 0, true};
+}
+
+/// The backward's plan; nacc is the number of partial sums wanted (dgamma, dbeta: 0 to 2).
+template <class T>
+row_plan plan_backward(std::int64_t cols, int nacc, const device_info& dev) {
+  using C = stat_t<T>;
+  constexpr int items = backward_items<T>();
+  const std::size_t acc = static_cast<std::size_t>(nacc) * sizeof(C);
+  const int tpr = threads_per_row(cols, items);
+  if (tpr <= 1024) {
+    const int block = tpr <= kWarp ? kRowsBlock : tpr;
+    const std::size_t smem = acc * static_cast<std::size_t>(block) * items;
+    if (smem <= smem_limit<T>(dev)) return {items, tpr, block, smem, false};
+  } else {  // x and dy beyond the registers in shared memory, and accumulators for every column
+    const std::size_t smem = 2 * cache_bytes<T>(cols, std::int64_t(1024) * items) +
+                             acc * static_cast<std::size_t>(round_up(cols, std::int64_t(1024) * max_vec_v<T>));
+    if (smem <= smem_limit<T>(dev)) return {items, 1024, 1024, smem, false};
+  }
+  return {kSplitItems, kSplitBlock, kSplitBlock, 0, true};
+}
+
+inline int split_chunks(std::int64_t cols) {
+  return static_cast<int>(ceil_div(cols, std::int64_t(kSplitBlock) * kSplitItems));
+}
+
+/// Row parts (partial rows) of the backward's split tier: enough blocks to fill the device.
+inline int split_row_parts(std::int64_t rows, std::int64_t cols, const device_info& dev) {
+  const std::int64_t want = ceil_div(std::int64_t(dev.sms) * std::max(1, dev.max_threads_per_sm / kSplitBlock),
+                                     split_chunks(cols));
+  return static_cast<int>(std::max<std::int64_t>(1, std::min({want, rows, kMaxGridY})));
+}
+
+/// The backward's blocks for the row tiers: what is resident (`per_sm` blocks per multiprocessor),
+/// no more than the rows need, and few enough that each block sees kMinRowsPerBlock row groups.
+inline std::int64_t backward_blocks(const row_plan& p, std::int64_t rows, const device_info& dev, int per_sm) {
+  const std::int64_t groups = p.block / p.tpr;
+  const std::int64_t cap = std::max<std::int64_t>(dev.sms, ceil_div(rows, groups * kMinRowsPerBlock));
+  return std::max<std::int64_t>(1, std::min({ceil_div(rows, groups), std::int64_t(dev.sms) * per_sm, cap}));
+}
+
+inline std::size_t round_up_256(std::size_t v) { return (v + 255) / 256 * 256; }
+
+/// Workspace of the forward: the chunks' statistics of the split tier (none for the others).
+template <class T>
+std::size_t forward_workspace(const row_plan& p, std::int64_t rows, std::int64_t cols) {
+  if (!p.split || rows == 0) return 0;
+  return round_up_256(static_cast<std::size_t>(rows) * split_chunks(cols) * 4 * sizeof(stat_t<T>));
+}
+
+/// Workspace of the backward: an upper bound of what run_backward uses (a bound because it cannot know
+/// the occupancy of the exact kernel, which depends on the vector width the pointers allow).
+template <class T>
+std::size_t backward_workspace(const row_plan& p, std::int64_t rows, std::int64_t cols, int nacc,
+                               const device_info& dev) {
+  using C = stat_t<T>;
+  if (rows == 0 || (nacc == 0 && !p.split)) return 0;
+  if (p.split) {
+    const std::size_t sums = static_cast<std::size_t>(rows) * split_chunks(cols) * 2;
+    return round_up_256((sums + static_cast<std::size_t>(nacc) * split_row_parts(rows, cols, dev) * cols) * sizeof(C));
+  }
+  const std::int64_t blocks = backward_blocks(p, rows, dev, std::max(1, dev.max_threads_per_sm / p.block));
+  return round_up_256(static_cast<std::size_t>(nacc) * blocks * cols * sizeof(C));
+}
+
+/// The widest vector (elements of T, at most 16 bytes) every row of every array allows: each base
+/// pointer aligned to it and each row stride a multiple of it. Parameters need their own width.
+template <class T>
+class vector_width {
+ public:
+  template <class U>
+  void rows_of(const U* p, std::int64_t ld, std::int64_t rows) {
+    if (p == nullptr) return;
+    while (vec_ > 1 && !(aligned(p, vec_ * sizeof(U)) && (rows <= 1 || ld % vec_ == 0))) vec_ /= 2;
+  }
+  template <class U>
+  void param(const U* p) {
+    if (p == nullptr) return;
+    while (vec_ > 1 && !aligned(p, std::min<std::size_t>(16, vec_ * sizeof(U)))) vec_ /= 2;
+  }
+  int get() const { return vec_; }
+
+ private:
+  static bool aligned(const void* p, std::size_t a) { return reinterpret_cast<std::uintptr_t>(p) % a == 0; }
+  int vec_ = max_vec_v<T>;
+};
+
+/// f(std::integral_constant<int, VEC>{}) for the run-time vector width.
+template <class T, class F>
+status with_vec(int vec, F&& f) {
+  switch (vec) {
+    case 8:
+      if constexpr (max_vec_v<T> >= 8) return f(std::integral_constant<int, 8>{});
+      break;
+    case 4:
+      if constexpr (max_vec_v<T> >= 4) return f(std::integral_constant<int, 4>{});
+      break;
+    case 2:
+      if constexpr (max_vec_v<T> >= 2) return f(std::integral_constant<int, 2>{});
+      break;
+    case 1:
+      return f(std::integral_constant<int, 1>{});
+    default:
+      break;
+  }
+  return {cudaErrorInvalidValue, "lnorm::cuda: internal error (vector width)"};
+}
+
+/// Blocks for a row-tier forward kernel: what fits on the device, at most what the rows need.
+template <class T, class K>
+status rows_grid(K kernel, const row_plan& p, std::int64_t rows, const device_info& dev, std::int64_t& grid) {
+  int per_sm = 0;
+  const status s =
+      resident_blocks(reinterpret_cast<const void*>(kernel), p.block, p.smem, smem_limit<T>(dev), dev, per_sm);
+  if (!s) return s;
+  grid = std::max<std::int64_t>(1, std::min(ceil_div(rows, p.block / p.tpr), std::int64_t(dev.sms) * per_sm));
+  return {};
+}
+
+/// The caller's workspace, or a stream-ordered allocation that is freed, stream-ordered, at scope end.
+class scratch {
+ public:
+  scratch(cudaStream_t stream) : stream_(stream) {}
+  scratch(const scratch&) = delete;
+  scratch& operator=(const scratch&) = delete;
+  ~scratch() {
+    if (owned_) cudaFreeAsync(ptr_, stream_);
+  }
+  status acquire(void* given, std::size_t given_bytes, std::size_t need) {
+    if (need == 0) return {};
+    if (given != nullptr) {
+      if (given_bytes < need) return {cudaErrorInvalidValue, "workspace: smaller than the *_workspace_size() it needs"};
+      ptr_ = given;
+      return {};
+    }
+    const cudaError_t e = cudaMallocAsync(&ptr_, need, stream_);
+    if (e != cudaSuccess) return {e, cudaGetErrorString(e)};
+    owned_ = true;
+    return {};
+  }
+  void* get() const { return ptr_; }
+
+ private:
+  cudaStream_t stream_;
+  void* ptr_ = nullptr;
+  bool owned_ = false;
+};
+
+template <class T, class W>
+constexpr void check_types() {
+  static_assert(is_element_v<T>, "lnorm::cuda: the element type must be float, double, __half or __nv_bfloat16");
+  static_assert(std::is_same_v<W, T> || std::is_same_v<W, float>, "lnorm::cuda: weights are T or float");
+}
+
+inline status check_shape(std::int64_t rows, std::int64_t cols) {
+  if (rows < 0) return {cudaErrorInvalidValue, "rows: must be >= 0"};
+  if (cols < 1) return {cudaErrorInvalidValue, "cols: must be >= 1"};
+  if (cols > kMaxCols) return {cudaErrorInvalidValue, "cols: more than 2^30 elements in a row"};
+  return {};
+}
+
+/// An output's rows must not overlap one another.
+inline bool rows_overlap(std::int64_t ld, std::int64_t rows, std::int64_t cols) {
+  return rows > 1 && ld < cols && ld > -cols;
+}
+
+template <class T, class W>
+status run_forward(forward_args<T> a, std::int64_t cols, double eps, cudaStream_t stream, void* workspace,
+                   std::size_t workspace_bytes) noexcept {
+  check_types<T, W>();
+  status s = check_shape(a.rows, cols);
+  if (!s) return s;
+  if (!(eps >= 0.0 && eps < std::numeric_limits<double>::infinity()))
+    return {cudaErrorInvalidValue, "eps: must be finite and >= 0"};
+  if (a.rows == 0) return {};
+  if (a.x == nullptr) return {cudaErrorInvalidValue, "x: null"};
+  if (a.y == nullptr) return {cudaErrorInvalidValue, "y: null"};
+  if (rows_overlap(a.ld_y, a.rows, cols)) return {cudaErrorInvalidValue, "ld_y: rows of y overlap (|ld_y| < cols)"};
+  if (a.residual != nullptr) {
+    if (a.s == nullptr) return {cudaErrorInvalidValue, "s: null (the fused add writes x + residual there)"};
+    if (rows_overlap(a.ld_s, a.rows, cols)) return {cudaErrorInvalidValue, "ld_s: rows of s overlap (|ld_s| < cols)"};
+  }
+  a.cols = static_cast<int>(cols);
+  a.eps = static_cast<stat_t<T>>(eps);
+
+  device_info dev;
+  if (!(s = current_device(dev))) return s;
+  const row_plan plan = plan_forward<T>(cols, dev);
+  scratch ws(stream);
+  if (!(s = ws.acquire(workspace, workspace_bytes, forward_workspace<T>(plan, a.rows, cols)))) return s;
+
+  vector_width<T> vw;
+  vw.rows_of(a.x, a.ld_x, a.rows);
+  vw.rows_of(a.y, a.ld_y, a.rows);
+  vw.rows_of(a.residual, a.ld_residual, a.rows);
+  vw.rows_of(a.residual != nullptr ? a.s : nullptr, a.ld_s, a.rows);
+  vw.param(static_cast<const W*>(a.gamma));
+  vw.param(static_cast<const W*>(a.beta));
+  vw.param(static_cast<const W*>(a.bias_in));
+  return with_vec<T>(vw.get(), [&](auto vec) -> status {
+    constexpr int VEC = decltype(vec)::value;
+    auto* const w = static_cast<stat_t<T>*>(ws.get());
+    if (plan.split) {  // rare: full vectors or single elements only (fewer kernels to compile)
+      constexpr int SV = VEC == max_vec_v<T> ? VEC : 1;
+      const dim3 grid(split_chunks(cols), static_cast<unsigned>(std::min(a.rows, kMaxGridY)));
+      const status first = launch(forward_chunk_stats_kernel<T, SV, kSplitItems>, grid, dim3(kSplitBlock), 0,
+                                  stream, a, w);
+      if (!first) return first;
+      return launch(forward_chunk_normalize_kernel<T, SV, kSplitItems>, grid, dim3(kSplitBlock), 0, stream, a,
+                    static_cast<const stat_t<T>*>(w));
+    }
+    void (*const kernel)(forward_args<T>, int) = forward_rows_kernel<T, VEC, kForwardItems>;
+    std::int64_t grid = 0;
+    const status g = rows_grid<T>(kernel, plan, a.rows, dev, grid);
+    if (!g) return g;
+    return launch(kernel, dim3(static_cast<unsigned>(grid)), dim3(plan.block), plan.smem, stream, a, plan.tpr);
+  });
+}
+
+template <class T, class W>
+status run_backward(backward_args<T> a, std::int64_t cols, W* dgamma, W* dbeta, cudaStream_t stream,
+                    void* workspace, std::size_t workspace_bytes) noexcept {
+  using C = stat_t<T>;
+  check_types<T, W>();
+  status s = check_shape(a.rows, cols);
+  if (!s) return s;
+  const int nacc = (dgamma != nullptr) + (dbeta != nullptr);
+  if (a.rows == 0) {  // sums over no rows
+    cudaError_t e = cudaSuccess;
+    if (dgamma != nullptr) e = cudaMemsetAsync(dgamma, 0, static_cast<std::size_t>(cols) * sizeof(W), stream);
+    if (e == cudaSuccess && dbeta != nullptr) e = cudaMemsetAsync(dbeta, 0, static_cast<std::size_t>(cols) * sizeof(W), stream);
+    return e == cudaSuccess ? status{} : status{e, cudaGetErrorString(e)};
+  }
+  if (a.dy == nullptr) return {cudaErrorInvalidValue, "dy: null"};
+  if (a.x == nullptr) return {cudaErrorInvalidValue, "x: null"};
+  if (a.dx == nullptr) return {cudaErrorInvalidValue, "dx: null"};
+  if (a.rstd == nullptr) return {cudaErrorInvalidValue, "rstd: null"};
+  if (!a.rms && a.mean == nullptr) return {cudaErrorInvalidValue, "mean: null (layer norm's backward needs it)"};
+  if (rows_overlap(a.ld_dx, a.rows, cols)) return {cudaErrorInvalidValue, "ld_dx: rows of dx overlap (|ld_dx| < cols)"};
+  a.cols = static_cast<int>(cols);
+
+  device_info dev;
+  if (!(s = current_device(dev))) return s;
+  const row_plan plan = plan_backward<T>(cols, nacc, dev);
+  scratch ws(stream);
+  if (!(s = ws.acquire(workspace, workspace_bytes, backward_workspace<T>(plan, a.rows, cols, nacc, dev)))) return s;
+
+  vector_width<T> vw;
+  vw.rows_of(a.dy, a.ld_dy, a.rows);
+  vw.rows_of(a.x, a.ld_x, a.rows);
+  vw.rows_of(a.dx, a.ld_dx, a.rows);
+  vw.param(static_cast<const W*>(a.gamma));
+  return with_vec<T>(vw.get(), [&](auto vec) -> status {
+    constexpr int VEC = decltype(vec)::value;
+    C* const w = static_cast<C*>(ws.get());
+    std::int64_t partial_rows = 0;
+    if (plan.split) {
+      const int chunks = split_chunks(cols), parts = split_row_parts(a.rows, cols, dev);
+      C* const partials = w + static_cast<std::size_t>(a.rows) * chunks * 2;
+      a.dgamma_partial = dgamma != nullptr ? partials : nullptr;
+      a.dbeta_partial = dbeta != nullptr ? partials + (dgamma != nullptr ? std::size_t(parts) * cols : 0) : nullptr;
+      constexpr int SV = VEC == max_vec_v<T> ? VEC : 1;
+      const status first = launch(backward_chunk_sums_kernel<T, SV, kSplitItems>,
+                                  dim3(chunks, static_cast<unsigned>(std::min(a.rows, kMaxGridY))), dim3(kSplitBlock),
+                                  0, stream, a, w);
+      if (!first) return first;
+      const status second = launch(backward_chunk_kernel<T, SV, kSplitItems>, dim3(chunks, parts),
+                                   dim3(kSplitBlock), 0, stream, a, static_cast<const C*>(w));
+      if (!second) return second;
+      partial_rows = parts;
+    } else {
+      void (*const kernel)(backward_args<T>, int) = backward_rows_kernel<T, VEC, backward_items<T>()>;
+      int per_sm = 0;
+      const status r = resident_blocks(reinterpret_cast<const void*>(kernel), plan.block, plan.smem,
+                                       smem_limit<T>(dev), dev, per_sm);
+      if (!r) return r;
+      partial_rows = backward_blocks(plan, a.rows, dev, per_sm);
+      a.dgamma_partial = dgamma != nullptr ? w : nullptr;
+      a.dbeta_partial = dbeta != nullptr ? w + (dgamma != nullptr ? std::size_t(partial_rows) * cols : 0) : nullptr;
+      const status l = launch(kernel, dim3(static_cast<unsigned>(partial_rows)), dim3(plan.block), plan.smem, stream,
+                              a, plan.tpr);
+      if (!l) return l;
+    }
+    const dim3 grid(static_cast<unsigned>(ceil_div(cols, kWarp))), block(kWarp, 8);
+    if (dgamma != nullptr) {
+      const status r = launch(reduce_partials_kernel<C, W>, grid, block, 0, stream,
+                              static_cast<const C*>(a.dgamma_partial), static_cast<int>(partial_rows), a.cols, dgamma);
+      if (!r) return r;
+    }
+    if (dbeta != nullptr) {
+      return launch(reduce_partials_kernel<C, W>, grid, block, 0, stream, static_cast<const C*>(a.dbeta_partial),
+                    static_cast<int>(partial_rows), a.cols, dbeta);
+    }
+    return status{};
+  });
+}
+
+}  // namespace detail
+
+// ---- the public calls -------------------------------------------------------------------------
+//
+// Rows are `ld` elements apart (any ld for inputs; outputs' rows must not overlap), columns
+// contiguous. T: float, double, __half, __nv_bfloat16. W, the weights' type: T (the default) or
+// float, then given explicitly (layer_norm<__nv_bfloat16, float>(...)); weight pointers are not
+// deduced, so nullptr works for any of them. Pointers to parameters and statistics may be null where
+// noted (no weight: ones; no bias: zeros; no mean/rstd: not written). `workspace`: null lets a call
+// that needs one (the backward; the forward of rows too long for one block) allocate it
+// stream-ordered (cudaMallocAsync); or pass *_workspace_size() bytes.
+
+/// A weight-shaped argument of the public calls: W, in a context that does not deduce it.
+template <class W>
+using param_t = detail::identity_t<W>;
+
+/// y = (x - mean) / sqrt(var + eps) * gamma + beta over each row; mean and rstd per row if not null.
+///
+///   lnorm::cuda::layer_norm(x, cols, y, cols, rows, cols, gamma, beta, 1e-5, mean, rstd, stream);
+template <class T, class W = T>
+status layer_norm(const T* x, std::int64_t ld_x, T* y, std::int64_t ld_y, std::int64_t rows, std::int64_t cols,
+                  const param_t<W>* gamma, const param_t<W>* beta, double eps, stat_t<T>* mean = nullptr,
+                  stat_t<T>* rstd = nullptr, cudaStream_t stream = nullptr, void* workspace = nullptr,
+                  std::size_t workspace_bytes = 0) noexcept {
+  const detail::forward_args<T> a{x,    ld_x, nullptr, 0,   nullptr, nullptr, 0, y, ld_y, gamma, beta,
+                                  std::is_same_v<W, float>, mean, rstd, rows, 0, 0, false};
+  return detail::run_forward<T, W>(a, cols, eps, stream, workspace, workspace_bytes);
+}
+
+/// y = x / sqrt(mean(x^2) + eps) * gamma over each row; rstd per row if not null.
+///
+///   lnorm::cuda::rms_norm(x, cols, y, cols, rows, cols, gamma, 1e-6, nullptr, stream);
+template <class T, class W = T>
+status rms_norm(const T* x, std::int64_t ld_x, T* y, std::int64_t ld_y, std::int64_t rows, std::int64_t cols,
+                const param_t<W>* gamma, double eps, stat_t<T>* rstd = nullptr, cudaStream_t stream = nullptr,
+                void* workspace = nullptr, std::size_t workspace_bytes = 0) noexcept {
+  const detail::forward_args<T> a{x,     ld_x,    nullptr, 0, nullptr, nullptr, 0, y, ld_y, gamma, nullptr,
+                                  std::is_same_v<W, float>, nullptr, rstd, rows, 0, 0, true};
+  return detail::run_forward<T, W>(a, cols, eps, stream, workspace, workspace_bytes);
+}
+
+/// The transformer block's add & norm: s = (x + bias_in) + residual rounded to T (bias_in may be
+/// null), y = layer_norm(s). s and y may be x or residual themselves, not each other.
+///
+///   lnorm::cuda::add_layer_norm(h, d, attn, d, nullptr, h, d, normed, d, tokens, d, g, b, 1e-5);
+template <class T, class W = T>
+status add_layer_norm(const T* x, std::int64_t ld_x, const T* residual, std::int64_t ld_residual,
+                      const param_t<W>* bias_in, T* s, std::int64_t ld_s, T* y, std::int64_t ld_y, std::int64_t rows,
+                      std::int64_t cols, const param_t<W>* gamma, const param_t<W>* beta, double eps,
+                      stat_t<T>* mean = nullptr, stat_t<T>* rstd = nullptr, cudaStream_t stream = nullptr,
+                      void* workspace = nullptr, std::size_t workspace_bytes = 0) noexcept {
+  if (residual == nullptr) return {cudaErrorInvalidValue, "residual: null"};
+  const detail::forward_args<T> a{x, ld_x, residual, ld_residual, bias_in, s, ld_s, y, ld_y, gamma, beta,
+                                  std::is_same_v<W, float>, mean, rstd, rows, 0, 0, false};
+  return detail::run_forward<T, W>(a, cols, eps, stream, workspace, workspace_bytes);
+}
+
+/// s = (x + bias_in) + residual rounded to T, y = rms_norm(s).
+///
+///   lnorm::cuda::add_rms_norm(h, d, attn, d, nullptr, h, d, normed, d, tokens, d, g, 1e-6);
+template <class T, class W = T>
+status add_rms_norm(const T* x, std::int64_t ld_x, const T* residual, std::int64_t ld_residual,
+                    const param_t<W>* bias_in, T* s, std::int64_t ld_s, T* y, std::int64_t ld_y, std::int64_t rows,
+                    std::int64_t cols, const param_t<W>* gamma, double eps, stat_t<T>* rstd = nullptr,
+                    cudaStream_t stream = nullptr, void* workspace = nullptr,
+                    std::size_t workspace_bytes = 0) noexcept {
+  if (residual == nullptr) return {cudaErrorInvalidValue, "residual: null"};
+  const detail::forward_args<T> a{x, ld_x, residual, ld_residual, bias_in, s, ld_s, y, ld_y, gamma, nullptr,
+                                  std::is_same_v<W, float>, nullptr, rstd, rows, 0, 0, true};
+  return detail::run_forward<T, W>(a, cols, eps, stream, workspace, workspace_bytes);
+}
+
+/// dx of layer_norm, and dgamma = sum over rows of dy * xhat, dbeta = sum of dy (each may be null:
+/// not computed). mean and rstd are the forward's.
+///
+///   lnorm::cuda::layer_norm_backward(dy, d, x, d, mean, rstd, g, dx, d, rows, d, dg, db, stream);
+template <class T, class W = T>
+status layer_norm_backward(const T* dy, std::int64_t ld_dy, const T* x, std::int64_t ld_x, const stat_t<T>* mean,
+                           const stat_t<T>* rstd, const param_t<W>* gamma, T* dx, std::int64_t ld_dx,
+                           std::int64_t rows, std::int64_t cols, param_t<W>* dgamma, param_t<W>* dbeta,
+                           cudaStream_t stream = nullptr, void* workspace = nullptr,
+                           std::size_t workspace_bytes = 0) noexcept {
+  const detail::backward_args<T> a{dy,    ld_dy, x,       ld_x,    mean, rstd, gamma, std::is_same_v<W, float>,
+                                   dx,    ld_dx, nullptr, nullptr, rows, 0,    false};
+  return detail::run_backward<T, W>(a, cols, dgamma, dbeta, stream, workspace, workspace_bytes);
+}
+
+/// dx of rms_norm, and dgamma (may be null) = sum over rows of dy * x * rstd.
+///
+///   lnorm::cuda::rms_norm_backward(dy, d, x, d, rstd, g, dx, d, rows, d, dg, stream);
+template <class T, class W = T>
+status rms_norm_backward(const T* dy, std::int64_t ld_dy, const T* x, std::int64_t ld_x, const stat_t<T>* rstd,
+                         const param_t<W>* gamma, T* dx, std::int64_t ld_dx, std::int64_t rows, std::int64_t cols,
+                         param_t<W>* dgamma, cudaStream_t stream = nullptr, void* workspace = nullptr,
+                         std::size_t workspace_bytes = 0) noexcept {
+  const detail::backward_args<T> a{dy,    ld_dy, x,       ld_x,    nullptr, rstd, gamma, std::is_same_v<W, float>,
+                                   dx,    ld_dx, nullptr, nullptr, rows,    0,    true};
+  return detail::run_backward<T, W>(a, cols, dgamma, static_cast<W*>(nullptr), stream, workspace, workspace_bytes);
+}
+
+/// Bytes of workspace a forward call on the current device needs (0 for rows that fit one block).
+template <class T>
+status forward_workspace_size(std::int64_t rows, std::int64_t cols, std::size_t& bytes) noexcept {
+  bytes = 0;
+  status s = detail::check_shape(rows, cols);
+  detail::device_info dev;
+  if (!s || !(s = detail::current_device(dev))) return s;
+  bytes = detail::forward_workspace<T>(detail::plan_forward<T>(cols, dev), rows, cols);
+  return {};
+}
+
+/// Bytes of workspace a backward call on the current device needs, computing dgamma and/or dbeta.
+template <class T>
+status backward_workspace_size(std::int64_t rows, std::int64_t cols, bool dgamma, bool dbeta,
+                               std::size_t& bytes) noexcept {
+  bytes = 0;
+  status s = detail::check_shape(rows, cols);
+  detail::device_info dev;
+  if (!s || !(s = detail::current_device(dev))) return s;
+  const int nacc = int(dgamma) + int(dbeta);
+  bytes = detail::backward_workspace<T>(detail::plan_backward<T>(cols, nacc, dev), rows, cols, nacc, dev);
+  return {};
+}
+
+}  // namespace cuda
+}  // namespace lnorm

@@ -1,0 +1,377 @@
+// lnorm/cuda/testing/emulator.hpp: runs lnorm's CUDA kernels on the CPU, so that their logic is
+// tested on machines without a GPU. A translation unit compiled by a host compiler (g++, clang++;
+// the CUDA headers on the include path, no nvcc) with -DLNORM_CUDA_EMULATE includes this before
+// lnorm/cuda/norm.cuh (device.cuh does it). Each CUDA thread of a block is a cooperative fiber;
+// __syncthreads, warp shuffles and votes are rendezvous points, so a barrier or shuffle that not all
+// threads reach is reported as a deadlock instead of passing silently. Vector accesses are checked
+// for alignment, shared memory starts filled with garbage, and out-of-range launches are errors.
+// It does not model timing, caches, memory ordering between blocks, or the GPU's float rounding of
+// sqrt. It also defines the few CUDA runtime functions lnorm calls (memory is host memory), so
+// include it in one translation unit of a program only.
+//
+// Emulated devices (cudaSetDevice): 0 has 3 multiprocessors and 227 KiB of shared memory per block
+// (an H100's); 1 has 2 multiprocessors and 3 KiB, so that every long row takes the split path.
+#pragma once
+
+#if !defined(LNORM_CUDA_EMULATE)
+#error "lnorm/cuda/testing/emulator.hpp replaces the CUDA runtime: compile with -DLNORM_CUDA_EMULATE"
+#endif
+
+// The execution-space keywords are empty for host code (defined before CUDA's headers, which then
+// keep them); shared memory is static storage, shared by the fibers of the block that runs.
+#define __host__
+#define __device__
+#define __global__
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+#undef __shared__
+#define __shared__ static
+#undef __launch_bounds__
+#define __launch_bounds__(...)
+#undef __forceinline__
+#define __forceinline__ inline
+
+#include <ucontext.h>
+
+// swapcontext returns twice, which GCC's -Wclobbered cannot see is harmless here. (The kernels'
+// "#pragma unroll" means nothing to a host compiler: build with -Wno-unknown-pragmas.)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wclobbered"
+#endif
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <vector>
+
+using std::sqrt;
+
+namespace lnorm {
+namespace cuda {
+namespace emulator {
+
+struct device_model {
+  int sms;
+  int max_threads_per_sm;
+  int smem_per_block_optin;
+};
+
+inline const device_model& model(int device) {
+  static const device_model models[] = {{3, 2048, 227 * 1024}, {2, 2048, 3 * 1024}};
+  return models[device == 1 ? 1 : 0];
+}
+
+inline int& current_device() {
+  static int device = 0;
+  return device;
+}
+
+struct fiber {
+  ucontext_t context;
+  std::unique_ptr<char[]> stack;
+  uint3 thread;
+  int linear = 0;  // x + y * blockDim.x: the lane is linear % 32, the warp linear / 32
+  bool done = false;
+  const unsigned long* wait_generation = nullptr;  // blocked until *wait_generation != wait_value
+  unsigned long wait_value = 0;
+  const char* waiting_at = "";
+};
+
+struct barrier {
+  int size = 0;
+  int arrived = 0;
+  unsigned long generation = 0;
+};
+
+/// The block being run: its fibers, barriers, shuffle slots and shared memory.
+struct block_run {
+  std::vector<fiber> fibers;
+  ucontext_t scheduler;
+  int current = 0;
+  uint3 block;
+  dim3 block_dim, grid_dim;
+  barrier block_barrier;
+  std::vector<barrier> warp_barriers;
+  std::vector<std::uint64_t> warp_slots;  // 32 per warp
+  std::vector<unsigned char> smem;
+  std::function<void()> body;
+  bool failed = false;
+};
+
+inline block_run*& active() {
+  static block_run* run = nullptr;
+  return run;
+}
+
+inline fiber& self() { return active()->fibers[static_cast<std::size_t>(active()->current)]; }
+
+inline void fail(const char* what) {
+  std::fprintf(stderr, "lnorm CUDA emulator: %s\n", what);
+  std::abort();
+}
+
+/// Blocks the running fiber until every member of `b` has arrived.
+inline void wait(barrier& b, const char* where) {
+  block_run& run = *active();
+  const unsigned long generation = b.generation;
+  if (++b.arrived == b.size) {
+    b.arrived = 0;
+    ++b.generation;
+    return;
+  }
+  fiber& f = self();
+  f.wait_generation = &b.generation;
+  f.wait_value = generation;
+  f.waiting_at = where;
+  swapcontext(&f.context, &run.scheduler);
+}
+
+inline int lane() { return self().linear & 31; }
+inline int warp() { return self().linear / 32; }
+
+/// Every lane of the warp publishes `bits`; returns read(slots of the warp, this lane).
+template <class F>
+std::uint64_t warp_exchange(unsigned mask, std::uint64_t bits, F read, const char* where) {
+  block_run& run = *active();
+  const std::size_t w = static_cast<std::size_t>(warp());
+  if (mask != 0xffffffffu) fail("warp operation with a partial mask (lnorm uses full warps only)");
+  if (run.warp_barriers[w].size != 32) fail("full-mask warp operation in a partial warp");
+  std::uint64_t* slots = &run.warp_slots[w * 32];
+  slots[lane()] = bits;
+  wait(run.warp_barriers[w], where);
+  const std::uint64_t got = read(slots, lane());
+  wait(run.warp_barriers[w], where);  // nobody overwrites a slot before every lane has read
+  return got;
+}
+
+inline void entry() {
+  active()->body();
+  self().done = true;
+}
+
+inline std::map<const void*, int>& smem_attributes() {
+  static std::map<const void*, int> attributes;
+  return attributes;
+}
+
+inline unsigned char* dynamic_smem() { return active()->smem.data(); }
+
+/// Runs every block of a launch, one after the other, each as fibers until all have finished.
+template <class... Params, class... Args>
+cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t,
+                   Args... args) {
+  const device_model& dev = model(current_device());
+  const unsigned threads = block.x * block.y * block.z;
+  if (threads == 0 || threads > 1024 || grid.x == 0 || grid.y == 0 || grid.y > 65535 || grid.z != 1)
+    return cudaErrorInvalidConfiguration;
+  if (block.z != 1) fail("lnorm's blocks are one- or two-dimensional");
+  auto allowed = smem_attributes().find(reinterpret_cast<const void*>(kernel));
+  const std::size_t limit = allowed == smem_attributes().end() ? 48 * 1024 : static_cast<std::size_t>(allowed->second);
+  if (smem > limit || smem > static_cast<std::size_t>(dev.smem_per_block_optin))
+    return cudaErrorInvalidValue;  // a GPU refuses the launch: more shared memory than allowed
+
+  constexpr std::size_t kStack = 256 * 1024;
+  block_run run;
+  run.fibers.resize(threads);
+  for (fiber& f : run.fibers) f.stack.reset(new char[kStack]);
+  const unsigned warps = (threads + 31) / 32;
+  run.warp_barriers.resize(warps);
+  run.warp_slots.assign(static_cast<std::size_t>(warps) * 32, 0);
+  run.block_dim = block;
+  run.grid_dim = grid;
+  run.body = [&] { kernel(args...); };
+  active() = &run;
+  for (unsigned by = 0; by < grid.y; ++by) {
+    for (unsigned bx = 0; bx < grid.x; ++bx) {
+      run.block = uint3{bx, by, 0};
+      run.smem.assign(smem + 16, 0xCD);  // garbage, as a GPU's shared memory would hold
+      run.block_barrier = barrier{static_cast<int>(threads), 0, 0};
+      for (unsigned w = 0; w < warps; ++w) {
+        const unsigned size = threads - 32 * w < 32 ? threads - 32 * w : 32;
+        run.warp_barriers[w] = barrier{static_cast<int>(size), 0, 0};
+      }
+      for (unsigned i = 0; i < threads; ++i) {
+        fiber& f = run.fibers[i];
+        f.thread = uint3{i % block.x, i / block.x, 0};
+        f.linear = static_cast<int>(i);
+        f.done = false;
+        f.wait_generation = nullptr;
+        getcontext(&f.context);
+        f.context.uc_stack.ss_sp = f.stack.get();
+        f.context.uc_stack.ss_size = kStack;
+        f.context.uc_link = &run.scheduler;
+        makecontext(&f.context, entry, 0);
+      }
+      unsigned finished = 0;
+      while (finished < threads) {
+        bool progress = false;
+        for (unsigned i = 0; i < threads; ++i) {
+          fiber& f = run.fibers[i];
+          if (f.done || (f.wait_generation != nullptr && *f.wait_generation == f.wait_value)) continue;
+          f.wait_generation = nullptr;
+          run.current = static_cast<int>(i);
+          swapcontext(&run.scheduler, &f.context);
+          progress = true;
+          if (f.done) ++finished;
+        }
+        if (!progress) {
+          std::fprintf(stderr, "lnorm CUDA emulator: deadlock in block (%u, %u):", bx, by);
+          for (unsigned i = 0; i < threads; ++i) {
+            const fiber& f = run.fibers[i];
+            if (i < 64 || !f.done) std::fprintf(stderr, " t%u:%s", i, f.done ? "exited" : f.waiting_at);
+            if (i == 64) std::fprintf(stderr, " ...");
+          }
+          std::fprintf(stderr, "\n");
+          active() = nullptr;
+          return cudaErrorLaunchFailure;
+        }
+      }
+    }
+  }
+  active() = nullptr;
+  return cudaSuccess;
+}
+
+inline void check_aligned(const void* p, std::size_t align, const char* file, int line) {
+  if (reinterpret_cast<std::uintptr_t>(p) % align != 0) {
+    std::fprintf(stderr, "lnorm CUDA emulator: %zu-byte access at %p not aligned (%s:%d)\n", align, p, file, line);
+    std::abort();
+  }
+}
+
+inline const uint3& thread_idx() { return self().thread; }
+inline const uint3& block_idx() { return active()->block; }
+inline const dim3& block_dim() { return active()->block_dim; }
+inline const dim3& grid_dim() { return active()->grid_dim; }
+
+}  // namespace emulator
+}  // namespace cuda
+}  // namespace lnorm
+
+#define LNORM_CUDA_CHECK_ALIGNED(ptr, align) \
+  ::lnorm::cuda::emulator::check_aligned(ptr, align, __FILE__, __LINE__)
+#define threadIdx (::lnorm::cuda::emulator::thread_idx())
+#define blockIdx (::lnorm::cuda::emulator::block_idx())
+#define blockDim (::lnorm::cuda::emulator::block_dim())
+#define gridDim (::lnorm::cuda::emulator::grid_dim())
+
+// ---- device intrinsics ----------------------------------------------------------------------------
+
+inline void __syncthreads() {
+  lnorm::cuda::emulator::wait(lnorm::cuda::emulator::active()->block_barrier, "__syncthreads");
+}
+
+template <class V>
+V __shfl_xor_sync(unsigned mask, V v, int lane_mask, int width = 32) {
+  static_assert(sizeof(V) <= 8, "shuffles move at most 8 bytes");
+  std::uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(V));
+  bits = lnorm::cuda::emulator::warp_exchange(
+      mask, bits,
+      [&](const std::uint64_t* slots, int lane) {
+        const int src = lane ^ lane_mask;
+        return slots[(src & ~(width - 1)) == (lane & ~(width - 1)) ? src : lane];
+      },
+      "__shfl_xor_sync");
+  V out;
+  std::memcpy(&out, &bits, sizeof(V));
+  return out;
+}
+
+inline int __any_sync(unsigned mask, int predicate) {
+  return static_cast<int>(lnorm::cuda::emulator::warp_exchange(
+      mask, predicate != 0,
+      [](const std::uint64_t* slots, int) {
+        std::uint64_t any = 0;
+        for (int i = 0; i < 32; ++i) any |= slots[i];
+        return any;
+      },
+      "__any_sync"));
+}
+
+// ---- the CUDA runtime functions lnorm calls ---------------------------------------------------
+
+extern "C" {
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  *count = 2;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int* device) {
+  *device = lnorm::cuda::emulator::current_device();
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int device) {
+  if (device < 0 || device > 1) return cudaErrorInvalidDevice;
+  lnorm::cuda::emulator::current_device() = device;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int device) {
+  const lnorm::cuda::emulator::device_model& m = lnorm::cuda::emulator::model(device);
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *value = m.sms; return cudaSuccess;
+    case cudaDevAttrMaxThreadsPerMultiProcessor: *value = m.max_threads_per_sm; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = m.smem_per_block_optin; return cudaSuccess;
+    default: return cudaErrorInvalidValue;
+  }
+}
+cudaError_t cudaFuncSetAttribute(const void* func, enum cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
+  if (value > lnorm::cuda::emulator::model(lnorm::cuda::emulator::current_device()).smem_per_block_optin)
+    return cudaErrorInvalidValue;
+  lnorm::cuda::emulator::smem_attributes()[func] = value;
+  return cudaSuccess;
+}
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, const void* func, int block_size,
+                                                          size_t smem) {
+  const lnorm::cuda::emulator::device_model& m = lnorm::cuda::emulator::model(lnorm::cuda::emulator::current_device());
+  auto allowed = lnorm::cuda::emulator::smem_attributes().find(func);
+  if (smem > (allowed == lnorm::cuda::emulator::smem_attributes().end() ? 48 * 1024u : size_t(allowed->second))) {
+    *blocks = 0;
+    return cudaSuccess;
+  }
+  int n = m.max_threads_per_sm / block_size;
+  if (smem > 0 && static_cast<int>(228 * 1024 / smem) < n) n = static_cast<int>(228 * 1024 / smem);
+  *blocks = n < 32 ? n : 32;
+  return cudaSuccess;
+}
+cudaError_t cudaGetLastError(void) { return cudaSuccess; }
+cudaError_t cudaPeekAtLastError(void) { return cudaSuccess; }
+const char* cudaGetErrorString(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorLaunchFailure: return "unspecified launch failure (emulator: deadlock)";
+    default: return "emulated CUDA error";
+  }
+}
+cudaError_t cudaMalloc(void** ptr, size_t size) {
+  *ptr = std::malloc(size ? size : 1);
+  if (*ptr != nullptr) std::memset(*ptr, 0xAB, size);  // not zero: a kernel must not rely on it
+  return *ptr ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+cudaError_t cudaFree(void* ptr) {
+  std::free(ptr);
+  return cudaSuccess;
+}
+cudaError_t cudaMallocAsync(void** ptr, size_t size, cudaStream_t) { return cudaMalloc(ptr, size); }
+cudaError_t cudaFreeAsync(void* ptr, cudaStream_t) { return cudaFree(ptr); }
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpyKind) {
+  std::memcpy(dst, src, count);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t) {
+  std::memset(ptr, value, count);
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+
+}  // extern "C"
