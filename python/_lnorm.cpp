@@ -192,8 +192,15 @@ struct fast_calls {
   PyTypeObject* ndarray = nullptr;
   nb::handle empty_like;  // a reference held for the life of the process (never released at exit)
 };
+// NumPy is imported on the first fast call, not when the module loads (the stub generator imports
+// the module where NumPy may be absent).
 fast_calls& fast() {
   static fast_calls f;
+  if (!f.ndarray) {
+    nb::module_ np = nb::module_::import_("numpy");
+    f.empty_like = nb::object(np.attr("empty_like")).release();
+    f.ndarray = reinterpret_cast<PyTypeObject*>(np.attr("ndarray").ptr());
+  }
   return f;
 }
 
@@ -354,8 +361,6 @@ NB_MODULE(_lnorm, m) {
         nb::arg("rstd"), nb::arg("weight").none(), nb::arg("dx"), nb::arg("dweight").none(), nb::arg("dbias").none(),
         nb::arg("mask"), "dx (and dweight, dbias) of layer_norm or rms_norm.");
 
-  fast().ndarray = reinterpret_cast<PyTypeObject*>(nb::module_::import_("numpy").attr("ndarray").ptr());
-  fast().empty_like = nb::object(nb::module_::import_("numpy").attr("empty_like")).release();
   m.def("fast_forward", &fast_forward, nb::arg("rms"), nb::arg("x"), nb::arg("weight").none(), nb::arg("bias").none(),
         nb::arg("eps").none(), nb::arg("out").none(), nb::arg("max_bytes"),
         "layer_norm/rms_norm of a C-contiguous array over its last axis, y allocated; None when the call does not fit.");

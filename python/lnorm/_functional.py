@@ -189,14 +189,21 @@ def _norm_shape(x: np.ndarray, axes: Tuple[int, ...]) -> Tuple[int, ...]:
 _AXIS_PLANS: dict = {}
 
 
+def _plain_axis(axis: Any) -> bool:
+    """An int or a tuple of ints, exactly: only those are cached (1.0 == 1 and hashes like it)."""
+    t = type(axis)
+    return t is int or (t is tuple and all(type(a) is int for a in axis))
+
+
 def _axis_plan(axis: Axis, ndim: int) -> Tuple[Tuple[int, ...], int]:
-    try:
-        return _AXIS_PLANS[axis, ndim]
-    except (KeyError, TypeError):  # new, or unhashable (a list)
-        pass
+    plain = _plain_axis(axis)
+    if plain:
+        plan = _AXIS_PLANS.get((axis, ndim))
+        if plan is not None:
+            return plan
     axes = _axes(axis, ndim)
     plan = (axes, _mask(axes))
-    if isinstance(axis, (int, tuple)) and len(_AXIS_PLANS) < 4096:
+    if plain and len(_AXIS_PLANS) < 4096:
         _AXIS_PLANS[axis, ndim] = plan
     return plan
 
