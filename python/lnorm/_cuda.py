@@ -490,6 +490,15 @@ class _Plan:
         a = x.lib.empty(self.stats_shape, self.stat_dtype, x.device)
         return a, x.lib.reshape(a, (self.rows,))
 
+    def new_stats(self, x: _Operand, rms: bool, wanted: bool):
+        """(mean, rstd, mean_rows, rstd_rows) for return_stats (mean None for RMSNorm), else Nones."""
+        mean = rstd = mean_rows = rstd_rows = None
+        if wanted:
+            if not rms:
+                mean, mean_rows = self.new_stat(x)
+            rstd, rstd_rows = self.new_stat(x)
+        return mean, rstd, mean_rows, rstd_rows
+
 
 def _workspace(lib, nbytes: int, device: int):
     return lib.empty((nbytes,), "uint8", device) if nbytes else None
@@ -602,11 +611,7 @@ def _forward(rms: bool, x: Any, weight: Any, bias: Any, axis: Any, eps: Any, out
         w, wdt = plan.param(weight, "weight", xo, None)
         b, _ = plan.param(bias, "bias", xo, wdt)
         y, y_rows, back = plan.output(out, "out", xo, (xo,))
-        mean = rstd = mean_rows = rstd_rows = None
-        if return_stats:
-            if not rms:
-                mean, mean_rows = plan.new_stat(xo)
-            rstd, rstd_rows = plan.new_stat(xo)
+        mean, rstd, mean_rows, rstd_rows = plan.new_stats(xo, rms, return_stats)
         if plan.rows:
             module = native()
             ws = _workspace(lib, module.forward_workspace_bytes(plan.rows, plan.cols, xo.dtype, xo.device), xo.device)
@@ -671,11 +676,7 @@ def _add_forward(rms: bool, x: Any, residual: Any, weight: Any, bias: Any, bias_
             yo, so = _operand(out, "out", xo.device), _operand(residual_out, "residual_out", xo.device)
             if yo.same_view(so) or yo.overlaps(so):
                 raise ValueError("out: must not share memory with residual_out")
-        mean = rstd = mean_rows = rstd_rows = None
-        if return_stats:
-            if not rms:
-                mean, mean_rows = plan.new_stat(xo)
-            rstd, rstd_rows = plan.new_stat(xo)
+        mean, rstd, mean_rows, rstd_rows = plan.new_stats(xo, rms, return_stats)
         if plan.rows:
             module = native()
             ws = _workspace(lib, module.forward_workspace_bytes(plan.rows, plan.cols, xo.dtype, xo.device), xo.device)

@@ -262,20 +262,7 @@ __global__ void __launch_bounds__(kSplitBlock) backward_chunk_kernel(const backw
       if (count <= 0) continue;
       const pack<T, VEC> xv = load_pack<VEC>(a.x + row * a.ld_x + first, count);
       const pack<T, VEC> dv = load_pack<VEC>(a.dy + row * a.ld_dy + first, count);
-      C g[VEC];
-      load_param<VEC, T>(a.gamma, a.w_float, first, count, C(1), g);
-      pack<T, VEC> out;
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        const C xhat = (static_cast<C>(widen(xv.v[e])) - mu) * rs;
-        const C d = static_cast<C>(widen(dv.v[e]));
-        out.v[e] = narrow<T>(rs * (d * g[e] - c1 - xhat * c2));
-        if (e < count) {
-          acc_dg[j * VEC + e] += d * xhat;
-          acc_db[j * VEC + e] += d;
-        }
-      }
-      store_pack<VEC>(a.dx + row * a.ld_dx + first, out, count);
+      store_dx<VEC>(a, row, first, count, xv, dv, mu, rs, c1, c2, acc_dg + j * VEC, acc_db + j * VEC, 1);
     }
   }
 #pragma unroll

@@ -266,18 +266,16 @@ struct kernels {
   static void normalize_row_piped_any(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
                                       calc_t<T> c, calc_t<T> r, bool stream, const T* nx,
                                       row_sums<T, Rms>& acc) noexcept {
-    const std::int64_t head = stream_head(y);
-    if (stream && head >= 0 && n >= 4 * V<T>::lanes) {
-      if (gamma && beta) normalize_row_piped<true, true, true>(x, y, n, gamma, beta, m0, c, r, head, nx, acc);
-      else if (gamma) normalize_row_piped<true, false, true>(x, y, n, gamma, beta, m0, c, r, head, nx, acc);
-      else if (beta) normalize_row_piped<false, true, true>(x, y, n, gamma, beta, m0, c, r, head, nx, acc);
-      else normalize_row_piped<false, false, true>(x, y, n, gamma, beta, m0, c, r, head, nx, acc);
-    } else {
-      if (gamma && beta) normalize_row_piped<true, true, false>(x, y, n, gamma, beta, m0, c, r, 0, nx, acc);
-      else if (gamma) normalize_row_piped<true, false, false>(x, y, n, gamma, beta, m0, c, r, 0, nx, acc);
-      else if (beta) normalize_row_piped<false, true, false>(x, y, n, gamma, beta, m0, c, r, 0, nx, acc);
-      else normalize_row_piped<false, false, false>(x, y, n, gamma, beta, m0, c, r, 0, nx, acc);
-    }
+    // Full vectors are stored from a cache-line boundary on, streamed or not: a store split across
+    // two lines costs as much as two.
+    const std::int64_t aligned = stream_head(y);
+    const bool lined = aligned >= 0 && n >= 4 * V<T>::lanes;
+    const std::int64_t head = lined ? aligned : 0;
+    with_affine(gamma, beta, [&](auto g, auto b) {
+      constexpr bool G = decltype(g)::value, B = decltype(b)::value;
+      if (stream && lined) normalize_row_piped<G, B, true>(x, y, n, gamma, beta, m0, c, r, head, nx, acc);
+      else normalize_row_piped<G, B, false>(x, y, n, gamma, beta, m0, c, r, head, nx, acc);
+    });
   }
 
   // The sums of the row a pipelined call normalizes next, left by the call before it on this thread
@@ -304,13 +302,21 @@ struct kernels {
     return hit;
   }
 
+  // Calls f(std::bool_constant<G>, std::bool_constant<B>) for which of gamma and beta are given.
+  template <class W, class F>
+  static void with_affine(const W* gamma, const W* beta, F&& f) noexcept {
+    if (gamma && beta) f(std::true_type{}, std::true_type{});
+    else if (gamma) f(std::true_type{}, std::false_type{});
+    else if (beta) f(std::false_type{}, std::true_type{});
+    else f(std::false_type{}, std::false_type{});
+  }
+
   template <class T, class W>
   static void normalize_row_any(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
                                 calc_t<T> c, calc_t<T> r, bool stream, const T* next = nullptr) noexcept {
-    if (gamma && beta) normalize_row<true, true>(x, y, n, gamma, beta, m0, c, r, stream, next);
-    else if (gamma) normalize_row<true, false>(x, y, n, gamma, beta, m0, c, r, stream, next);
-    else if (beta) normalize_row<false, true>(x, y, n, gamma, beta, m0, c, r, stream, next);
-    else normalize_row<false, false>(x, y, n, gamma, beta, m0, c, r, stream, next);
+    with_affine(gamma, beta, [&](auto g, auto b) {
+      normalize_row<decltype(g)::value, decltype(b)::value>(x, y, n, gamma, beta, m0, c, r, stream, next);
+    });
   }
 
   // Prefetches the line of `next` at element i. The next row is fetched while this one is worked on:
@@ -493,10 +499,10 @@ struct kernels {
       T* nxt = buf + (cur == buf ? n : 0);
       const E shift = Rms ? E(0) : added_shift(next_x, next_res, bias_in, n);
       row_sums<T, Rms> acc(shift);
-      if (gamma && beta) add_norm_piped<true, true>(cur, s, y, n, gamma, beta, m0, c, r, head, next_x, next_res, bias_in, nxt, acc);
-      else if (gamma) add_norm_piped<true, false>(cur, s, y, n, gamma, beta, m0, c, r, head, next_x, next_res, bias_in, nxt, acc);
-      else if (beta) add_norm_piped<false, true>(cur, s, y, n, gamma, beta, m0, c, r, head, next_x, next_res, bias_in, nxt, acc);
-      else add_norm_piped<false, false>(cur, s, y, n, gamma, beta, m0, c, r, head, next_x, next_res, bias_in, nxt, acc);
+      with_affine(gamma, beta, [&](auto g, auto b) {
+        add_norm_piped<decltype(g)::value, decltype(b)::value>(cur, s, y, n, gamma, beta, m0, c, r, head, next_x,
+                                                                next_res, bias_in, nxt, acc);
+      });
       cr = {next_x, next_res, buf, n, Rms, cur == buf ? std::int64_t{1} : std::int64_t{0}, shift, acc.sum_d(), acc.sum_q()};
     } else {
       normalize_row_any(cur, y, n, gamma, beta, m0, c, r, true, next_x);
@@ -761,9 +767,11 @@ struct kernels {
         return;
       }
     }
+    // Full vectors stored from a cache-line boundary on (see normalize_row_piped_any).
     const std::int64_t aligned_head = stream_head(dx);
-    const bool streamed = stream && aligned_head >= 0 && n >= 4 * V<T>::lanes;
-    const std::int64_t head = streamed ? aligned_head : 0;
+    const bool lined = aligned_head >= 0 && n >= 4 * V<T>::lanes;
+    const bool streamed = stream && lined;
+    const std::int64_t head = lined ? aligned_head : 0;
     if (piped && next_x && next_dy) {
       E nsg, nsx;
       if (streamed)
