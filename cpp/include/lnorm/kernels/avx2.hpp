@@ -28,7 +28,7 @@ namespace lnorm {
 namespace avx2 {
 
 // Lanes [0, n) all ones, the rest zero, as a 256-bit mask.
-inline __m256i lane_mask32(std::int64_t n) noexcept {
+LNORM_VEC_INLINE __m256i lane_mask32(std::int64_t n) noexcept {
   const int k = n <= 0 ? 0 : n >= 8 ? 8 : static_cast<int>(n);
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
@@ -40,41 +40,41 @@ template <>
 struct vec<float> {
   using reg = __m256;
   static constexpr std::int64_t lanes = 8;
-  static reg zero() noexcept { return _mm256_setzero_ps(); }
-  static reg set1(float v) noexcept { return _mm256_set1_ps(v); }
-  static reg load(const float* p) noexcept { return _mm256_loadu_ps(p); }
-  static reg load(const float16_t* p) noexcept { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-  static reg load(const bfloat16_t* p) noexcept {
+  LNORM_VEC_INLINE static reg zero() noexcept { return _mm256_setzero_ps(); }
+  LNORM_VEC_INLINE static reg set1(float v) noexcept { return _mm256_set1_ps(v); }
+  LNORM_VEC_INLINE static reg load(const float* p) noexcept { return _mm256_loadu_ps(p); }
+  LNORM_VEC_INLINE static reg load(const float16_t* p) noexcept { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  LNORM_VEC_INLINE static reg load(const bfloat16_t* p) noexcept {
     const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
   }
-  static void store(float* p, reg v) noexcept { _mm256_storeu_ps(p, v); }
-  static void store(float16_t* p, reg v) noexcept {
+  LNORM_VEC_INLINE static void store(float* p, reg v) noexcept { _mm256_storeu_ps(p, v); }
+  LNORM_VEC_INLINE static void store(float16_t* p, reg v) noexcept {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
-  static void store(bfloat16_t* p, reg v) noexcept { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), to_bf16(v)); }
+  LNORM_VEC_INLINE static void store(bfloat16_t* p, reg v) noexcept { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), to_bf16(v)); }
   // Non-temporal stores of a full vector; p aligned to lanes * sizeof(X) bytes.
-  static void stream(float* p, reg v) noexcept { _mm256_stream_ps(p, v); }
-  static void stream(float16_t* p, reg v) noexcept {
+  LNORM_VEC_INLINE static void stream(float* p, reg v) noexcept { _mm256_stream_ps(p, v); }
+  LNORM_VEC_INLINE static void stream(float16_t* p, reg v) noexcept {
     _mm_stream_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
-  static void stream(bfloat16_t* p, reg v) noexcept { _mm_stream_si128(reinterpret_cast<__m128i*>(p), to_bf16(v)); }
+  LNORM_VEC_INLINE static void stream(bfloat16_t* p, reg v) noexcept { _mm_stream_si128(reinterpret_cast<__m128i*>(p), to_bf16(v)); }
   // Two vectors (a then b) non-temporally, p aligned to 2 * lanes * sizeof(X): 16-bit data as one
   // 32-byte store.
-  static void stream2(float* p, reg a, reg b) noexcept {
+  LNORM_VEC_INLINE static void stream2(float* p, reg a, reg b) noexcept {
     _mm256_stream_ps(p, a);
     _mm256_stream_ps(p + 8, b);
   }
-  static void stream2(float16_t* p, reg a, reg b) noexcept {
+  LNORM_VEC_INLINE static void stream2(float16_t* p, reg a, reg b) noexcept {
     const int rc = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     _mm256_stream_si256(reinterpret_cast<__m256i*>(p), _mm256_set_m128i(_mm256_cvtps_ph(b, rc), _mm256_cvtps_ph(a, rc)));
   }
-  static void stream2(bfloat16_t* p, reg a, reg b) noexcept {
+  LNORM_VEC_INLINE static void stream2(bfloat16_t* p, reg a, reg b) noexcept {
     _mm256_stream_si256(reinterpret_cast<__m256i*>(p), _mm256_set_m128i(to_bf16(b), to_bf16(a)));
   }
-  static void fence() noexcept { _mm_sfence(); }
+  LNORM_VEC_INLINE static void fence() noexcept { _mm_sfence(); }
   // Round to nearest even on the bits; NaN stays a (quiet) NaN. 8 floats -> 8 bfloat16 in 128 bits.
-  static __m128i to_bf16(reg v) noexcept {
+  LNORM_VEC_INLINE static __m128i to_bf16(reg v) noexcept {
     const __m256i u = _mm256_castps_si256(v);
     const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
     __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb));
@@ -85,12 +85,12 @@ struct vec<float> {
     return _mm256_castsi256_si128(packed);
   }
 #include "buffered_tail.inl"
-  static reg add(reg a, reg b) noexcept { return _mm256_add_ps(a, b); }
-  static reg sub(reg a, reg b) noexcept { return _mm256_sub_ps(a, b); }
-  static reg mul(reg a, reg b) noexcept { return _mm256_mul_ps(a, b); }
-  static reg fma(reg a, reg b, reg c) noexcept { return _mm256_fmadd_ps(a, b, c); }
-  static reg head(reg v, std::int64_t n) noexcept { return _mm256_and_ps(v, _mm256_castsi256_ps(lane_mask32(n))); }
-  static float sum(reg v) noexcept {
+  LNORM_VEC_INLINE static reg add(reg a, reg b) noexcept { return _mm256_add_ps(a, b); }
+  LNORM_VEC_INLINE static reg sub(reg a, reg b) noexcept { return _mm256_sub_ps(a, b); }
+  LNORM_VEC_INLINE static reg mul(reg a, reg b) noexcept { return _mm256_mul_ps(a, b); }
+  LNORM_VEC_INLINE static reg fma(reg a, reg b, reg c) noexcept { return _mm256_fmadd_ps(a, b, c); }
+  LNORM_VEC_INLINE static reg head(reg v, std::int64_t n) noexcept { return _mm256_and_ps(v, _mm256_castsi256_ps(lane_mask32(n))); }
+  LNORM_VEC_INLINE static float sum(reg v) noexcept {
     __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     q = _mm_add_ps(q, _mm_movehl_ps(q, q));
     q = _mm_add_ss(q, _mm_movehdup_ps(q));
@@ -102,28 +102,28 @@ template <>
 struct vec<double> {
   using reg = __m256d;
   static constexpr std::int64_t lanes = 4;
-  static reg zero() noexcept { return _mm256_setzero_pd(); }
-  static reg set1(double v) noexcept { return _mm256_set1_pd(v); }
-  static reg load(const double* p) noexcept { return _mm256_loadu_pd(p); }
-  static reg load(const float* p) noexcept { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
-  static void store(double* p, reg v) noexcept { _mm256_storeu_pd(p, v); }
-  static void stream(double* p, reg v) noexcept { _mm256_stream_pd(p, v); }
-  static void stream2(double* p, reg a, reg b) noexcept {
+  LNORM_VEC_INLINE static reg zero() noexcept { return _mm256_setzero_pd(); }
+  LNORM_VEC_INLINE static reg set1(double v) noexcept { return _mm256_set1_pd(v); }
+  LNORM_VEC_INLINE static reg load(const double* p) noexcept { return _mm256_loadu_pd(p); }
+  LNORM_VEC_INLINE static reg load(const float* p) noexcept { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
+  LNORM_VEC_INLINE static void store(double* p, reg v) noexcept { _mm256_storeu_pd(p, v); }
+  LNORM_VEC_INLINE static void stream(double* p, reg v) noexcept { _mm256_stream_pd(p, v); }
+  LNORM_VEC_INLINE static void stream2(double* p, reg a, reg b) noexcept {
     _mm256_stream_pd(p, a);
     _mm256_stream_pd(p + 4, b);
   }
-  static void fence() noexcept { _mm_sfence(); }
+  LNORM_VEC_INLINE static void fence() noexcept { _mm_sfence(); }
 #include "buffered_tail.inl"
-  static reg add(reg a, reg b) noexcept { return _mm256_add_pd(a, b); }
-  static reg sub(reg a, reg b) noexcept { return _mm256_sub_pd(a, b); }
-  static reg mul(reg a, reg b) noexcept { return _mm256_mul_pd(a, b); }
-  static reg fma(reg a, reg b, reg c) noexcept { return _mm256_fmadd_pd(a, b, c); }
-  static reg head(reg v, std::int64_t n) noexcept {
+  LNORM_VEC_INLINE static reg add(reg a, reg b) noexcept { return _mm256_add_pd(a, b); }
+  LNORM_VEC_INLINE static reg sub(reg a, reg b) noexcept { return _mm256_sub_pd(a, b); }
+  LNORM_VEC_INLINE static reg mul(reg a, reg b) noexcept { return _mm256_mul_pd(a, b); }
+  LNORM_VEC_INLINE static reg fma(reg a, reg b, reg c) noexcept { return _mm256_fmadd_pd(a, b, c); }
+  LNORM_VEC_INLINE static reg head(reg v, std::int64_t n) noexcept {
     const int k = n <= 0 ? 0 : n >= 4 ? 4 : static_cast<int>(n);
     const __m256i m = _mm256_cmpgt_epi64(_mm256_set1_epi64x(k), _mm256_setr_epi64x(0, 1, 2, 3));
     return _mm256_and_pd(v, _mm256_castsi256_pd(m));
   }
-  static double sum(reg v) noexcept {
+  LNORM_VEC_INLINE static double sum(reg v) noexcept {
     __m128d q = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     q = _mm_add_sd(q, _mm_unpackhi_pd(q, q));
     return _mm_cvtsd_f64(q);

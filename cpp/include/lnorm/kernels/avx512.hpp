@@ -40,61 +40,63 @@ template <>
 struct vec<float> {
   using reg = __m512;
   static constexpr std::int64_t lanes = 16;
-  static __mmask16 mask(std::int64_t n) noexcept {
+  LNORM_VEC_INLINE static __mmask16 mask(std::int64_t n) noexcept {
     return n >= 16 ? static_cast<__mmask16>(0xffff) : n <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << n) - 1);
   }
-  static reg zero() noexcept { return _mm512_setzero_ps(); }
-  static reg set1(float v) noexcept { return _mm512_set1_ps(v); }
-  static reg load(const float* p) noexcept { return _mm512_loadu_ps(p); }
-  static reg load(const float16_t* p) noexcept {
+  LNORM_VEC_INLINE static reg zero() noexcept { return _mm512_setzero_ps(); }
+  LNORM_VEC_INLINE static reg set1(float v) noexcept { return _mm512_set1_ps(v); }
+  LNORM_VEC_INLINE static reg load(const float* p) noexcept { return _mm512_loadu_ps(p); }
+  LNORM_VEC_INLINE static reg load(const float16_t* p) noexcept {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
-  static reg load(const bfloat16_t* p) noexcept {
+  LNORM_VEC_INLINE static reg load(const bfloat16_t* p) noexcept {
     return from_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
-  static reg load_n(const float* p, std::int64_t n) noexcept { return _mm512_maskz_loadu_ps(mask(n), p); }
-  static reg load_n(const float16_t* p, std::int64_t n) noexcept {
+  LNORM_VEC_INLINE static reg load_n(const float* p, std::int64_t n) noexcept { return _mm512_maskz_loadu_ps(mask(n), p); }
+  LNORM_VEC_INLINE static reg load_n(const float16_t* p, std::int64_t n) noexcept {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask(n), p));
   }
-  static reg load_n(const bfloat16_t* p, std::int64_t n) noexcept {
+  LNORM_VEC_INLINE static reg load_n(const bfloat16_t* p, std::int64_t n) noexcept {
     return from_bf16(_mm256_maskz_loadu_epi16(mask(n), p));
   }
-  static void store(float* p, reg v) noexcept { _mm512_storeu_ps(p, v); }
-  static void store(float16_t* p, reg v) noexcept {
+  LNORM_VEC_INLINE static void store(float* p, reg v) noexcept { _mm512_storeu_ps(p, v); }
+  LNORM_VEC_INLINE static void store(float16_t* p, reg v) noexcept {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
-  static void store(bfloat16_t* p, reg v) noexcept { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_bf16(v)); }
-  static void store_n(float* p, reg v, std::int64_t n) noexcept { _mm512_mask_storeu_ps(p, mask(n), v); }
-  static void store_n(float16_t* p, reg v, std::int64_t n) noexcept {
+  LNORM_VEC_INLINE static void store(bfloat16_t* p, reg v) noexcept { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_bf16(v)); }
+  LNORM_VEC_INLINE static void store_n(float* p, reg v, std::int64_t n) noexcept { _mm512_mask_storeu_ps(p, mask(n), v); }
+  LNORM_VEC_INLINE static void store_n(float16_t* p, reg v, std::int64_t n) noexcept {
     _mm256_mask_storeu_epi16(p, mask(n), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
-  static void store_n(bfloat16_t* p, reg v, std::int64_t n) noexcept { _mm256_mask_storeu_epi16(p, mask(n), to_bf16(v)); }
+  LNORM_VEC_INLINE static void store_n(bfloat16_t* p, reg v, std::int64_t n) noexcept { _mm256_mask_storeu_epi16(p, mask(n), to_bf16(v)); }
   // Non-temporal stores of a full vector; p aligned to lanes * sizeof(X) bytes.
-  static void stream(float* p, reg v) noexcept { _mm512_stream_ps(p, v); }
-  static void stream(float16_t* p, reg v) noexcept {
+  LNORM_VEC_INLINE static void stream(float* p, reg v) noexcept { _mm512_stream_ps(p, v); }
+  LNORM_VEC_INLINE static void stream(float16_t* p, reg v) noexcept {
     _mm256_stream_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
-  static void stream(bfloat16_t* p, reg v) noexcept { _mm256_stream_si256(reinterpret_cast<__m256i*>(p), to_bf16(v)); }
+  LNORM_VEC_INLINE static void stream(bfloat16_t* p, reg v) noexcept { _mm256_stream_si256(reinterpret_cast<__m256i*>(p), to_bf16(v)); }
   // Two vectors (a then b) non-temporally, p aligned to 2 * lanes * sizeof(X): 16-bit data as one
   // full-line store (two half-line streaming stores cost more than a plain store would).
-  static void stream2(float* p, reg a, reg b) noexcept {
+  LNORM_VEC_INLINE static void stream2(float* p, reg a, reg b) noexcept {
     _mm512_stream_ps(p, a);
     _mm512_stream_ps(p + 16, b);
   }
-  static void stream2(float16_t* p, reg a, reg b) noexcept {
+  LNORM_VEC_INLINE static void stream2(float16_t* p, reg a, reg b) noexcept {
     const int rc = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     _mm512_stream_si512(reinterpret_cast<__m512i*>(p), join(_mm512_cvtps_ph(a, rc), _mm512_cvtps_ph(b, rc)));
   }
-  static void stream2(bfloat16_t* p, reg a, reg b) noexcept {
-    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), join(to_bf16(a), to_bf16(b)));
+  LNORM_VEC_INLINE static void stream2(bfloat16_t* p, reg a, reg b) noexcept {
+    // The rounded high halves of a and b packed (per 128-bit lane), then put back in order.
+    const __m512i packed = _mm512_packus_epi32(_mm512_srli_epi32(bf16_rounded(a), 16), _mm512_srli_epi32(bf16_rounded(b), 16));
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), packed));
   }
-  static void fence() noexcept { _mm_sfence(); }
-  static reg add(reg a, reg b) noexcept { return _mm512_add_ps(a, b); }
-  static reg sub(reg a, reg b) noexcept { return _mm512_sub_ps(a, b); }
-  static reg mul(reg a, reg b) noexcept { return _mm512_mul_ps(a, b); }
-  static reg fma(reg a, reg b, reg c) noexcept { return _mm512_fmadd_ps(a, b, c); }
-  static reg head(reg v, std::int64_t n) noexcept { return _mm512_maskz_mov_ps(mask(n), v); }
-  static float sum(reg v) noexcept {
+  LNORM_VEC_INLINE static void fence() noexcept { _mm_sfence(); }
+  LNORM_VEC_INLINE static reg add(reg a, reg b) noexcept { return _mm512_add_ps(a, b); }
+  LNORM_VEC_INLINE static reg sub(reg a, reg b) noexcept { return _mm512_sub_ps(a, b); }
+  LNORM_VEC_INLINE static reg mul(reg a, reg b) noexcept { return _mm512_mul_ps(a, b); }
+  LNORM_VEC_INLINE static reg fma(reg a, reg b, reg c) noexcept { return _mm512_fmadd_ps(a, b, c); }
+  LNORM_VEC_INLINE static reg head(reg v, std::int64_t n) noexcept { return _mm512_maskz_mov_ps(mask(n), v); }
+  LNORM_VEC_INLINE static float sum(reg v) noexcept {
     // Pairwise: 16 -> 8 -> 4 -> then the 128-bit tree.
     // (A lane shuffle rather than _mm512_extractf64x4_pd, whose GCC 12 header trips -Wuninitialized.)
     const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_castps512_ps256(_mm512_shuffle_f32x4(v, v, 0x4e)));
@@ -105,46 +107,46 @@ struct vec<float> {
   }
 
  private:
-  static __m512i join(__m256i lo, __m256i hi) noexcept { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
-  static reg from_bf16(__m256i h) noexcept { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
-  // Round to nearest even on the bits; NaN stays a (quiet) NaN.
-  static __m256i to_bf16(reg v) noexcept {
+  LNORM_VEC_INLINE static __m512i join(__m256i lo, __m256i hi) noexcept { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
+  LNORM_VEC_INLINE static reg from_bf16(__m256i h) noexcept { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+  // Round to nearest even on the bits, the result in the high 16 bits of each lane; NaN stays a
+  // (quiet) NaN.
+  LNORM_VEC_INLINE static __m512i bf16_rounded(reg v) noexcept {
     const __m512i u = _mm512_castps_si512(v);
     const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb));
-    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x00400000)));
-    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+    const __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb));
+    return _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), u, _mm512_set1_epi32(0x00400000));
   }
+  LNORM_VEC_INLINE static __m256i to_bf16(reg v) noexcept { return _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_rounded(v), 16)); }
 };
 
 template <>
 struct vec<double> {
   using reg = __m512d;
   static constexpr std::int64_t lanes = 8;
-  static __mmask8 mask(std::int64_t n) noexcept {
+  LNORM_VEC_INLINE static __mmask8 mask(std::int64_t n) noexcept {
     return n >= 8 ? static_cast<__mmask8>(0xff) : n <= 0 ? static_cast<__mmask8>(0) : static_cast<__mmask8>((1u << n) - 1);
   }
-  static reg zero() noexcept { return _mm512_setzero_pd(); }
-  static reg set1(double v) noexcept { return _mm512_set1_pd(v); }
-  static reg load(const double* p) noexcept { return _mm512_loadu_pd(p); }
-  static reg load(const float* p) noexcept { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
-  static reg load_n(const double* p, std::int64_t n) noexcept { return _mm512_maskz_loadu_pd(mask(n), p); }
-  static reg load_n(const float* p, std::int64_t n) noexcept { return _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask(n), p)); }
-  static void store(double* p, reg v) noexcept { _mm512_storeu_pd(p, v); }
-  static void store_n(double* p, reg v, std::int64_t n) noexcept { _mm512_mask_storeu_pd(p, mask(n), v); }
-  static void stream(double* p, reg v) noexcept { _mm512_stream_pd(p, v); }
-  static void stream2(double* p, reg a, reg b) noexcept {
+  LNORM_VEC_INLINE static reg zero() noexcept { return _mm512_setzero_pd(); }
+  LNORM_VEC_INLINE static reg set1(double v) noexcept { return _mm512_set1_pd(v); }
+  LNORM_VEC_INLINE static reg load(const double* p) noexcept { return _mm512_loadu_pd(p); }
+  LNORM_VEC_INLINE static reg load(const float* p) noexcept { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
+  LNORM_VEC_INLINE static reg load_n(const double* p, std::int64_t n) noexcept { return _mm512_maskz_loadu_pd(mask(n), p); }
+  LNORM_VEC_INLINE static reg load_n(const float* p, std::int64_t n) noexcept { return _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask(n), p)); }
+  LNORM_VEC_INLINE static void store(double* p, reg v) noexcept { _mm512_storeu_pd(p, v); }
+  LNORM_VEC_INLINE static void store_n(double* p, reg v, std::int64_t n) noexcept { _mm512_mask_storeu_pd(p, mask(n), v); }
+  LNORM_VEC_INLINE static void stream(double* p, reg v) noexcept { _mm512_stream_pd(p, v); }
+  LNORM_VEC_INLINE static void stream2(double* p, reg a, reg b) noexcept {
     _mm512_stream_pd(p, a);
     _mm512_stream_pd(p + 8, b);
   }
-  static void fence() noexcept { _mm_sfence(); }
-  static reg add(reg a, reg b) noexcept { return _mm512_add_pd(a, b); }
-  static reg sub(reg a, reg b) noexcept { return _mm512_sub_pd(a, b); }
-  static reg mul(reg a, reg b) noexcept { return _mm512_mul_pd(a, b); }
-  static reg fma(reg a, reg b, reg c) noexcept { return _mm512_fmadd_pd(a, b, c); }
-  static reg head(reg v, std::int64_t n) noexcept { return _mm512_maskz_mov_pd(mask(n), v); }
-  static double sum(reg v) noexcept {
+  LNORM_VEC_INLINE static void fence() noexcept { _mm_sfence(); }
+  LNORM_VEC_INLINE static reg add(reg a, reg b) noexcept { return _mm512_add_pd(a, b); }
+  LNORM_VEC_INLINE static reg sub(reg a, reg b) noexcept { return _mm512_sub_pd(a, b); }
+  LNORM_VEC_INLINE static reg mul(reg a, reg b) noexcept { return _mm512_mul_pd(a, b); }
+  LNORM_VEC_INLINE static reg fma(reg a, reg b, reg c) noexcept { return _mm512_fmadd_pd(a, b, c); }
+  LNORM_VEC_INLINE static reg head(reg v, std::int64_t n) noexcept { return _mm512_maskz_mov_pd(mask(n), v); }
+  LNORM_VEC_INLINE static double sum(reg v) noexcept {
     const __m256d h = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_castpd512_pd256(_mm512_shuffle_f64x2(v, v, 0x4e)));
     __m128d q = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
     q = _mm_add_sd(q, _mm_unpackhi_pd(q, q));

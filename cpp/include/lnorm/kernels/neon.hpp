@@ -27,18 +27,18 @@ namespace neon {
 
 // The bits of 16-bit storage types, as NEON loads and stores them. (arm_neon.h has its own global
 // `float16_t`; inside namespace lnorm the name means lnorm::float16_t.)
-inline const std::uint16_t* bits_of(const float16_t* p) noexcept { return reinterpret_cast<const std::uint16_t*>(p); }
-inline const std::uint16_t* bits_of(const bfloat16_t* p) noexcept { return reinterpret_cast<const std::uint16_t*>(p); }
-inline std::uint16_t* bits_of(float16_t* p) noexcept { return reinterpret_cast<std::uint16_t*>(p); }
-inline std::uint16_t* bits_of(bfloat16_t* p) noexcept { return reinterpret_cast<std::uint16_t*>(p); }
+LNORM_VEC_INLINE const std::uint16_t* bits_of(const float16_t* p) noexcept { return reinterpret_cast<const std::uint16_t*>(p); }
+LNORM_VEC_INLINE const std::uint16_t* bits_of(const bfloat16_t* p) noexcept { return reinterpret_cast<const std::uint16_t*>(p); }
+LNORM_VEC_INLINE std::uint16_t* bits_of(float16_t* p) noexcept { return reinterpret_cast<std::uint16_t*>(p); }
+LNORM_VEC_INLINE std::uint16_t* bits_of(bfloat16_t* p) noexcept { return reinterpret_cast<std::uint16_t*>(p); }
 
 // Lanes [0, n) all ones, the rest zero.
-inline uint32x4_t lane_mask32(std::int64_t n) noexcept {
+LNORM_VEC_INLINE uint32x4_t lane_mask32(std::int64_t n) noexcept {
   static constexpr std::uint32_t lane_index[4] = {0, 1, 2, 3};
   const std::uint32_t k = n <= 0 ? 0u : n >= 4 ? 4u : static_cast<std::uint32_t>(n);
   return vcltq_u32(vld1q_u32(lane_index), vdupq_n_u32(k));
 }
-inline uint64x2_t lane_mask64(std::int64_t n) noexcept {
+LNORM_VEC_INLINE uint64x2_t lane_mask64(std::int64_t n) noexcept {
   static constexpr std::uint64_t lane_index[2] = {0, 1};
   const std::uint64_t k = n <= 0 ? 0u : n >= 2 ? 2u : static_cast<std::uint64_t>(n);
   return vcltq_u64(vld1q_u64(lane_index), vdupq_n_u64(k));
@@ -51,39 +51,39 @@ template <>
 struct vec<float> {
   using reg = float32x4_t;
   static constexpr std::int64_t lanes = 4;
-  static reg zero() noexcept { return vdupq_n_f32(0.0f); }
-  static reg set1(float v) noexcept { return vdupq_n_f32(v); }
-  static reg load(const float* p) noexcept { return vld1q_f32(p); }
-  static reg load(const float16_t* p) noexcept { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(bits_of(p)))); }
-  static reg load(const bfloat16_t* p) noexcept { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(bits_of(p)), 16)); }
-  static void store(float* p, reg v) noexcept { vst1q_f32(p, v); }
+  LNORM_VEC_INLINE static reg zero() noexcept { return vdupq_n_f32(0.0f); }
+  LNORM_VEC_INLINE static reg set1(float v) noexcept { return vdupq_n_f32(v); }
+  LNORM_VEC_INLINE static reg load(const float* p) noexcept { return vld1q_f32(p); }
+  LNORM_VEC_INLINE static reg load(const float16_t* p) noexcept { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(bits_of(p)))); }
+  LNORM_VEC_INLINE static reg load(const bfloat16_t* p) noexcept { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(bits_of(p)), 16)); }
+  LNORM_VEC_INLINE static void store(float* p, reg v) noexcept { vst1q_f32(p, v); }
   // FCVTN rounds by FPCR, which is round to nearest even unless a program changed it.
-  static void store(float16_t* p, reg v) noexcept { vst1_u16(bits_of(p), vreinterpret_u16_f16(vcvt_f16_f32(v))); }
-  static void store(bfloat16_t* p, reg v) noexcept { vst1_u16(bits_of(p), to_bf16(v)); }
+  LNORM_VEC_INLINE static void store(float16_t* p, reg v) noexcept { vst1_u16(bits_of(p), vreinterpret_u16_f16(vcvt_f16_f32(v))); }
+  LNORM_VEC_INLINE static void store(bfloat16_t* p, reg v) noexcept { vst1_u16(bits_of(p), to_bf16(v)); }
   // Advanced SIMD's only non-temporal store is STNP of a register pair, which no intrinsic reaches;
   // streaming is a plain store here, and nothing needs ordering.
   template <class X>
-  static void stream(X* p, reg v) noexcept { store(p, v); }
+  LNORM_VEC_INLINE static void stream(X* p, reg v) noexcept { store(p, v); }
   template <class X>
-  static void stream2(X* p, reg a, reg b) noexcept {
+  LNORM_VEC_INLINE static void stream2(X* p, reg a, reg b) noexcept {
     store(p, a);
     store(p + lanes, b);
   }
-  static void fence() noexcept {}
+  LNORM_VEC_INLINE static void fence() noexcept {}
 #include "buffered_tail.inl"
-  static reg add(reg a, reg b) noexcept { return vaddq_f32(a, b); }
-  static reg sub(reg a, reg b) noexcept { return vsubq_f32(a, b); }
-  static reg mul(reg a, reg b) noexcept { return vmulq_f32(a, b); }
-  static reg fma(reg a, reg b, reg c) noexcept { return vfmaq_f32(c, a, b); }
-  static reg head(reg v, std::int64_t n) noexcept {
+  LNORM_VEC_INLINE static reg add(reg a, reg b) noexcept { return vaddq_f32(a, b); }
+  LNORM_VEC_INLINE static reg sub(reg a, reg b) noexcept { return vsubq_f32(a, b); }
+  LNORM_VEC_INLINE static reg mul(reg a, reg b) noexcept { return vmulq_f32(a, b); }
+  LNORM_VEC_INLINE static reg fma(reg a, reg b, reg c) noexcept { return vfmaq_f32(c, a, b); }
+  LNORM_VEC_INLINE static reg head(reg v, std::int64_t n) noexcept {
     return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(v), lane_mask32(n)));
   }
   // Pairwise: FADDP adds neighbours, (v0 + v1) + (v2 + v3).
-  static float sum(reg v) noexcept { return vaddvq_f32(v); }
+  LNORM_VEC_INLINE static float sum(reg v) noexcept { return vaddvq_f32(v); }
 
  private:
   // Round to nearest even on the bits; NaN stays a (quiet) NaN.
-  static uint16x4_t to_bf16(reg v) noexcept {
+  LNORM_VEC_INLINE static uint16x4_t to_bf16(reg v) noexcept {
     const uint32x4_t u = vreinterpretq_u32_f32(v);
     const uint32x4_t lsb = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
     const uint32x4_t rounded = vaddq_u32(u, vaddq_u32(vdupq_n_u32(0x7fff), lsb));
@@ -97,26 +97,26 @@ template <>
 struct vec<double> {
   using reg = float64x2_t;
   static constexpr std::int64_t lanes = 2;
-  static reg zero() noexcept { return vdupq_n_f64(0.0); }
-  static reg set1(double v) noexcept { return vdupq_n_f64(v); }
-  static reg load(const double* p) noexcept { return vld1q_f64(p); }
-  static reg load(const float* p) noexcept { return vcvt_f64_f32(vld1_f32(p)); }
-  static void store(double* p, reg v) noexcept { vst1q_f64(p, v); }
-  static void stream(double* p, reg v) noexcept { store(p, v); }  // a plain store (see vec<float>)
-  static void stream2(double* p, reg a, reg b) noexcept {
+  LNORM_VEC_INLINE static reg zero() noexcept { return vdupq_n_f64(0.0); }
+  LNORM_VEC_INLINE static reg set1(double v) noexcept { return vdupq_n_f64(v); }
+  LNORM_VEC_INLINE static reg load(const double* p) noexcept { return vld1q_f64(p); }
+  LNORM_VEC_INLINE static reg load(const float* p) noexcept { return vcvt_f64_f32(vld1_f32(p)); }
+  LNORM_VEC_INLINE static void store(double* p, reg v) noexcept { vst1q_f64(p, v); }
+  LNORM_VEC_INLINE static void stream(double* p, reg v) noexcept { store(p, v); }  // a plain store (see vec<float>)
+  LNORM_VEC_INLINE static void stream2(double* p, reg a, reg b) noexcept {
     store(p, a);
     store(p + lanes, b);
   }
-  static void fence() noexcept {}
+  LNORM_VEC_INLINE static void fence() noexcept {}
 #include "buffered_tail.inl"
-  static reg add(reg a, reg b) noexcept { return vaddq_f64(a, b); }
-  static reg sub(reg a, reg b) noexcept { return vsubq_f64(a, b); }
-  static reg mul(reg a, reg b) noexcept { return vmulq_f64(a, b); }
-  static reg fma(reg a, reg b, reg c) noexcept { return vfmaq_f64(c, a, b); }
-  static reg head(reg v, std::int64_t n) noexcept {
+  LNORM_VEC_INLINE static reg add(reg a, reg b) noexcept { return vaddq_f64(a, b); }
+  LNORM_VEC_INLINE static reg sub(reg a, reg b) noexcept { return vsubq_f64(a, b); }
+  LNORM_VEC_INLINE static reg mul(reg a, reg b) noexcept { return vmulq_f64(a, b); }
+  LNORM_VEC_INLINE static reg fma(reg a, reg b, reg c) noexcept { return vfmaq_f64(c, a, b); }
+  LNORM_VEC_INLINE static reg head(reg v, std::int64_t n) noexcept {
     return vreinterpretq_f64_u64(vandq_u64(vreinterpretq_u64_f64(v), lane_mask64(n)));
   }
-  static double sum(reg v) noexcept { return vaddvq_f64(v); }
+  LNORM_VEC_INLINE static double sum(reg v) noexcept { return vaddvq_f64(v); }
 };
 
 #define LNORM_SIMD_NAME "neon"
