@@ -86,3 +86,15 @@ def test_paired_ratio_and_geomean(bench):
     slow, fast = row([4.0, 9.0, 2.0]), row([2.0, 3.0, 2.0])
     assert bench.paired_ratio(slow, fast) == 2.0  # median of 2, 3, 1
     assert bench.geomean([2.0, 8.0]) == pytest.approx(4.0)
+
+
+def test_copy_ratio_script_runs():
+    """bench/copy_ratio.py (the copy-limit goals over many rounds) runs and reports every dtype."""
+    completed = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "bench", "copy_ratio.py"), "--rows", "16", "--cols", "64",
+         "--rounds", "2", "--threads", "1", "--pause-ms", "0"],
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("1 thread")]
+    assert len(lines) == 3 and all("layer_norm" in line and "rms_norm" in line for line in lines), completed.stdout
