@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from typing import Any, Optional, Sequence, Tuple
 
+from ._checks import axes_of, check_eps
+
 _NOT_LOADED = object()
 _native_module: Any = _NOT_LOADED
 
@@ -270,43 +272,6 @@ def stream_handle(stream: Any) -> int:
 # ---- argument checks (the messages of the CPU path) ---------------------------------------------
 
 
-def axes_of(axis: Any, ndim: int) -> Tuple[int, ...]:
-    """The normalized axes, non-negative and sorted (NumPy's rules; the CPU path's messages)."""
-    if ndim < 1:
-        raise ValueError("x: must have at least one dimension")
-    if isinstance(axis, int) and not isinstance(axis, bool):
-        items: Sequence[Any] = (axis,)
-    elif isinstance(axis, (tuple, list)):
-        items = axis
-        if not items:
-            raise ValueError("axis: must name at least one axis")
-    elif hasattr(axis, "__index__") and not isinstance(axis, bool) and type(axis).__name__ != "bool_":
-        items = (axis,)
-    else:
-        raise TypeError(f"axis: must be an int or a tuple of ints, not {type(axis).__name__}")
-    out = []
-    for a in items:
-        if isinstance(a, bool) or type(a).__name__ == "bool_" or not hasattr(a, "__index__"):
-            raise TypeError(f"axis: must be an int or a tuple of ints, got {a!r}")
-        a = a.__index__()
-        if not -ndim <= a < ndim:
-            raise ValueError(f"axis: {a} is out of range for an array of {ndim} dimensions")
-        out.append(a % ndim)
-    if len(set(out)) != len(out):
-        raise ValueError(f"axis: repeated axis in {tuple(items)}")
-    return tuple(sorted(out))
-
-
-def check_eps(eps: Any) -> float:
-    if isinstance(eps, bool) or type(eps).__name__ == "bool_" or not isinstance(eps, (int, float)) and not (
-            hasattr(eps, "__float__") and hasattr(eps, "dtype")):
-        raise TypeError(f"eps: must be a real number, not {type(eps).__name__}")
-    e = float(eps)
-    if not (e >= 0.0 and math.isfinite(e)):
-        raise ValueError(f"eps: must be finite and >= 0, got {eps!r}")
-    return e
-
-
 def rows_layout(shape: Sequence[int], strides: Sequence[int], axes: Tuple[int, ...]):
     """How an array of `shape` and `strides` (in elements) is rows of the normalized `axes` (sorted):
     (perm, rows, cols, ld). perm lists the other axes, then `axes`; the array is the 2-D view
@@ -446,11 +411,7 @@ class _Plan:
             buf = lib.empty(self.row_shape, x.dtype, x.device)
             result = buf if self.identity else lib.permute(buf, self.inverse)
             return result, lib.reshape(buf, (self.rows, self.cols)), None
-        o = _operand(out, name, x.device)
-        if o.dtype != x.dtype:
-            raise TypeError(f"{name}: dtype {o.dtype} differs from x's {x.dtype}")
-        if o.shape != x.shape:
-            raise ValueError(f"{name}: shape {o.shape} differs from x's {x.shape}")
+        o = _like_x(out, name, x)
         for i in inputs:
             if o.overlaps(i):
                 raise ValueError(f"{name}: partially overlaps an input; pass the input itself to work in place")
@@ -623,16 +584,22 @@ def _forward(rms: bool, x: Any, weight: Any, bias: Any, axis: Any, eps: Any, out
     return (y, rstd) if rms else (y, mean, rstd)
 
 
+def _like_x(a: Any, name: str, x: _Operand) -> _Operand:
+    """`a` as an operand on x's device, of x's dtype and shape (else the error naming it)."""
+    o = _operand(a, name, x.device)
+    if o.dtype != x.dtype:
+        raise TypeError(f"{name}: dtype {o.dtype} differs from x's {x.dtype}")
+    if o.shape != x.shape:
+        raise ValueError(f"{name}: shape {o.shape} differs from x's {x.shape}")
+    return o
+
+
 def _backward(rms: bool, dy: Any, x: Any, mean: Any, rstd: Any, weight: Any, axis: Any, stream: Any):
     fast = _torch_backward(rms, dy, x, mean, rstd, weight, axis, stream)
     if fast is not None:
         return fast
     xo = _operand(x, "x", None)
-    dyo = _operand(dy, "dy", xo.device)
-    if dyo.dtype != xo.dtype:
-        raise TypeError(f"dy: dtype {dyo.dtype} differs from x's {xo.dtype}")
-    if dyo.shape != xo.shape:
-        raise ValueError(f"dy: shape {dyo.shape} differs from x's {xo.shape}")
+    dyo = _like_x(dy, "dy", xo)
     plan = _Plan(xo, axis)
     lib = xo.lib
     with lib.scope(xo.device, stream) as handle:
@@ -657,11 +624,7 @@ def _backward(rms: bool, dy: Any, x: Any, mean: Any, rstd: Any, weight: Any, axi
 def _add_forward(rms: bool, x: Any, residual: Any, weight: Any, bias: Any, bias_in: Any, axis: Any, eps: Any,
                  out: Any, residual_out: Any, return_stats: bool, stream: Any):
     xo = _operand(x, "x", None)
-    ro = _operand(residual, "residual", xo.device)
-    if ro.dtype != xo.dtype:
-        raise TypeError(f"residual: dtype {ro.dtype} differs from x's {xo.dtype}")
-    if ro.shape != xo.shape:
-        raise ValueError(f"residual: shape {ro.shape} differs from x's {xo.shape}")
+    ro = _like_x(residual, "residual", xo)
     plan = _Plan(xo, axis)
     e = check_eps(eps)
     lib = xo.lib

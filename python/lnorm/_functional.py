@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _buffers, _interop, _lnorm
+from ._checks import axes_of as _axes, check_eps as _eps
 
 Axis = Union[int, Sequence[int]]
 
@@ -51,45 +52,11 @@ def _stat_dtype(x: np.ndarray) -> np.dtype:
     return _FLOAT64 if x.dtype == _FLOAT64 else _FLOAT32
 
 
-def _axes(axis: Axis, ndim: int) -> Tuple[int, ...]:
-    """The normalized axes, non-negative and sorted."""
-    if ndim < 1:
-        raise ValueError("x: must have at least one dimension")
-    if isinstance(axis, (int, np.integer)) and not isinstance(axis, (bool, np.bool_)):
-        items: Sequence[Any] = (axis,)
-    elif isinstance(axis, (tuple, list)):
-        items = axis
-        if not items:
-            raise ValueError("axis: must name at least one axis")
-    else:
-        raise TypeError(f"axis: must be an int or a tuple of ints, not {type(axis).__name__}")
-    out = []
-    for a in items:
-        if isinstance(a, (bool, np.bool_)) or not isinstance(a, (int, np.integer)):
-            raise TypeError(f"axis: must be an int or a tuple of ints, got {a!r}")
-        a = int(a)
-        if not -ndim <= a < ndim:
-            raise ValueError(f"axis: {a} is out of range for an array of {ndim} dimensions")
-        out.append(a % ndim)
-    if len(set(out)) != len(out):
-        raise ValueError(f"axis: repeated axis in {tuple(items)}")
-    return tuple(sorted(out))
-
-
 def _mask(axes: Tuple[int, ...]) -> int:
     m = 0
     for a in axes:
         m |= 1 << a
     return m
-
-
-def _eps(eps: Any) -> float:
-    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (int, float, np.integer, np.floating)):
-        raise TypeError(f"eps: must be a real number, not {type(eps).__name__}")
-    e = float(eps)
-    if not (e >= 0.0 and math.isfinite(e)):
-        raise ValueError(f"eps: must be finite and >= 0, got {eps!r}")
-    return e
 
 
 def _param(w: Any, name: str, x: np.ndarray, norm_shape: Tuple[int, ...],

@@ -62,14 +62,14 @@ inline constexpr bool is_element_v = std::is_same_v<T, float> || std::is_same_v<
 template <class T>
 inline constexpr int max_vec_v = static_cast<int>(16 / sizeof(T));
 
-__device__ __forceinline__ float widen(float v) { return v; }
-__device__ __forceinline__ double widen(double v) { return v; }
-__device__ __forceinline__ float widen(__half v) { return __half2float(v); }
-__device__ __forceinline__ float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
+__host__ __device__ __forceinline__ float widen(float v) { return v; }
+__host__ __device__ __forceinline__ double widen(double v) { return v; }
+__host__ __device__ __forceinline__ float widen(__half v) { return __half2float(v); }
+__host__ __device__ __forceinline__ float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 /// v rounded to T (round to nearest even).
 template <class T, class C>
-__device__ __forceinline__ T narrow(C v) {
+__host__ __device__ __forceinline__ T narrow(C v) {
   if constexpr (std::is_same_v<T, __half>) {
     return __float2half_rn(static_cast<float>(v));
   } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {

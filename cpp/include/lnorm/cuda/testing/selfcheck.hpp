@@ -72,26 +72,15 @@ struct case_spec {
 
 namespace detail {
 
+// The kernels' own conversions (device.cuh), on the host.
 template <class T>
 T to_elem(double v) {
-  if constexpr (std::is_same_v<T, __half>) {
-    return __float2half_rn(static_cast<float>(v));
-  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    return __float2bfloat16_rn(static_cast<float>(v));
-  } else {
-    return static_cast<T>(v);
-  }
+  return cuda::detail::narrow<T>(v);
 }
 
 template <class T>
 double from_elem(T v) {
-  if constexpr (std::is_same_v<T, __half>) {
-    return static_cast<double>(__half2float(v));
-  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    return static_cast<double>(__bfloat162float(v));
-  } else {
-    return static_cast<double>(v);
-  }
+  return static_cast<double>(cuda::detail::widen(v));
 }
 
 /// Output tolerance of a unit-scale value of T: a few of its roundings.
