@@ -157,44 +157,56 @@ struct kernels {
     return var_plus_eps > 0 ? 1.0 / std::sqrt(var_plus_eps) : 0.0;
   }
 
-  // y = ((x - m0) - c) * r * gamma + beta for k elements at i (k >= lanes: a full vector, stored
-  // non-temporally with Stream).
-  template <bool G, bool B, class T, class W>
+  // y = ((x - m0) - c) * r * gamma + beta for k elements at i (k >= lanes: a full vector): with S
+  // (shifted), as (x - m0) * r + vc with vc = -c * r; without (RMSNorm), as x * r + vc (see
+  // offset_term).
+  template <bool G, bool B, bool S, class T, class W>
   LNORM_VEC_INLINE static typename V<T>::reg normalized(const T* x, std::int64_t k, const W* gamma, const W* beta, typename V<T>::reg vm,
                                        typename V<T>::reg vc, typename V<T>::reg vr) noexcept {
     using R = typename V<T>::reg;
     using VW = vec<calc_t<T>>;
     const bool full = k >= V<T>::lanes;
     const R xv = full ? V<T>::load(x) : V<T>::load_n(x, k);
-    R t = V<T>::fma(V<T>::sub(xv, vm), vr, vc);
+    R t = S ? V<T>::fma(V<T>::sub(xv, vm), vr, vc) : V<T>::fma(xv, vr, vc);
     if constexpr (G && B) t = V<T>::fma(t, full ? VW::load(gamma) : VW::load_n(gamma, k), full ? VW::load(beta) : VW::load_n(beta, k));
     else if constexpr (G) t = V<T>::mul(t, full ? VW::load(gamma) : VW::load_n(gamma, k));
     else if constexpr (B) t = V<T>::add(t, full ? VW::load(beta) : VW::load_n(beta, k));
     return t;
   }
 
-  template <bool G, bool B, bool Stream = false, class T, class W>
+  template <bool G, bool B, bool S, bool Stream = false, class T, class W>
   LNORM_VEC_INLINE static void normalize_chunk(const T* x, T* y, std::int64_t k, const W* gamma, const W* beta,
                               typename V<T>::reg vm, typename V<T>::reg vc, typename V<T>::reg vr) noexcept {
-    const auto t = normalized<G, B>(x, k, gamma, beta, vm, vc, vr);
+    const auto t = normalized<G, B, S>(x, k, gamma, beta, vm, vc, vr);
     if (k < V<T>::lanes) V<T>::store_n(y, t, k);
     else if constexpr (Stream) V<T>::stream(y, t);
     else V<T>::store(y, t);
   }
 
   // Two full vectors (2 * lanes elements); with Stream, y is aligned to 2 * lanes * sizeof(T).
-  template <bool G, bool B, bool Stream, class T, class W>
+  template <bool G, bool B, bool S, bool Stream, class T, class W>
   LNORM_VEC_INLINE static void normalize_pair(const T* x, T* y, const W* gamma, const W* beta, typename V<T>::reg vm,
                              typename V<T>::reg vc, typename V<T>::reg vr) noexcept {
     constexpr std::int64_t L = V<T>::lanes;
-    const auto a = normalized<G, B>(x, L, gamma, beta, vm, vc, vr);
-    const auto b = normalized<G, B>(x + L, L, G ? gamma + L : gamma, B ? beta + L : beta, vm, vc, vr);
+    const auto a = normalized<G, B, S>(x, L, gamma, beta, vm, vc, vr);
+    const auto b = normalized<G, B, S>(x + L, L, G ? gamma + L : gamma, B ? beta + L : beta, vm, vc, vr);
     if constexpr (Stream) {
       V<T>::stream2(y, a, b);
     } else {
       V<T>::store(y, a);
       V<T>::store(y + L, b);
     }
+  }
+
+  // A streamed row stores the part of its last cache line that it owns (unless the row ends on a line
+  // boundary) with plain stores, which must read the line first; that line is shared with the head
+  // of the next row (rows of 4096 float16 that start 16 bytes past a line, as NumPy's large arrays
+  // do). Fetched when the row's sweep starts, the read is done by the time the row's end is stored,
+  // instead of holding up the streaming stores queued behind it.
+  template <class T>
+  LNORM_VEC_INLINE static void fetch_tail_line(const T* y, std::int64_t n) noexcept {
+    const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(y + n);
+    if (end % 64 != 0) __builtin_prefetch(reinterpret_cast<const void*>(end - 1), 1, 3);
   }
 
   // The head of a row to store before y + head is aligned for stream2 (-1: y is not even aligned to
@@ -211,60 +223,61 @@ struct kernels {
   //
   // `next` (may be null) is the row the caller handles next: it is prefetched while this row, already
   // in cache, is normalized, so that the next row's read from memory overlaps this row's work.
-  template <bool G, bool B, class T, class W>
+  template <bool G, bool B, bool S, class T, class W>
   static void normalize_row(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
                             calc_t<T> c, calc_t<T> r, bool stream, const T* next) noexcept {
     using R = typename V<T>::reg;
     constexpr std::int64_t L = V<T>::lanes;
     constexpr std::uintptr_t align = static_cast<std::uintptr_t>(L) * sizeof(T);
-    const R vm = V<T>::set1(m0), vc = V<T>::set1(-(c * r)), vr = V<T>::set1(r);
+    const R vm = V<T>::set1(m0), vc = V<T>::set1(offset_term<S>(m0, c, r)), vr = V<T>::set1(r);
     const std::uintptr_t addr = reinterpret_cast<std::uintptr_t>(y);
     std::int64_t i = 0;
     if (stream && addr % sizeof(T) == 0 && n >= 2 * L) {
+      fetch_tail_line(y, n);
       const std::int64_t head = static_cast<std::int64_t>(((align - addr % align) % align) / sizeof(T));
-      if (head > 0) normalize_chunk<G, B>(x, y, head, gamma, beta, vm, vc, vr);
+      if (head > 0) normalize_chunk<G, B, S>(x, y, head, gamma, beta, vm, vc, vr);
       for (i = head; i + L <= n; i += L) {
         prefetch_row(next, n / 2 + i / 2, n);
-        normalize_chunk<G, B, true>(x + i, y + i, L, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
+        normalize_chunk<G, B, S, true>(x + i, y + i, L, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
       }
       V<T>::fence();
     } else {
       for (; i + L <= n; i += L) {
         prefetch_row(next, n / 2 + i / 2, n);
-        normalize_chunk<G, B>(x + i, y + i, L, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
+        normalize_chunk<G, B, S>(x + i, y + i, L, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
       }
     }
-    if (i < n) normalize_chunk<G, B>(x + i, y + i, n - i, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
+    if (i < n) normalize_chunk<G, B, S>(x + i, y + i, n - i, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
   }
 
   // normalize_row, while the row sums of nx (the next row, n elements, read from memory) accumulate
   // into acc in their fixed order: the next row's statistics sweep rides along with this row's
   // normalizing sweep, so memory streams through both at once (the pipelined row path).
-  template <bool G, bool B, bool Stream, bool Rms, class T, class W>
+  template <bool G, bool B, bool S, bool Stream, bool Rms, class T, class W>
   static void normalize_row_piped(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
                                   calc_t<T> c, calc_t<T> r, std::int64_t head, const T* nx,
                                   row_sums<T, Rms>& sums) noexcept {
     using R = typename V<T>::reg;
     row_sums<T, Rms> acc = sums;  // a local copy stays in registers (the stores to y may alias sums)
     constexpr std::int64_t L = V<T>::lanes;
-    const R vm = V<T>::set1(m0), vc = V<T>::set1(-(c * r)), vr = V<T>::set1(r);
+    const R vm = V<T>::set1(m0), vc = V<T>::set1(offset_term<S>(m0, c, r)), vr = V<T>::set1(r);
     std::int64_t j = 0, i = 0;
     for (; j < head; j += L)
-      normalize_chunk<G, B>(x + j, y + j, head - j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
+      normalize_chunk<G, B, S>(x + j, y + j, head - j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
     j = head;
     for (; i + 4 * L <= n; i += 4 * L) {
       prefetch_ahead(nx, i);
       acc.step(nx + i);
       for (int u = 0; u < 2 && j + 2 * L <= n; ++u, j += 2 * L)
-        normalize_pair<G, B, Stream>(x + j, y + j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
+        normalize_pair<G, B, S, Stream>(x + j, y + j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
     }
     acc.tail(nx + i, n - i);
     for (; j + 2 * L <= n; j += 2 * L)
-      normalize_pair<G, B, Stream>(x + j, y + j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
+      normalize_pair<G, B, S, Stream>(x + j, y + j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
     // No fence here: the chain's last row (called without a next row) fences for all of them. A fence
     // per row waits for that row's streaming stores to drain, and measured 5 % of 16-bit throughput.
     for (; j < n; j += L)
-      normalize_chunk<G, B>(x + j, y + j, n - j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
+      normalize_chunk<G, B, S>(x + j, y + j, n - j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
     sums = acc;
   }
 
@@ -277,10 +290,11 @@ struct kernels {
     const std::int64_t aligned = stream_head(y);
     const bool lined = aligned >= 0 && n >= 4 * V<T>::lanes;
     const std::int64_t head = lined ? aligned : 0;
+    if (stream && lined) fetch_tail_line(y, n);
     with_affine(gamma, beta, [&](auto g, auto b) {
-      constexpr bool G = decltype(g)::value, B = decltype(b)::value;
-      if (stream && lined) normalize_row_piped<G, B, true>(x, y, n, gamma, beta, m0, c, r, head, nx, acc);
-      else normalize_row_piped<G, B, false>(x, y, n, gamma, beta, m0, c, r, head, nx, acc);
+      constexpr bool G = decltype(g)::value, B = decltype(b)::value, S = !Rms;
+      if (stream && lined) normalize_row_piped<G, B, S, true>(x, y, n, gamma, beta, m0, c, r, head, nx, acc);
+      else normalize_row_piped<G, B, S, false>(x, y, n, gamma, beta, m0, c, r, head, nx, acc);
     });
   }
 
@@ -317,11 +331,18 @@ struct kernels {
     else f(std::false_type{}, std::false_type{});
   }
 
-  template <class T, class W>
+  // The vc of normalized: -c * r with S, -(m0 + c) * r without (RMSNorm's rows, m0 = c = 0, are
+  // formed without the shift: the same values, one operation per vector fewer).
+  template <bool S, class E>
+  LNORM_VEC_INLINE static E offset_term(E m0, E c, E r) noexcept {
+    return S ? -(c * r) : -((m0 + c) * r);
+  }
+
+  template <bool Rms = false, class T, class W>
   static void normalize_row_any(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
                                 calc_t<T> c, calc_t<T> r, bool stream, const T* next = nullptr) noexcept {
     with_affine(gamma, beta, [&](auto g, auto b) {
-      normalize_row<decltype(g)::value, decltype(b)::value>(x, y, n, gamma, beta, m0, c, r, stream, next);
+      normalize_row<decltype(g)::value, decltype(b)::value, !Rms>(x, y, n, gamma, beta, m0, c, r, stream, next);
     });
   }
 
@@ -417,7 +438,7 @@ struct kernels {
       normalize_row_piped_any(x, y, n, gamma, no_beta, E(0), E(0), r, stream, next, acc);
       carried<T>() = {next, n, true, E(0), E(0), acc.sum_q()};
     } else {
-      normalize_row_any(x, y, n, gamma, no_beta, E(0), E(0), r, stream, next);
+      normalize_row_any<true>(x, y, n, gamma, no_beta, E(0), E(0), r, stream, next);
       if (stream) V<T>::fence();  // the end of a piped chain
     }
     if (rstd) *rstd = static_cast<stat_t<T>>(1.0 / std::sqrt(ve));
@@ -520,16 +541,18 @@ struct kernels {
     if (Rms) beta = nullptr;
     const std::int64_t head = stream_head(y);
     if (next_x && next_res && n >= 4 * V<T>::lanes && head >= 0 && head == stream_head(s)) {
+      fetch_tail_line(y, n);
+      fetch_tail_line(s, n);
       T* nxt = buf + (cur == buf ? n : 0);
       const E shift = Rms ? E(0) : added_shift(next_x, next_res, bias_in, n);
       row_sums<T, Rms> acc(shift);
       with_affine(gamma, beta, [&](auto g, auto b) {
-        add_norm_piped<decltype(g)::value, decltype(b)::value>(cur, s, y, n, gamma, beta, m0, c, r, head, next_x,
+        add_norm_piped<decltype(g)::value, decltype(b)::value, !Rms>(cur, s, y, n, gamma, beta, m0, c, r, head, next_x,
                                                                 next_res, bias_in, nxt, acc);
       });
       cr = {next_x, next_res, buf, n, Rms, cur == buf ? std::int64_t{1} : std::int64_t{0}, shift, acc.sum_d(), acc.sum_q()};
     } else {
-      normalize_row_any(cur, y, n, gamma, beta, m0, c, r, true, next_x);
+      normalize_row_any<Rms>(cur, y, n, gamma, beta, m0, c, r, true, next_x);
       copy_row(cur, s, n, true, next_res);
       V<T>::fence();  // the end of a piped chain
     }
@@ -566,21 +589,21 @@ struct kernels {
 
   // The output sweep of add_norm_row: y = norm(cur) and s = cur, both streamed past a common aligning
   // head, while the next row's s is built in nxt and its sums accumulate in row_sums order.
-  template <bool G, bool B, bool Rms, class T, class W>
+  template <bool G, bool B, bool S, bool Rms, class T, class W>
   static void add_norm_piped(const T* cur, T* s, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
                              calc_t<T> c, calc_t<T> r, std::int64_t head, const T* nx, const T* nres,
                              const W* bias_in, T* nxt, row_sums<T, Rms>& sums) noexcept {
     using R = typename V<T>::reg;
     constexpr std::int64_t L = V<T>::lanes;
     row_sums<T, Rms> acc = sums;  // in registers (the stores may alias sums)
-    const R vm = V<T>::set1(m0), vc = V<T>::set1(-(c * r)), vr = V<T>::set1(r);
+    const R vm = V<T>::set1(m0), vc = V<T>::set1(offset_term<S>(m0, c, r)), vr = V<T>::set1(r);
     const auto out_plain = [&](std::int64_t j, std::int64_t k) {  // k elements at j, plain stores
-      normalize_chunk<G, B>(cur + j, y + j, k, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
+      normalize_chunk<G, B, S>(cur + j, y + j, k, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
       if (k >= L) V<T>::store(s + j, V<T>::load(cur + j));
       else V<T>::store_n(s + j, V<T>::load_n(cur + j, k), k);
     };
     const auto out_pair = [&](std::int64_t j) {
-      normalize_pair<G, B, true>(cur + j, y + j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
+      normalize_pair<G, B, S, true>(cur + j, y + j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
       V<T>::stream2(s + j, V<T>::load(cur + j), V<T>::load(cur + j + L));
     };
     std::int64_t j = 0, i = 0;
@@ -799,6 +822,7 @@ struct kernels {
     const bool lined = aligned_head >= 0 && n >= 4 * V<T>::lanes;
     const bool streamed = stream && lined;
     const std::int64_t head = lined ? aligned_head : 0;
+    if (streamed) fetch_tail_line(dx, n);
     if (piped && next_x && next_dy) {
       E nsg, nsx;
       if (streamed)
