@@ -132,3 +132,43 @@ def test_output_rounding_is_nearest_even(isa, dtype):
     assert np.mean(y.view(np.uint16) != ref.view(np.uint16)) < 0.01
     half_ulp = np.spacing(np.abs(y)).astype(np.float64) / 2  # the ulp of the binade above |y|
     assert (np.abs(y.astype(np.float64) - exact) <= half_ulp * 1.0001 + 1e-6).all()
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("weights", ["same", "float32"])
+def test_nan_and_inf_weights_propagate(isa, dtype, weights):
+    """NaN weights of any payload (largest, signaling, sign set) and infinite ones give NaN or Inf
+    exactly where the float64 reference does, also on the streaming path (an output over 16 MiB),
+    whose bfloat16 rounding relies on every NaN there coming from 16-bit data or being the default."""
+    rng = np.random.default_rng(11)
+    rows, n = 2100, 4099  # 17.2 MB of 16-bit output: streamed
+    wdtype = dtype if weights == "same" else np.dtype(np.float32)
+    x = (rng.standard_normal((rows, n)) + 0.5).astype(dtype)
+    w = (1 + 0.1 * rng.standard_normal(n)).astype(wdtype)
+    b = rng.standard_normal(n).astype(wdtype)
+    if wdtype == F16:
+        nan_bits = np.array([0x7FFF, 0xFFFF, 0x7E01, 0x7C01], np.uint16)  # the last one signaling
+    elif wdtype == BF16:
+        nan_bits = np.array([0x7FFF, 0xFFFF, 0x7FC0, 0x7F81], np.uint16)
+    else:
+        nan_bits = np.array([0x7FFFFFFF, 0xFFFFFFFF, 0x7F800001, 0x7FBFFFFF], np.uint32)
+    nans = nan_bits.view(wdtype)
+    assert np.isnan(nans.astype(np.float32)).all()
+    w[[5, 700, 2049, 4098]] = nans
+    b[[6, 701, 2050, 3000]] = nans
+    w[[7, 1000]] = np.inf
+    b[[7, 1001]] = -np.inf
+    sample = np.r_[0, rng.choice(rows, 40, replace=False), rows - 1]  # rows checked against float64
+    for fused in (False, True):
+        # The fused call normalizes s = x + x, rounded to the dtype as the fused kernel rounds it.
+        y = lnorm.add_layer_norm(x, x, w, b)[0] if fused else lnorm.layer_norm(x, w, b)
+        xs = (x.astype(np.float32) * 2).astype(dtype) if fused else x
+        y = y[sample]
+        with np.errstate(invalid="ignore", over="ignore"):
+            ref = layer_norm_ref(xs[sample], w.astype(np.float64), b.astype(np.float64), -1, 1e-5)[0].astype(dtype)
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+        inf = np.isinf(ref)
+        np.testing.assert_array_equal(y[inf], ref[inf])
+        finite = np.isfinite(ref)
+        err = np.abs(y.astype(np.float64)[finite] - ref.astype(np.float64)[finite]).max()
+        assert err <= BOUND[dtype] * max(1.0, np.abs(ref[finite].astype(np.float64)).max())

@@ -72,14 +72,22 @@ struct vec<float> {
   LNORM_VEC_INLINE static void stream2(bfloat16_t* p, reg a, reg b) noexcept {
     _mm256_stream_si256(reinterpret_cast<__m256i*>(p), _mm256_set_m128i(to_bf16(b), to_bf16(a)));
   }
+  // stream2 of values computed from bfloat16 data alone: no NaN guard needed (see avx512.hpp).
+  LNORM_VEC_INLINE static void stream2_from_bf16(bfloat16_t* p, reg a, reg b) noexcept {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), _mm256_set_m128i(to_bf16<false>(b), to_bf16<false>(a)));
+  }
   LNORM_VEC_INLINE static void fence() noexcept { _mm_sfence(); }
   // Round to nearest even on the bits; NaN stays a (quiet) NaN. 8 floats -> 8 bfloat16 in 128 bits.
+  // Without NanGuard, only for NaNs whose low 16 bits are zero.
+  template <bool NanGuard = true>
   LNORM_VEC_INLINE static __m128i to_bf16(reg v) noexcept {
     const __m256i u = _mm256_castps_si256(v);
     const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
     __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb));
-    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    r = _mm256_blendv_epi8(r, _mm256_or_si256(u, _mm256_set1_epi32(0x00400000)), nan);
+    if constexpr (NanGuard) {
+      const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      r = _mm256_blendv_epi8(r, _mm256_or_si256(u, _mm256_set1_epi32(0x00400000)), nan);
+    }
     r = _mm256_srli_epi32(r, 16);
     const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
     return _mm256_castsi256_si128(packed);

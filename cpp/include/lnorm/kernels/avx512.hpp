@@ -90,6 +90,12 @@ struct vec<float> {
     const __m512i packed = _mm512_packus_epi32(_mm512_srli_epi32(bf16_rounded(a), 16), _mm512_srli_epi32(bf16_rounded(b), 16));
     _mm512_stream_si512(reinterpret_cast<__m512i*>(p), _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), packed));
   }
+  // stream2 of values computed from bfloat16 data alone (see simd_body.inl's normalize_pair): any NaN
+  // among them has its low 16 bits zero, which rounding leaves a NaN, so no NaN guard is needed.
+  LNORM_VEC_INLINE static void stream2_from_bf16(bfloat16_t* p, reg a, reg b) noexcept {
+    const __m512i packed = _mm512_packus_epi32(_mm512_srli_epi32(bf16_rounded<false>(a), 16), _mm512_srli_epi32(bf16_rounded<false>(b), 16));
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), packed));
+  }
   LNORM_VEC_INLINE static void fence() noexcept { _mm_sfence(); }
   LNORM_VEC_INLINE static reg add(reg a, reg b) noexcept { return _mm512_add_ps(a, b); }
   LNORM_VEC_INLINE static reg sub(reg a, reg b) noexcept { return _mm512_sub_ps(a, b); }
@@ -110,11 +116,13 @@ struct vec<float> {
   LNORM_VEC_INLINE static __m512i join(__m256i lo, __m256i hi) noexcept { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
   LNORM_VEC_INLINE static reg from_bf16(__m256i h) noexcept { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
   // Round to nearest even on the bits, the result in the high 16 bits of each lane; NaN stays a
-  // (quiet) NaN.
+  // (quiet) NaN. Without NanGuard, only for NaNs whose low 16 bits are zero.
+  template <bool NanGuard = true>
   LNORM_VEC_INLINE static __m512i bf16_rounded(reg v) noexcept {
     const __m512i u = _mm512_castps_si512(v);
     const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
     const __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb));
+    if constexpr (!NanGuard) return r;
     return _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), u, _mm512_set1_epi32(0x00400000));
   }
   LNORM_VEC_INLINE static __m256i to_bf16(reg v) noexcept { return _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_rounded(v), 16)); }

@@ -69,6 +69,11 @@ struct vec<float> {
     store(p, a);
     store(p + lanes, b);
   }
+  // stream2 of values computed from bfloat16 data alone: no NaN guard needed (see avx512.hpp).
+  LNORM_VEC_INLINE static void stream2_from_bf16(bfloat16_t* p, reg a, reg b) noexcept {
+    vst1_u16(bits_of(p), to_bf16<false>(a));
+    vst1_u16(bits_of(p + lanes), to_bf16<false>(b));
+  }
   LNORM_VEC_INLINE static void fence() noexcept {}
 #include "buffered_tail.inl"
   LNORM_VEC_INLINE static reg add(reg a, reg b) noexcept { return vaddq_f32(a, b); }
@@ -82,11 +87,14 @@ struct vec<float> {
   LNORM_VEC_INLINE static float sum(reg v) noexcept { return vaddvq_f32(v); }
 
  private:
-  // Round to nearest even on the bits; NaN stays a (quiet) NaN.
+  // Round to nearest even on the bits; NaN stays a (quiet) NaN. Without NanGuard, only for NaNs
+  // whose low 16 bits are zero.
+  template <bool NanGuard = true>
   LNORM_VEC_INLINE static uint16x4_t to_bf16(reg v) noexcept {
     const uint32x4_t u = vreinterpretq_u32_f32(v);
     const uint32x4_t lsb = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
     const uint32x4_t rounded = vaddq_u32(u, vaddq_u32(vdupq_n_u32(0x7fff), lsb));
+    if constexpr (!NanGuard) return vshrn_n_u32(rounded, 16);
     const uint32x4_t is_number = vceqq_f32(v, v);
     const uint32x4_t quiet_nan = vorrq_u32(u, vdupq_n_u32(0x00400000));
     return vshrn_n_u32(vbslq_u32(is_number, rounded, quiet_nan), 16);

@@ -190,7 +190,13 @@ struct kernels {
     constexpr std::int64_t L = V<T>::lanes;
     const auto a = normalized<G, B, S>(x, L, gamma, beta, vm, vc, vr);
     const auto b = normalized<G, B, S>(x + L, L, G ? gamma + L : gamma, B ? beta + L : beta, vm, vc, vr);
-    if constexpr (Stream) {
+    // bfloat16 rows with bfloat16 weights (or none): every NaN y can hold came from bfloat16 data (a
+    // row with NaN in x takes the scalar path; NaN weights propagate with the low 16 bits zero) or is
+    // the default NaN, so the rounding skips its NaN guard.
+    constexpr bool from_bf16 = std::is_same_v<T, bfloat16_t> && (std::is_same_v<W, bfloat16_t> || (!G && !B));
+    if constexpr (Stream && from_bf16) {
+      V<T>::stream2_from_bf16(y, a, b);
+    } else if constexpr (Stream) {
       V<T>::stream2(y, a, b);
     } else {
       V<T>::store(y, a);
@@ -604,7 +610,9 @@ struct kernels {
     };
     const auto out_pair = [&](std::int64_t j) {
       normalize_pair<G, B, S, true>(cur + j, y + j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
-      V<T>::stream2(s + j, V<T>::load(cur + j), V<T>::load(cur + j + L));
+      // s = cur, bfloat16 values widened and narrowed again: exact, and no NaN guard needed.
+      if constexpr (std::is_same_v<T, bfloat16_t>) V<T>::stream2_from_bf16(s + j, V<T>::load(cur + j), V<T>::load(cur + j + L));
+      else V<T>::stream2(s + j, V<T>::load(cur + j), V<T>::load(cur + j + L));
     };
     std::int64_t j = 0, i = 0;
     for (; j < head; j += L) out_plain(j, head - j < L ? head - j : L);
