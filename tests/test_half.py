@@ -120,14 +120,17 @@ def test_fused_add_rounds_like_numpy(isa, dtype):
 
 
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
-def test_output_rounding_is_nearest_even(isa, dtype):
+@pytest.mark.parametrize("rows", [64, 8256], ids=["cached", "streamed"])  # 16.9 MB: streamed
+def test_output_rounding_is_nearest_even(isa, dtype, rows):
     """y computed in float32 is rounded once, to nearest: within half a unit in the last place of
     the exact value, plus float32's own error (it shows near zero, where x - mean cancels, and near
-    ties). So it equals NumPy's rounding of the float64 reference in all but a few elements."""
+    ties). So it equals NumPy's rounding of the float64 reference in all but a few elements. Also
+    for outputs over 16 MiB, which take the streaming stores and their own rounding code."""
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((64, 1024)).astype(dtype)
-    y = lnorm.layer_norm(x)
-    exact = layer_norm_ref(x, None, None, -1, 1e-5)[0]
+    x = rng.standard_normal((rows, 1024)).astype(dtype)
+    sample = np.r_[0, rng.choice(rows, 40, replace=False), rows - 1] if rows > 64 else slice(None)
+    y = lnorm.layer_norm(x)[sample]
+    exact = layer_norm_ref(x[sample], None, None, -1, 1e-5)[0]
     ref = exact.astype(np.float32).astype(dtype)
     assert np.mean(y.view(np.uint16) != ref.view(np.uint16)) < 0.01
     half_ulp = np.spacing(np.abs(y)).astype(np.float64) / 2  # the ulp of the binade above |y|
@@ -172,3 +175,21 @@ def test_nan_and_inf_weights_propagate(isa, dtype, weights):
         finite = np.isfinite(ref)
         err = np.abs(y.astype(np.float64)[finite] - ref.astype(np.float64)[finite]).max()
         assert err <= BOUND[dtype] * max(1.0, np.abs(ref[finite].astype(np.float64)).max())
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
+def test_streamed_output_rounds_ties_like_numpy(isa, dtype):
+    """Outputs over 16 MiB are rounded by the streaming stores' own code: with gamma = 0, y is beta
+    (float32) rounded to the dtype, so ties, near-ties, overflow and tiny values must give NumPy's
+    bits exactly, in every row."""
+    rng = np.random.default_rng(8)
+    rows, n = 8256, 1024  # 16.9 MB of output
+    x = rng.standard_normal((rows, n)).astype(dtype)
+    ulp = 2.0 ** (-10 if dtype == F16 else -7)
+    ties = np.array([1 + ulp / 2, 1 + 3 * ulp / 2, -(1 + ulp / 2), 2 + ulp, 1 + ulp / 2 + 2.0 ** -20, 1 + ulp / 2 - 2.0 ** -20,
+                     65520.0 if dtype == F16 else 3.4e38, 2.0 ** -25, 3 * 2.0 ** -26, 1e-8, 0.1, -0.3])
+    beta = np.resize(np.r_[ties, rng.standard_normal(n)], n).astype(np.float32)
+    y = lnorm.layer_norm(x, np.zeros(n, np.float32), beta)
+    with np.errstate(over="ignore"):
+        expect = beta.astype(dtype)
+    np.testing.assert_array_equal(y.view(np.uint16), np.broadcast_to(expect.view(np.uint16), y.shape))

@@ -86,15 +86,12 @@ struct vec<float> {
     _mm512_stream_si512(reinterpret_cast<__m512i*>(p), join(_mm512_cvtps_ph(a, rc), _mm512_cvtps_ph(b, rc)));
   }
   LNORM_VEC_INLINE static void stream2(bfloat16_t* p, reg a, reg b) noexcept {
-    // The rounded high halves of a and b packed (per 128-bit lane), then put back in order.
-    const __m512i packed = _mm512_packus_epi32(_mm512_srli_epi32(bf16_rounded(a), 16), _mm512_srli_epi32(bf16_rounded(b), 16));
-    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), packed));
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), high_halves(bf16_rounded(a), bf16_rounded(b)));
   }
   // stream2 of values computed from bfloat16 data alone (see simd_body.inl's normalize_pair): any NaN
   // among them has its low 16 bits zero, which rounding leaves a NaN, so no NaN guard is needed.
   LNORM_VEC_INLINE static void stream2_from_bf16(bfloat16_t* p, reg a, reg b) noexcept {
-    const __m512i packed = _mm512_packus_epi32(_mm512_srli_epi32(bf16_rounded<false>(a), 16), _mm512_srli_epi32(bf16_rounded<false>(b), 16));
-    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), packed));
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), high_halves(bf16_rounded<false>(a), bf16_rounded<false>(b)));
   }
   LNORM_VEC_INLINE static void fence() noexcept { _mm_sfence(); }
   LNORM_VEC_INLINE static reg add(reg a, reg b) noexcept { return _mm512_add_ps(a, b); }
@@ -120,10 +117,17 @@ struct vec<float> {
   template <bool NanGuard = true>
   LNORM_VEC_INLINE static __m512i bf16_rounded(reg v) noexcept {
     const __m512i u = _mm512_castps_si512(v);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    const __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb));
+    // + 0x7fff, and 1 more where the lowest kept bit (bit 16) is set: ties go to even.
+    const __m512i half = _mm512_add_epi32(u, _mm512_set1_epi32(0x7fff));
+    const __m512i r = _mm512_mask_add_epi32(half, _mm512_test_epi32_mask(u, _mm512_set1_epi32(0x10000)), half, _mm512_set1_epi32(1));
     if constexpr (!NanGuard) return r;
     return _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), u, _mm512_set1_epi32(0x00400000));
+  }
+  // The high 16 bits of every lane of a, then of b, in order: one two-source word permute.
+  LNORM_VEC_INLINE static __m512i high_halves(__m512i a, __m512i b) noexcept {
+    const __m512i odd_words = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27, 25, 23,
+                                               21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    return _mm512_permutex2var_epi16(a, odd_words, b);
   }
   LNORM_VEC_INLINE static __m256i to_bf16(reg v) noexcept { return _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_rounded(v), 16)); }
 };
