@@ -164,8 +164,10 @@ def test_nan_and_inf_weights_propagate(isa, dtype, weights):
     sample = np.r_[0, rng.choice(rows, 40, replace=False), rows - 1]  # rows checked against float64
     for fused in (False, True):
         # The fused call normalizes s = x + x, rounded to the dtype as the fused kernel rounds it.
-        y = lnorm.add_layer_norm(x, x, w, b)[0] if fused else lnorm.layer_norm(x, w, b)
+        y, s = lnorm.add_layer_norm(x, x, w, b) if fused else (lnorm.layer_norm(x, w, b), None)
         xs = (x.astype(np.float32) * 2).astype(dtype) if fused else x
+        if fused:  # s itself, streamed: NumPy's rounding of x + x, bit for bit
+            np.testing.assert_array_equal(s.view(np.uint16), xs.view(np.uint16))
         y = y[sample]
         with np.errstate(invalid="ignore", over="ignore"):
             ref = layer_norm_ref(xs[sample], w.astype(np.float64), b.astype(np.float64), -1, 1e-5)[0].astype(dtype)

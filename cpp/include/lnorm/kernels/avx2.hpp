@@ -72,6 +72,12 @@ struct vec<float> {
   LNORM_VEC_INLINE static void stream2(bfloat16_t* p, reg a, reg b) noexcept {
     _mm256_stream_si256(reinterpret_cast<__m256i*>(p), _mm256_set_m128i(to_bf16(b), to_bf16(a)));
   }
+  // A non-temporal copy of the bits of 2 * lanes 16-bit elements (p aligned as for stream2).
+  template <class X>
+  LNORM_VEC_INLINE static void stream2_bits(X* p, const X* src) noexcept {
+    static_assert(sizeof(X) == 2, "16-bit elements");
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+  }
   // stream2 of values computed from bfloat16 data alone: no NaN guard needed (see avx512.hpp).
   LNORM_VEC_INLINE static void stream2_from_bf16(bfloat16_t* p, reg a, reg b) noexcept {
     _mm256_stream_si256(reinterpret_cast<__m256i*>(p), _mm256_set_m128i(to_bf16<false>(b), to_bf16<false>(a)));

@@ -88,6 +88,12 @@ struct vec<float> {
   LNORM_VEC_INLINE static void stream2(bfloat16_t* p, reg a, reg b) noexcept {
     _mm512_stream_si512(reinterpret_cast<__m512i*>(p), high_halves(bf16_rounded(a), bf16_rounded(b)));
   }
+  // A non-temporal copy of the bits of 2 * lanes 16-bit elements (p aligned as for stream2).
+  template <class X>
+  LNORM_VEC_INLINE static void stream2_bits(X* p, const X* src) noexcept {
+    static_assert(sizeof(X) == 2, "16-bit elements");
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), _mm512_loadu_si512(static_cast<const void*>(src)));
+  }
   // stream2 of values computed from bfloat16 data alone (see simd_body.inl's normalize_pair): any NaN
   // among them has its low 16 bits zero, which rounding leaves a NaN, so no NaN guard is needed.
   LNORM_VEC_INLINE static void stream2_from_bf16(bfloat16_t* p, reg a, reg b) noexcept {

@@ -69,6 +69,12 @@ struct vec<float> {
     store(p, a);
     store(p + lanes, b);
   }
+  // A copy of the bits of 2 * lanes 16-bit elements (a plain store, as stream2).
+  template <class X>
+  LNORM_VEC_INLINE static void stream2_bits(X* p, const X* src) noexcept {
+    static_assert(sizeof(X) == 2, "16-bit elements");
+    vst1q_u16(bits_of(p), vld1q_u16(bits_of(src)));
+  }
   // stream2 of values computed from bfloat16 data alone: no NaN guard needed (see avx512.hpp).
   LNORM_VEC_INLINE static void stream2_from_bf16(bfloat16_t* p, reg a, reg b) noexcept {
     vst1_u16(bits_of(p), to_bf16<false>(a));

@@ -610,8 +610,8 @@ struct kernels {
     };
     const auto out_pair = [&](std::int64_t j) {
       normalize_pair<G, B, S, true>(cur + j, y + j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
-      // s = cur, bfloat16 values widened and narrowed again: exact, and no NaN guard needed.
-      if constexpr (std::is_same_v<T, bfloat16_t>) V<T>::stream2_from_bf16(s + j, V<T>::load(cur + j), V<T>::load(cur + j + L));
+      // s = cur: 16-bit rows copy the bits (no widening and rounding back).
+      if constexpr (sizeof(T) == 2) V<T>::stream2_bits(s + j, cur + j);
       else V<T>::stream2(s + j, V<T>::load(cur + j), V<T>::load(cur + j + L));
     };
     std::int64_t j = 0, i = 0;
