@@ -225,7 +225,8 @@ struct kernels {
   }
 
   // The whole row; gamma/beta presence fixed at compile time. With `stream`, full vectors are stored
-  // non-temporally (a large output then costs no read-for-ownership) after a head that aligns y.
+  // non-temporally (a large output then costs no read-for-ownership) after a head that aligns y; the
+  // caller fences them (once for a chain of rows).
   //
   // `next` (may be null) is the row the caller handles next: it is prefetched while this row, already
   // in cache, is normalized, so that the next row's read from memory overlaps this row's work.
@@ -246,7 +247,6 @@ struct kernels {
         prefetch_row(next, n / 2 + i / 2, n);
         normalize_chunk<G, B, S, true>(x + i, y + i, L, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
       }
-      V<T>::fence();
     } else {
       for (; i + L <= n; i += L) {
         prefetch_row(next, n / 2 + i / 2, n);
@@ -883,6 +883,7 @@ struct kernels {
     using E = calc_t<T>;
     const E m0 = static_cast<E>(mean);
     normalize_row_any(x, y, n, gamma, beta, m0, static_cast<E>(mean - static_cast<double>(m0)), static_cast<E>(r), stream);
+    if (stream) V<T>::fence();
   }
 
   template <class T, class W>
