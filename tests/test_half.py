@@ -195,3 +195,47 @@ def test_streamed_output_rounds_ties_like_numpy(isa, dtype):
     with np.errstate(over="ignore"):
         expect = beta.astype(dtype)
     np.testing.assert_array_equal(y.view(np.uint16), np.broadcast_to(expect.view(np.uint16), y.shape))
+
+
+@pytest.mark.parametrize("rows", [64, 8256], ids=["cached", "streamed"])  # 16.9 MB: streamed
+def test_bfloat16_weights_round_ties_like_numpy(isa, rows):
+    """bfloat16 rows with bfloat16 weights have their own load and store code (a pair of vectors
+    holds the even and the odd elements). On rows of alternating -1 and 1 with eps = 0, y is exactly
+    +-gamma + beta before rounding; with beta a half, a quarter or three quarters of gamma's last
+    place, many outputs are ties. Every output must be NumPy's rounding, bit for bit, in its place."""
+    rng = np.random.default_rng(9)
+    n = 1024
+    sign = np.where((np.arange(rows)[:, None] + np.arange(n)) % 2 == 0, 1.0, -1.0)
+    x = sign.astype(BF16)
+    gamma = (1 + rng.integers(0, 128, n) * 2.0 ** -7) * rng.choice([1.0, -1.0], n)
+    beta = rng.choice([2.0 ** -8, -(2.0 ** -8), 3 * 2.0 ** -9, 2.0 ** -9, 0.0, 0.75], n)
+    y = lnorm.layer_norm(x, gamma.astype(BF16), beta.astype(BF16), eps=0.0)
+    exact = sign * gamma + beta  # exact in float64
+    np.testing.assert_array_equal(y.view(np.uint16), exact.astype(BF16).view(np.uint16))
+    assert np.mean(np.abs(exact) % 2.0 ** -7 == 2.0 ** -8) > 0.1  # ties are common
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("weights", ["same", "float32"])
+@pytest.mark.parametrize("rows", [3, 2100], ids=["cached", "streamed"])  # 17.2 MB: streamed
+def test_fused_add_with_bias_in(isa, dtype, weights, rows):
+    """s = (x + bias_in) + residual, each sum in float32 and s rounded once: NumPy's bits, with
+    bias_in in x's dtype or float32 (the first keeps bfloat16 on its own path); y normalizes s."""
+    rng = np.random.default_rng(12)
+    n = 4099
+    wdtype = dtype if weights == "same" else np.dtype(np.float32)
+    x = (rng.standard_normal((rows, n)) + 0.5).astype(dtype)
+    res = rng.standard_normal((rows, n)).astype(dtype)
+    w, b, bias_in = (rng.standard_normal((3, n)) * [[0.1], [1], [1]] + [[1], [0], [0]]).astype(wdtype)
+    expect = ((x.astype(np.float32) + bias_in.astype(np.float32)) + res.astype(np.float32)).astype(dtype)
+    sample = np.r_[0, rng.choice(rows, 20, replace=False), rows - 1] if rows > 3 else slice(None)
+    for rms in (False, True):
+        if rms:
+            y, s = lnorm.add_rms_norm(x, res, w, bias_in=bias_in)
+            ref = rms_norm_ref(expect[sample].astype(np.float64), w.astype(np.float64), -1, 1e-6)[0]
+        else:
+            y, s = lnorm.add_layer_norm(x, res, w, b, bias_in=bias_in)
+            ref = layer_norm_ref(expect[sample].astype(np.float64), w.astype(np.float64), b.astype(np.float64), -1, 1e-5)[0]
+        assert y.dtype == s.dtype == dtype
+        np.testing.assert_array_equal(s.view(np.uint16), expect.view(np.uint16))
+        assert _norm_error(y[sample], ref) <= BOUND[dtype], (isa, rms)

@@ -78,25 +78,41 @@ struct vec<float> {
     static_assert(sizeof(X) == 2, "16-bit elements");
     _mm256_stream_si256(reinterpret_cast<__m256i*>(p), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
   }
-  // stream2 of values computed from bfloat16 data alone: no NaN guard needed (see avx512.hpp).
-  LNORM_VEC_INLINE static void stream2_from_bf16(bfloat16_t* p, reg a, reg b) noexcept {
-    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), _mm256_set_m128i(to_bf16<false>(b), to_bf16<false>(a)));
+  // bfloat16 in split order (see avx512.hpp): even elements in a, odd ones in b.
+  LNORM_VEC_INLINE static void load_split(const bfloat16_t* p, reg& a, reg& b) noexcept {
+    const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    a = _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+    b = _mm256_castsi256_ps(_mm256_and_si256(u, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+  }
+  LNORM_VEC_INLINE static void store_split(bfloat16_t* p, reg a, reg b) noexcept {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), joined_split(a, b));
+  }
+  LNORM_VEC_INLINE static void stream_split(bfloat16_t* p, reg a, reg b) noexcept {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), joined_split(a, b));
   }
   LNORM_VEC_INLINE static void fence() noexcept { _mm_sfence(); }
   // Round to nearest even on the bits; NaN stays a (quiet) NaN. 8 floats -> 8 bfloat16 in 128 bits.
   // Without NanGuard, only for NaNs whose low 16 bits are zero.
   template <bool NanGuard = true>
   LNORM_VEC_INLINE static __m128i to_bf16(reg v) noexcept {
-    const __m256i u = _mm256_castps_si256(v);
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb));
-    if constexpr (NanGuard) {
-      const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-      r = _mm256_blendv_epi8(r, _mm256_or_si256(u, _mm256_set1_epi32(0x00400000)), nan);
-    }
-    r = _mm256_srli_epi32(r, 16);
+    const __m256i r = _mm256_srli_epi32(bf16_rounded<NanGuard>(v), 16);
     const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
     return _mm256_castsi256_si128(packed);
+  }
+  // The rounded value in the high 16 bits of each lane.
+  template <bool NanGuard>
+  LNORM_VEC_INLINE static __m256i bf16_rounded(reg v) noexcept {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb));
+    if constexpr (!NanGuard) return r;
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    return _mm256_blendv_epi8(r, _mm256_or_si256(u, _mm256_set1_epi32(0x00400000)), nan);
+  }
+  // Rounded b keeps its high halves (the odd elements) in place; rounded a's move down into the even
+  // words.
+  LNORM_VEC_INLINE static __m256i joined_split(reg a, reg b) noexcept {
+    return _mm256_blend_epi16(bf16_rounded<false>(b), _mm256_srli_epi32(bf16_rounded<false>(a), 16), 0x55);
   }
 #include "buffered_tail.inl"
   LNORM_VEC_INLINE static reg add(reg a, reg b) noexcept { return _mm256_add_ps(a, b); }

@@ -94,10 +94,19 @@ struct vec<float> {
     static_assert(sizeof(X) == 2, "16-bit elements");
     _mm512_stream_si512(reinterpret_cast<__m512i*>(p), _mm512_loadu_si512(static_cast<const void*>(src)));
   }
-  // stream2 of values computed from bfloat16 data alone (see simd_body.inl's normalize_pair): any NaN
-  // among them has its low 16 bits zero, which rounding leaves a NaN, so no NaN guard is needed.
-  LNORM_VEC_INLINE static void stream2_from_bf16(bfloat16_t* p, reg a, reg b) noexcept {
-    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), high_halves(bf16_rounded<false>(a), bf16_rounded<false>(b)));
+  // bfloat16 in split order (see simd_body.inl's normalize_pair): 2 * lanes elements as their even
+  // (a) and odd (b) elements, one instruction each from the raw bits; the stores round to nearest
+  // even without a NaN guard, for values whose NaNs all came from bfloat16 data (low 16 bits zero).
+  LNORM_VEC_INLINE static void load_split(const bfloat16_t* p, reg& a, reg& b) noexcept {
+    const __m512i u = _mm512_loadu_si512(static_cast<const void*>(p));
+    a = _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+    b = _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+  }
+  LNORM_VEC_INLINE static void store_split(bfloat16_t* p, reg a, reg b) noexcept {
+    _mm512_storeu_si512(static_cast<void*>(p), joined_split(a, b));
+  }
+  LNORM_VEC_INLINE static void stream_split(bfloat16_t* p, reg a, reg b) noexcept {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), joined_split(a, b));
   }
   LNORM_VEC_INLINE static void fence() noexcept { _mm_sfence(); }
   LNORM_VEC_INLINE static reg add(reg a, reg b) noexcept { return _mm512_add_ps(a, b); }
@@ -136,6 +145,12 @@ struct vec<float> {
     return _mm512_permutex2var_epi16(a, odd_words, b);
   }
   LNORM_VEC_INLINE static __m256i to_bf16(reg v) noexcept { return _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_rounded(v), 16)); }
+  // Rounded b keeps its high halves (the odd elements) in place; rounded a's high halves move down into
+  // the even words by one byte shuffle under a mask.
+  LNORM_VEC_INLINE static __m512i joined_split(reg a, reg b) noexcept {
+    const __m512i down = _mm512_set4_epi32(0x0f0e0f0e, 0x0b0a0b0a, 0x07060706, 0x03020302);
+    return _mm512_mask_shuffle_epi8(bf16_rounded<false>(b), static_cast<__mmask64>(0x3333333333333333ull), bf16_rounded<false>(a), down);
+  }
 };
 
 template <>

@@ -75,11 +75,17 @@ struct vec<float> {
     static_assert(sizeof(X) == 2, "16-bit elements");
     vst1q_u16(bits_of(p), vld1q_u16(bits_of(src)));
   }
-  // stream2 of values computed from bfloat16 data alone: no NaN guard needed (see avx512.hpp).
-  LNORM_VEC_INLINE static void stream2_from_bf16(bfloat16_t* p, reg a, reg b) noexcept {
-    vst1_u16(bits_of(p), to_bf16<false>(a));
-    vst1_u16(bits_of(p + lanes), to_bf16<false>(b));
+  // bfloat16 in split order (see avx512.hpp): even elements in a, odd ones in b.
+  LNORM_VEC_INLINE static void load_split(const bfloat16_t* p, reg& a, reg& b) noexcept {
+    const uint32x4_t u = vreinterpretq_u32_u16(vld1q_u16(bits_of(p)));
+    a = vreinterpretq_f32_u32(vshlq_n_u32(u, 16));
+    b = vreinterpretq_f32_u32(vandq_u32(u, vdupq_n_u32(0xffff0000u)));
   }
+  // Rounded b keeps its high halves in place; rounded a's are shifted into the low halves (SRI).
+  LNORM_VEC_INLINE static void store_split(bfloat16_t* p, reg a, reg b) noexcept {
+    vst1q_u16(bits_of(p), vreinterpretq_u16_u32(vsriq_n_u32(bf16_rounded(b), bf16_rounded(a), 16)));
+  }
+  LNORM_VEC_INLINE static void stream_split(bfloat16_t* p, reg a, reg b) noexcept { store_split(p, a, b); }
   LNORM_VEC_INLINE static void fence() noexcept {}
 #include "buffered_tail.inl"
   LNORM_VEC_INLINE static reg add(reg a, reg b) noexcept { return vaddq_f32(a, b); }
@@ -97,13 +103,17 @@ struct vec<float> {
   // whose low 16 bits are zero.
   template <bool NanGuard = true>
   LNORM_VEC_INLINE static uint16x4_t to_bf16(reg v) noexcept {
-    const uint32x4_t u = vreinterpretq_u32_f32(v);
-    const uint32x4_t lsb = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
-    const uint32x4_t rounded = vaddq_u32(u, vaddq_u32(vdupq_n_u32(0x7fff), lsb));
+    const uint32x4_t rounded = bf16_rounded(v);
     if constexpr (!NanGuard) return vshrn_n_u32(rounded, 16);
     const uint32x4_t is_number = vceqq_f32(v, v);
-    const uint32x4_t quiet_nan = vorrq_u32(u, vdupq_n_u32(0x00400000));
+    const uint32x4_t quiet_nan = vorrq_u32(vreinterpretq_u32_f32(v), vdupq_n_u32(0x00400000));
     return vshrn_n_u32(vbslq_u32(is_number, rounded, quiet_nan), 16);
+  }
+  // Rounded to nearest even in the high 16 bits of each lane (no NaN guard).
+  LNORM_VEC_INLINE static uint32x4_t bf16_rounded(reg v) noexcept {
+    const uint32x4_t u = vreinterpretq_u32_f32(v);
+    const uint32x4_t lsb = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
+    return vaddq_u32(u, vaddq_u32(vdupq_n_u32(0x7fff), lsb));
   }
 };
 

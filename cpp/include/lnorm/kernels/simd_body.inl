@@ -32,6 +32,10 @@ struct kernels {
   template <class T>
   using V = vec<calc_t<T>>;
 
+  // Whether normalize_pair works in split order: bfloat16 rows whose weights (if any) are bfloat16.
+  template <class T, class W, bool Weighted>
+  static constexpr bool split_pairs = std::is_same_v<T, bfloat16_t> && (std::is_same_v<W, bfloat16_t> || !Weighted);
+
   // The sums a row's statistics come from, accumulated four vectors at a time in one fixed order
   // (4 accumulator pairs: FP add latency 4, 2 ports), whichever sweep drives it: a sweep of its own
   // (shifted_sums, row_mean_square) or the normalizing sweep of the row before (the pipelined row
@@ -47,7 +51,16 @@ struct kernels {
           q0(V<T>::zero()), q1(V<T>::zero()), q2(V<T>::zero()), q3(V<T>::zero()) {}
     // Elements [0, 4 * lanes) of x.
     LNORM_VEC_INLINE void step(const T* x) noexcept {
-      R a = V<T>::load(x), b = V<T>::load(x + L), c = V<T>::load(x + 2 * L), e = V<T>::load(x + 3 * L);
+      R a, b, c, e;
+      if constexpr (std::is_same_v<T, bfloat16_t>) {  // split order (see normalize_pair): sums only
+        V<T>::load_split(x, a, b);
+        V<T>::load_split(x + 2 * L, c, e);
+      } else {
+        a = V<T>::load(x);
+        b = V<T>::load(x + L);
+        c = V<T>::load(x + 2 * L);
+        e = V<T>::load(x + 3 * L);
+      }
       if constexpr (!Rms) {
         a = V<T>::sub(a, vk);
         b = V<T>::sub(b, vk);
@@ -157,9 +170,19 @@ struct kernels {
     return var_plus_eps > 0 ? 1.0 / std::sqrt(var_plus_eps) : 0.0;
   }
 
-  // y = ((x - m0) - c) * r * gamma + beta for k elements at i (k >= lanes: a full vector): with S
-  // (shifted), as (x - m0) * r + vc with vc = -c * r; without (RMSNorm), as x * r + vc (see
+  // y = ((x - m0) - c) * r * gamma + beta for one vector xv (g, b: gamma and beta, used with G, B):
+  // with S (shifted), as (x - m0) * r + vc with vc = -c * r; without (RMSNorm), as x * r + vc (see
   // offset_term).
+  template <bool G, bool B, bool S, class T, class R = typename V<T>::reg>
+  LNORM_VEC_INLINE static R affine(R xv, R g, R b, R vm, R vc, R vr) noexcept {
+    R t = S ? V<T>::fma(V<T>::sub(xv, vm), vr, vc) : V<T>::fma(xv, vr, vc);
+    if constexpr (G && B) t = V<T>::fma(t, g, b);
+    else if constexpr (G) t = V<T>::mul(t, g);
+    else if constexpr (B) t = V<T>::add(t, b);
+    return t;
+  }
+
+  // affine for k elements at x (k >= lanes: a full vector).
   template <bool G, bool B, bool S, class T, class W>
   LNORM_VEC_INLINE static typename V<T>::reg normalized(const T* x, std::int64_t k, const W* gamma, const W* beta, typename V<T>::reg vm,
                                        typename V<T>::reg vc, typename V<T>::reg vr) noexcept {
@@ -167,11 +190,10 @@ struct kernels {
     using VW = vec<calc_t<T>>;
     const bool full = k >= V<T>::lanes;
     const R xv = full ? V<T>::load(x) : V<T>::load_n(x, k);
-    R t = S ? V<T>::fma(V<T>::sub(xv, vm), vr, vc) : V<T>::fma(xv, vr, vc);
-    if constexpr (G && B) t = V<T>::fma(t, full ? VW::load(gamma) : VW::load_n(gamma, k), full ? VW::load(beta) : VW::load_n(beta, k));
-    else if constexpr (G) t = V<T>::mul(t, full ? VW::load(gamma) : VW::load_n(gamma, k));
-    else if constexpr (B) t = V<T>::add(t, full ? VW::load(beta) : VW::load_n(beta, k));
-    return t;
+    R g = vr, b = vr;  // unused without G, B
+    if constexpr (G) g = full ? VW::load(gamma) : VW::load_n(gamma, k);
+    if constexpr (B) b = full ? VW::load(beta) : VW::load_n(beta, k);
+    return affine<G, B, S, T>(xv, g, b, vm, vc, vr);
   }
 
   template <bool G, bool B, bool S, bool Stream = false, class T, class W>
@@ -184,23 +206,35 @@ struct kernels {
   }
 
   // Two full vectors (2 * lanes elements); with Stream, y is aligned to 2 * lanes * sizeof(T).
+  //
+  // bfloat16 rows with bfloat16 weights (or none) work in split order: a pair of vectors holds the
+  // pair's even elements and its odd ones (V::load_split), each widened by one instruction from the
+  // raw bits, and the store puts them back in order (V::store_split/stream_split). Every operand of
+  // the pair (x, gamma, beta) is split alike, so the elementwise results are the same. Those stores
+  // round without a NaN guard: every NaN y can hold came from bfloat16 data (a row with NaN in x takes
+  // the scalar path; NaN weights propagate with the low 16 bits zero) or is the default NaN.
   template <bool G, bool B, bool S, bool Stream, class T, class W>
   LNORM_VEC_INLINE static void normalize_pair(const T* x, T* y, const W* gamma, const W* beta, typename V<T>::reg vm,
                              typename V<T>::reg vc, typename V<T>::reg vr) noexcept {
+    using R = typename V<T>::reg;
     constexpr std::int64_t L = V<T>::lanes;
-    const auto a = normalized<G, B, S>(x, L, gamma, beta, vm, vc, vr);
-    const auto b = normalized<G, B, S>(x + L, L, G ? gamma + L : gamma, B ? beta + L : beta, vm, vc, vr);
-    // bfloat16 rows with bfloat16 weights (or none): every NaN y can hold came from bfloat16 data (a
-    // row with NaN in x takes the scalar path; NaN weights propagate with the low 16 bits zero) or is
-    // the default NaN, so the rounding skips its NaN guard.
-    constexpr bool from_bf16 = std::is_same_v<T, bfloat16_t> && (std::is_same_v<W, bfloat16_t> || (!G && !B));
-    if constexpr (Stream && from_bf16) {
-      V<T>::stream2_from_bf16(y, a, b);
-    } else if constexpr (Stream) {
-      V<T>::stream2(y, a, b);
+    if constexpr (split_pairs<T, W, G || B>) {
+      R xa, xb, ga = vr, gb = vr, ba = vr, bb = vr;
+      V<T>::load_split(x, xa, xb);
+      if constexpr (G) V<T>::load_split(gamma, ga, gb);
+      if constexpr (B) V<T>::load_split(beta, ba, bb);
+      const R a = affine<G, B, S, T>(xa, ga, ba, vm, vc, vr), b = affine<G, B, S, T>(xb, gb, bb, vm, vc, vr);
+      if constexpr (Stream) V<T>::stream_split(y, a, b);
+      else V<T>::store_split(y, a, b);
     } else {
-      V<T>::store(y, a);
-      V<T>::store(y + L, b);
+      const R a = normalized<G, B, S>(x, L, gamma, beta, vm, vc, vr);
+      const R b = normalized<G, B, S>(x + L, L, G ? gamma + L : gamma, B ? beta + L : beta, vm, vc, vr);
+      if constexpr (Stream) {
+        V<T>::stream2(y, a, b);
+      } else {
+        V<T>::store(y, a);
+        V<T>::store(y + L, b);
+      }
     }
   }
 
@@ -497,6 +531,24 @@ struct kernels {
     using R = typename V<T>::reg;
     constexpr std::int64_t L = V<T>::lanes;
     std::int64_t i = 0;
+    if constexpr (std::is_same_v<T, bfloat16_t>) {
+      // Pairs in split order (see normalize_pair) where every operand is bfloat16: any NaN of the sum
+      // then has its low 16 bits zero, and store_split needs no NaN guard.
+      if (std::is_same_v<W, T> || !bias_in) {
+        const T* bias = std::is_same_v<W, T> ? reinterpret_cast<const T*>(bias_in) : nullptr;
+        for (; i + 2 * L <= n; i += 2 * L) {
+          R xa, xb, ra, rb;
+          V<T>::load_split(x + i, xa, xb);
+          if (bias) {
+            V<T>::load_split(bias + i, ra, rb);
+            xa = V<T>::add(xa, ra);
+            xb = V<T>::add(xb, rb);
+          }
+          V<T>::load_split(residual + i, ra, rb);
+          V<T>::store_split(s + i, V<T>::add(xa, ra), V<T>::add(xb, rb));
+        }
+      }
+    }
     for (; i < n; i += L) {
       const std::int64_t k = n - i;
       const bool full = k >= L;
