@@ -384,6 +384,31 @@ void check_nullptr_weights() {
               static_cast<int>(c.code), static_cast<int>(d.code), static_cast<int>(e.code));
 }
 
+/// RMSNorm's backward with a dbeta: zeros on every layout (rows, columns, rows cut into chunks, none).
+void check_rms_dbeta() {
+  test_case t("rms backward: a given dbeta is zeroed");
+  struct shape2 {
+    std::int64_t rows, cols;
+    bool norm_last;  // normalize the last axis (rows), or the first (columns)
+  };
+  for (const shape2 c : {shape2{5, 300, true}, shape2{300, 5, false}, shape2{2, 4 * 16384 + 3, true}, shape2{0, 40, true}}) {
+    const std::int64_t n = c.rows * c.cols, width = c.norm_last ? c.cols : c.rows;
+    std::vector<float> x(static_cast<std::size_t>(n) + 1), dy(x.size()), dx(x.size()), rstd(static_cast<std::size_t>(n / (width ? width : 1) + 1), 1.0f);
+    for (std::int64_t i = 0; i < n; ++i) {
+      x[static_cast<std::size_t>(i)] = static_cast<float>(i % 7) - 3.0f;
+      dy[static_cast<std::size_t>(i)] = static_cast<float>(i % 5) - 2.0f;
+    }
+    std::vector<float> dg(static_cast<std::size_t>(width), 7.0f), db(dg.size(), 7.0f);
+    const std::int64_t shape[2] = {c.rows, c.cols}, st[2] = {c.cols, 1};
+    const bool norm[2] = {!c.norm_last, c.norm_last};
+    const lnorm::status s = lnorm::try_norm_backward_nd<float>(true, 2, shape, norm, {dy.data(), st}, {x.data(), st}, nullptr,
+                                                               rstd.data(), nullptr, {dx.data(), st}, dg.data(), db.data());
+    LNORM_CHECK(t, s, "%ldx%ld: %s", static_cast<long>(c.rows), static_cast<long>(c.cols), s.message);
+    LNORM_CHECK(t, std::all_of(db.begin(), db.end(), [](float v) { return v == 0.0f; }), "%ldx%ld: dbeta not zeroed",
+                static_cast<long>(c.rows), static_cast<long>(c.cols));
+  }
+}
+
 }  // namespace
 }  // namespace lnorm_test
 
@@ -394,6 +419,7 @@ int main() {
   rng g(4321);
   check_nullptr_weights();
   check_queries();
+  check_rms_dbeta();
   check_workspaces(g);
   std::printf("%ld passed, %ld failed\n", results().passed, results().failed);
   return results().failed == 0 ? 0 : 1;

@@ -529,6 +529,8 @@ struct norm_backward_op {
     const std::int64_t stride = partial_elements(cols);
     reduce_partials(partials, chunks, stride, cols, dgamma);
     if (!Rms) reduce_partials(partials + cols, chunks, stride, cols, dbeta);
+    else if (dbeta)  // RMSNorm has no beta: its gradient is zero, as on every other path
+      for (std::int64_t c = 0; c < cols; ++c) dbeta[c] = narrow<W>(0.0);
   }
 };
 
@@ -887,7 +889,7 @@ status try_add_norm_nd(bool rms, int ndim, const std::int64_t* shape, const bool
 
 /// Backward of layer_norm (rms_norm with `rms`; mean is then ignored): dx from dy, x and the forward's
 /// statistics; dgamma and dbeta (if not null) summed over the batch in a fixed order, so the same
-/// bits for any thread count.
+/// bits for any thread count. With `rms`, a non-null dbeta is set to zeros.
 ///   lnorm::try_norm_backward_nd<float>(false, 2, shape, norm, {dy, st}, {x, st}, mean, rstd, g, {dx, st}, dg, db);
 template <class T, class W = T>
 status try_norm_backward_nd(bool rms, int ndim, const std::int64_t* shape, const bool* normalized, strided dy,
