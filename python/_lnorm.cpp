@@ -183,7 +183,7 @@ void norm_backward(bool rms, const in_array& dy_, const in_array& x_, const std:
 }
 
 // The common call from Python, without the general argument machinery: x an exact, C-contiguous
-// float32/float64/float16 ndarray normalized over its last axis; weight and bias None or exact,
+// float32/float64/float16 ndarray (or, with bf16_bits, a uint16 view of a bfloat16 one) normalized over its last axis; weight and bias None or exact,
 // contiguous 1-d ndarrays of x's dtype and length; eps a non-negative finite float; y allocated here
 // with numpy.empty_like or out=. Anything else (and allocated outputs of max_bytes or more, which python/lnorm takes
 // from its buffer cache) returns None, and python/lnorm takes the general path, which also raises
@@ -226,8 +226,14 @@ class buffer {
   bool ok_ = false;
 };
 
-bool elem_of_format(const char* f, elem& out) {
+// With bf16_bits, only uint16 ('H'), read as bfloat16's bits (NumPy exports no buffer of bfloat16, so
+// python/lnorm passes uint16 views of bfloat16 arrays and says so).
+bool elem_of_format(const char* f, elem& out, bool bf16_bits = false) {
   if (f == nullptr || f[0] == '\0' || f[1] != '\0') return false;
+  if (bf16_bits) {
+    out = elem::bf16;
+    return f[0] == 'H';
+  }
   switch (f[0]) {
     case 'f': out = elem::f32; return true;
     case 'd': out = elem::f64; return true;
@@ -237,11 +243,11 @@ bool elem_of_format(const char* f, elem& out) {
 }
 
 // A weight or bias for the fast path: None, or a 1-d contiguous ndarray of type t and length cols.
-bool fast_param(nb::handle h, const buffer& b, elem t, std::int64_t cols, const void*& data) {
+bool fast_param(nb::handle h, const buffer& b, elem t, std::int64_t cols, const void*& data, bool bf16_bits) {
   data = nullptr;
   if (h.is_none()) return true;
   elem e;
-  if (!b.ok() || (*b).ndim != 1 || (*b).shape[0] != cols || !elem_of_format((*b).format, e) || e != t) return false;
+  if (!b.ok() || (*b).ndim != 1 || (*b).shape[0] != cols || !elem_of_format((*b).format, e, bf16_bits) || e != t) return false;
   data = (*b).buf;
   return true;
 }
@@ -249,10 +255,10 @@ bool fast_param(nb::handle h, const buffer& b, elem t, std::int64_t cols, const 
 // out: None (y allocated with numpy.empty_like) or an exact C-contiguous writable ndarray of x's
 // format and size that is x itself or does not overlap it.
 nb::object fast_forward(bool rms, nb::handle x_, nb::handle weight_, nb::handle bias_, nb::handle eps_,
-                        nb::handle out_, std::int64_t max_bytes) {
+                        nb::handle out_, std::int64_t max_bytes, bool bf16_bits) {
   const buffer x(x_, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT);
   elem t;
-  if (!x.ok() || (*x).ndim < 1 || (*x).len == 0 || !elem_of_format((*x).format, t)) return nb::none();
+  if (!x.ok() || (*x).ndim < 1 || (*x).len == 0 || !elem_of_format((*x).format, t, bf16_bits)) return nb::none();
   if (out_.is_none() && (*x).len >= max_bytes) return nb::none();
   const std::int64_t cols = (*x).shape[(*x).ndim - 1];
   if (cols == 0 || !PyFloat_CheckExact(eps_.ptr())) return nb::none();
@@ -261,11 +267,11 @@ nb::object fast_forward(bool rms, nb::handle x_, nb::handle weight_, nb::handle 
   const buffer w(weight_, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT), b(bias_, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT);
   const void* g;
   const void* bb;
-  if (!fast_param(weight_, w, t, cols, g) || !fast_param(bias_, b, t, cols, bb)) return nb::none();
+  if (!fast_param(weight_, w, t, cols, g, bf16_bits) || !fast_param(bias_, b, t, cols, bb, bf16_bits)) return nb::none();
   nb::object y_ = out_.is_none() ? fast().empty_like(x_) : nb::borrow(out_);
   const buffer y(y_, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE | PyBUF_FORMAT);
   elem ty;
-  if (!y.ok() || !elem_of_format((*y).format, ty) || ty != t || (*y).ndim != (*x).ndim) return nb::none();
+  if (!y.ok() || !elem_of_format((*y).format, ty, bf16_bits) || ty != t || (*y).ndim != (*x).ndim) return nb::none();
   for (int d = 0; d < (*x).ndim; ++d)
     if ((*y).shape[d] != (*x).shape[d]) return nb::none();
   const char* xb = static_cast<const char*>((*x).buf);
@@ -314,7 +320,7 @@ nb::object fast_backward(bool rms, nb::handle dy_, nb::handle x_, nb::handle mea
   const buffer mean(mean_, flags), rstd(rstd_, flags), w(weight_, flags);
   if (!stat_fits(rstd) || (!rms && !stat_fits(mean))) return nb::none();
   const void* g;
-  if (!fast_param(weight_, w, t, cols, g)) return nb::none();
+  if (!fast_param(weight_, w, t, cols, g, false)) return nb::none();
   nb::object dx_ = fast().empty_like(x_);
   const buffer dx(dx_, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE);
   if (!dx.ok()) return nb::none();
@@ -362,8 +368,9 @@ NB_MODULE(_lnorm, m) {
         nb::arg("mask"), "dx (and dweight, dbias) of layer_norm or rms_norm.");
 
   m.def("fast_forward", &fast_forward, nb::arg("rms"), nb::arg("x"), nb::arg("weight").none(), nb::arg("bias").none(),
-        nb::arg("eps").none(), nb::arg("out").none(), nb::arg("max_bytes"),
-        "layer_norm/rms_norm of a C-contiguous array over its last axis, y allocated; None when the call does not fit.");
+        nb::arg("eps").none(), nb::arg("out").none(), nb::arg("max_bytes"), nb::arg("bf16_bits") = false,
+        "layer_norm/rms_norm of a C-contiguous array over its last axis, y allocated; None when the call does not fit. "
+        "With bf16_bits, the arrays are uint16 views of bfloat16 ones.");
   m.def("fast_backward", &fast_backward, nb::arg("rms"), nb::arg("dy"), nb::arg("x"), nb::arg("mean").none(),
         nb::arg("rstd").none(), nb::arg("weight").none(), nb::arg("max_bytes"),
         "the backward of fast_forward's calls; None when the call does not fit.");

@@ -12,6 +12,13 @@ from lnorm import _buffers
 from reference import assert_close, layer_norm_ref, rms_norm_ref
 
 FAST_DTYPES = [np.float32, np.float64, np.float16]
+try:
+    import ml_dtypes
+
+    BF16 = [np.dtype(ml_dtypes.bfloat16)]
+except ImportError:
+    BF16 = []
+FORWARD_FAST_DTYPES = FAST_DTYPES + BF16  # bfloat16 through its uint16 view
 
 
 def general(fn, x, *params, **kw):
@@ -19,7 +26,7 @@ def general(fn, x, *params, **kw):
     return fn(x, *params, axis=(x.ndim - 1,), **kw)
 
 
-@pytest.mark.parametrize("dtype", FAST_DTYPES)
+@pytest.mark.parametrize("dtype", FORWARD_FAST_DTYPES)
 @pytest.mark.parametrize("shape", [(1,), (7,), (3, 17), (2, 3, 768), (33, 4099)])
 @pytest.mark.parametrize("affine", [False, True])
 def test_fast_path_matches_general_path(dtype, shape, affine):
@@ -39,7 +46,7 @@ def test_fast_path_matches_general_path(dtype, shape, affine):
     assert y.dtype == x.dtype and y.shape == x.shape and y.flags.c_contiguous and y.flags.writeable
 
 
-@pytest.mark.parametrize("dtype", FAST_DTYPES)
+@pytest.mark.parametrize("dtype", FORWARD_FAST_DTYPES)
 def test_fast_path_out_and_in_place(dtype):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((5, 33)).astype(dtype)
@@ -52,6 +59,37 @@ def test_fast_path_out_and_in_place(dtype):
     assert lnorm.layer_norm(inplace, w, b, out=inplace) is inplace
     np.testing.assert_array_equal(inplace, expected)
     assert lnorm.rms_norm(inplace, w, out=inplace) is inplace
+
+
+@pytest.mark.skipif(not BF16, reason="needs ml_dtypes")
+def test_bfloat16_takes_the_fast_path(monkeypatch):
+    """bfloat16 arrays (which NumPy cannot export as buffers) reach the native fast path as uint16
+    views; the general path is not called. A uint16 array is no bfloat16: a TypeError, as before."""
+    from lnorm import _functional
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 768)).astype(BF16[0])
+    w, b = rng.standard_normal((2, 768)).astype(BF16[0])
+    expected = general(lnorm.layer_norm, x, w, b), general(lnorm.rms_norm, x, w)
+
+    def general_path(*args):
+        raise AssertionError("the general path was taken")
+
+    with monkeypatch.context() as m:
+        m.setattr(_functional, "_forward", general_path)
+        np.testing.assert_array_equal(lnorm.layer_norm(x, w, b).view(np.uint16), expected[0].view(np.uint16))
+        np.testing.assert_array_equal(lnorm.rms_norm(x, w).view(np.uint16), expected[1].view(np.uint16))
+        out = np.empty_like(x)
+        assert lnorm.layer_norm(x, w, b, out=out) is out
+        assert lnorm.layer_norm(x).dtype == x.dtype
+    with pytest.raises(TypeError, match="x"):
+        lnorm.layer_norm(x.view(np.uint16))
+    with pytest.raises(TypeError, match="weight"):
+        lnorm.layer_norm(x, w.view(np.uint16))
+    with pytest.raises(TypeError, match="out"):
+        lnorm.layer_norm(x, out=np.empty(x.shape, np.uint16))
+    np.testing.assert_array_equal(lnorm.layer_norm(x, w.astype(np.float32)).view(np.uint16),
+                                  general(lnorm.layer_norm, x, w.astype(np.float32)).view(np.uint16))
 
 
 class Subclass(np.ndarray):

@@ -22,9 +22,20 @@ _FLOAT64 = np.dtype(np.float64)
 _SUPPORTED = "float32, float64, float16 or bfloat16"
 
 
+_U16 = np.dtype(np.uint16)
+_bfloat16: Optional[np.dtype] = None  # the bfloat16 dtype, once one has been seen
+
+
 def _is_bfloat16(dtype: np.dtype) -> bool:
-    # ml_dtypes.bfloat16 is a 2-byte dtype of kind 'V'; checking kind first keeps float32 cheap.
-    return dtype.kind == "V" and dtype.itemsize == 2 and dtype.name == "bfloat16"
+    # ml_dtypes.bfloat16 is a 2-byte dtype of kind 'V'; checking kind first keeps float32 cheap, and
+    # the first one seen is remembered (dtype.name is slow to ask).
+    global _bfloat16
+    if dtype is _bfloat16:
+        return True
+    if dtype.kind == "V" and dtype.itemsize == 2 and dtype.name == "bfloat16":
+        _bfloat16 = dtype
+        return True
+    return False
 
 
 def _as_array(a: Any, name: str, dtype: Optional[np.dtype] = None) -> np.ndarray:
@@ -210,6 +221,28 @@ _fast_forward = _lnorm.fast_forward
 _fast_backward = _lnorm.fast_backward
 
 
+def _fast_forward_bf16(rms: bool, x: Any, weight: Any, bias: Any, eps: Any, out: Any):
+    """The fast path for bfloat16 ndarrays, which NumPy cannot hand over as buffers: their uint16
+    views, marked as bfloat16's bits. None when it does not apply."""
+    if type(x) is not np.ndarray or not _is_bfloat16(x.dtype):
+        return None
+    if weight is not None:
+        if type(weight) is not np.ndarray or weight.dtype is not _bfloat16:
+            return None
+        weight = weight.view(_U16)
+    if bias is not None:
+        if type(bias) is not np.ndarray or bias.dtype is not _bfloat16:
+            return None
+        bias = bias.view(_U16)
+    if out is not None and (type(out) is not np.ndarray or out.dtype is not _bfloat16):
+        return None
+    y = _fast_forward(rms, x.view(_U16), weight, bias, eps, None if out is None else out.view(_U16),
+                      _buffers.fast_max_bytes, True)
+    if y is None:
+        return None
+    return out if out is not None else y.view(_bfloat16)
+
+
 def layer_norm(x, weight=None, bias=None, *, axis: Axis = -1, eps: float = 1e-5, out=None,
                return_stats: bool = False, stream=None):
     """Layer normalization: ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
@@ -227,6 +260,8 @@ def layer_norm(x, weight=None, bias=None, *, axis: Axis = -1, eps: float = 1e-5,
     """
     if type(axis) is int and axis == -1 and return_stats is False:
         y = _fast_forward(False, x, weight, bias, eps, out, _buffers.fast_max_bytes)
+        if y is None:
+            y = _fast_forward_bf16(False, x, weight, bias, eps, out)
         if y is not None:
             return y
     if type(x) is not np.ndarray and _interop.library_of(x):
@@ -248,6 +283,8 @@ def rms_norm(x, weight=None, *, axis: Axis = -1, eps: float = 1e-6, out=None,
     """
     if type(axis) is int and axis == -1 and return_stats is False:
         y = _fast_forward(True, x, weight, None, eps, out, _buffers.fast_max_bytes)
+        if y is None:
+            y = _fast_forward_bf16(True, x, weight, None, eps, out)
         if y is not None:
             return y
     if type(x) is not np.ndarray and _interop.library_of(x):
