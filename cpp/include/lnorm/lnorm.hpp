@@ -529,7 +529,7 @@ struct norm_backward_op {
     const std::int64_t stride = partial_elements(cols);
     reduce_partials(partials, chunks, stride, cols, dgamma);
     if (!Rms) reduce_partials(partials + cols, chunks, stride, cols, dbeta);
-    else if (dbeta)  // RMSNorm has no beta: its gradient is zero, as on every other path
+    else if (dbeta)  // RMSNorm has no beta: zero, as on every path (each path's own: a refused call writes nothing)
       for (std::int64_t c = 0; c < cols; ++c) dbeta[c] = narrow<W>(0.0);
   }
 };

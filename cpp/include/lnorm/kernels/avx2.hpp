@@ -92,14 +92,13 @@ struct vec<float> {
   }
   LNORM_VEC_INLINE static void fence() noexcept { _mm_sfence(); }
   // Round to nearest even on the bits; NaN stays a (quiet) NaN. 8 floats -> 8 bfloat16 in 128 bits.
-  // Without NanGuard, only for NaNs whose low 16 bits are zero.
-  template <bool NanGuard = true>
   LNORM_VEC_INLINE static __m128i to_bf16(reg v) noexcept {
-    const __m256i r = _mm256_srli_epi32(bf16_rounded<NanGuard>(v), 16);
+    const __m256i r = _mm256_srli_epi32(bf16_rounded<true>(v), 16);
     const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
     return _mm256_castsi256_si128(packed);
   }
-  // The rounded value in the high 16 bits of each lane.
+  // The rounded value in the high 16 bits of each lane. Without NanGuard, only for NaNs whose low 16
+  // bits are zero.
   template <bool NanGuard>
   LNORM_VEC_INLINE static __m256i bf16_rounded(reg v) noexcept {
     const __m256i u = _mm256_castps_si256(v);

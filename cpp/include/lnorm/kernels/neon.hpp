@@ -99,12 +99,9 @@ struct vec<float> {
   LNORM_VEC_INLINE static float sum(reg v) noexcept { return vaddvq_f32(v); }
 
  private:
-  // Round to nearest even on the bits; NaN stays a (quiet) NaN. Without NanGuard, only for NaNs
-  // whose low 16 bits are zero.
-  template <bool NanGuard = true>
+  // Round to nearest even on the bits; NaN stays a (quiet) NaN.
   LNORM_VEC_INLINE static uint16x4_t to_bf16(reg v) noexcept {
     const uint32x4_t rounded = bf16_rounded(v);
-    if constexpr (!NanGuard) return vshrn_n_u32(rounded, 16);
     const uint32x4_t is_number = vceqq_f32(v, v);
     const uint32x4_t quiet_nan = vorrq_u32(vreinterpretq_u32_f32(v), vdupq_n_u32(0x00400000));
     return vshrn_n_u32(vbslq_u32(is_number, rounded, quiet_nan), 16);

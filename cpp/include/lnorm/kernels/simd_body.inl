@@ -32,7 +32,8 @@ struct kernels {
   template <class T>
   using V = vec<calc_t<T>>;
 
-  // Whether normalize_pair works in split order: bfloat16 rows whose weights (if any) are bfloat16.
+  // Whether normalize_pair (and add_row) work in split order: bfloat16 rows whose weights (or bias_in),
+  // if any, are bfloat16.
   template <class T, class W, bool Weighted>
   static constexpr bool split_pairs = std::is_same_v<T, bfloat16_t> && (std::is_same_v<W, bfloat16_t> || !Weighted);
 
@@ -534,8 +535,8 @@ struct kernels {
     if constexpr (std::is_same_v<T, bfloat16_t>) {
       // Pairs in split order (see normalize_pair) where every operand is bfloat16: any NaN of the sum
       // then has its low 16 bits zero, and store_split needs no NaN guard.
-      if (std::is_same_v<W, T> || !bias_in) {
-        const T* bias = std::is_same_v<W, T> ? reinterpret_cast<const T*>(bias_in) : nullptr;
+      if (split_pairs<T, W, true> || !bias_in) {
+        const T* bias = split_pairs<T, W, true> ? reinterpret_cast<const T*>(bias_in) : nullptr;
         for (; i + 2 * L <= n; i += 2 * L) {
           R xa, xb, ra, rb;
           V<T>::load_split(x + i, xa, xb);
