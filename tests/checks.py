@@ -1,12 +1,34 @@
 """Comparisons that call lnorm and hold it to the float64 reference: forward with stats, backward
 from lnorm's own stats; each also checks dtypes, shapes and that the inputs were left intact."""
 
+import platform
+
 import numpy as np
+import pytest
 
 import lnorm
 from reference import (assert_close, dx_scale, keep_shape, layer_norm_backward_ref,
                        layer_norm_ref, norm_axes, param_grad_scale, param_shape,
                        rms_norm_backward_ref, rms_norm_ref, tol_for)
+
+
+def possible_isas():
+    """Every kernel set a build for this machine's architecture can carry, worst first. Tests
+    parametrize over these, not over lnorm.available_isas(), so that a kernel set this CPU or build
+    lacks shows as a skip (see require_isa) instead of silently having no cases."""
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        return ("scalar", "avx2", "avx512")
+    if machine in ("aarch64", "arm64"):
+        return ("scalar", "neon")
+    return ("scalar",)
+
+
+def require_isa(isa):
+    """Skip (with the reason in -ra) when kernel set `isa` cannot run here."""
+    available = lnorm.available_isas()
+    if isa not in available:
+        pytest.skip(f"kernel set {isa!r} is not available on this CPU/build (available: {available})")
 
 
 def watch(*arrays):

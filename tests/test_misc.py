@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import lnorm
+from checks import possible_isas
 from reference import (SIZES, assert_close, dx_scale, layer_norm_backward_ref, layer_norm_ref,
                        norm_axes, param_shape, rand_param, rand_x, rms_norm_backward_ref,
                        rms_norm_ref)
@@ -91,6 +92,51 @@ def test_default_isa_is_the_best_the_cpu_has():
         assert isa == "avx2"
     else:
         assert isa == "scalar"
+
+
+# What the CPU can run, read from /proc/cpuinfo without lnorm: x86-64 flags (AVX2 kernels also use
+# FMA, F16C and BMI2; AVX-512 ones need F, DQ, BW and VL on top), NEON on every aarch64.
+AVX2_FLAGS = {"avx", "avx2", "fma", "f16c", "bmi2"}
+AVX512_FLAGS = AVX2_FLAGS | {"avx512f", "avx512dq", "avx512bw", "avx512vl"}
+
+
+def _cpu_kernel_sets():
+    """The kernel sets this CPU runs, by /proc/cpuinfo; None where that cannot be told."""
+    machine = platform.machine().lower()
+    if machine in ("aarch64", "arm64"):
+        return {"scalar", "neon"}
+    if machine not in ("x86_64", "amd64"):
+        return None
+    flags = _cpu_flags()
+    if flags is None:
+        return None
+    return {"scalar"} | ({"avx2"} if AVX2_FLAGS <= flags else set()) | (
+        {"avx512"} if AVX512_FLAGS <= flags else set())
+
+
+def test_every_kernel_set_the_cpu_runs_is_available():
+    """The tests that run on every kernel set skip those lnorm.available_isas() leaves out; so a
+    kernel set this CPU can run but the build lost (or mis-detects) would go untested with nothing
+    but a skip line. Here it fails instead."""
+    expected = _cpu_kernel_sets()
+    if expected is None:
+        pytest.skip(f"cannot tell the CPU's features on {platform.machine()} without /proc/cpuinfo")
+    available = lnorm.available_isas()
+    missing = sorted(expected - set(available))
+    assert not missing, (f"the CPU can run {sorted(expected)} but lnorm.available_isas() is "
+                         f"{available}: {missing} would go untested")
+    assert set(available) <= set(possible_isas())
+
+
+def test_available_isas_as_the_environment_expects():
+    """LNORM_EXPECT_ISAS (a comma list, e.g. "scalar,avx2,avx512"), set by CI, names exactly the
+    kernel sets this runner must test: a runner without AVX-512 fails here instead of skipping."""
+    want = os.environ.get("LNORM_EXPECT_ISAS")
+    if not want:
+        pytest.skip("LNORM_EXPECT_ISAS is not set")
+    expected = sorted(i.strip() for i in want.split(",") if i.strip())
+    assert sorted(lnorm.available_isas()) == expected, (
+        f"LNORM_EXPECT_ISAS={want!r} but lnorm.available_isas() is {lnorm.available_isas()}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -249,7 +295,7 @@ def _supported_isas():
     return list(order[:order.index(best) + 1]) if best in order else ["scalar"]
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", possible_isas())
 def test_forced_isa_matches_reference(isa, tmp_path):
     """LNORM_ISA forces each kernel set the CPU supports; config() reports it and the results of
     forward, stats and backward over all sizes (and strided/large-mean rows) match the reference."""
