@@ -6,7 +6,8 @@ import pytest
 
 import lnorm
 from checks import possible_isas, require_isa
-from reference import layer_norm_ref, rms_norm_ref
+from reference import (dx_scale, layer_norm_backward_ref, layer_norm_ref, param_grad_scale,
+                       rms_norm_backward_ref, rms_norm_ref)
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -29,6 +30,58 @@ def _norm_error(y, ref):
     """max |y - ref| over max(1, max |ref|), in float64."""
     y = np.asarray(y, np.float64)
     return float(np.abs(y - ref).max() / max(1.0, np.abs(ref).max()))
+
+
+# What float32 arithmetic may add before the one rounding to 16 bits, as a fraction of the result's
+# scale: float32 keeps 2**-24, and sums of up to a thousand terms lose a few hundred times that at
+# worst. Far below a half-ulp of bfloat16 (2**-9) or float16 (2**-12).
+F32_NOISE = 1e-5
+
+
+def _assert_rounded(actual, exact, atol, what):
+    """Each element of `actual` is `exact`, computed in float32 (within atol) and rounded once to
+    actual's dtype: off by at most half a unit in the last place (of the binade above |actual|)
+    plus atol. A result scaled by 1.01 or an eps lost on the way is off by several half-ulps."""
+    a = np.asarray(actual)
+    exact = np.asarray(exact, np.float64)
+    assert a.shape == exact.shape, f"{what}: shape {a.shape}, expected {exact.shape}"
+    half_ulp = np.spacing(np.abs(a)).astype(np.float64) / 2
+    err = np.abs(a.astype(np.float64) - exact)
+    bound = half_ulp * 1.0001 + atol
+    bad = ~(err <= bound)  # NaN is bad too
+    if bad.any():
+        i = int(np.argmax(np.where(bad, np.nan_to_num(err / bound, nan=np.inf), 0)))
+        raise AssertionError(
+            f"{what}: {bad.sum()} of {bad.size} elements ({a.dtype}) are not the exact value rounded "
+            f"once; worst at {tuple(int(k) for k in np.unravel_index(i, a.shape))}: got {float(a.flat[i])!r}, exact "
+            f"{exact.flat[i]!r}, error {err.flat[i]:.3e} > half-ulp + atol = {bound.flat[i]:.3e}")
+
+
+def _check_backward(dy, x, w, eps, what):
+    """layer_norm_backward's dx, dweight, dbias and rms_norm_backward's dx, dweight, fed lnorm's own
+    statistics at eps, against the float64 reference fed exact statistics at eps: each output the
+    exact value rounded once (dx to x's dtype, dweight and dbias to the weight's)."""
+    dtype, wdtype = x.dtype, w.dtype
+    x64 = x.astype(np.float64)
+    _, mean, rstd = lnorm.layer_norm(x, w, None, eps=eps, return_stats=True)
+    _, mean_r, rstd_r = layer_norm_ref(x64, None, None, -1, eps)
+    np.testing.assert_allclose(rstd, rstd_r, rtol=2e-6, err_msg=f"layer_norm rstd, {what}")
+    dx, dw, db = lnorm.layer_norm_backward(dy, x, mean, rstd, w)
+    assert dx.dtype == dtype and dw.dtype == wdtype and db.dtype == wdtype, what
+    dx_r, dw_r, db_r = layer_norm_backward_ref(dy, x64, mean_r, rstd_r, w)
+    pscale = param_grad_scale(dy, np.abs((x64 - mean_r) * rstd_r), (1,))
+    _assert_rounded(dx, dx_r, F32_NOISE * dx_scale(dy, x64, rstd_r, w, -1, mean_r), f"layer_norm dx, {what}")
+    _assert_rounded(dw, dw_r, F32_NOISE * pscale, f"layer_norm dweight, {what}")
+    _assert_rounded(db, db_r, F32_NOISE * pscale, f"layer_norm dbias, {what}")
+    _, rstd = lnorm.rms_norm(x, w, eps=eps, return_stats=True)
+    rstd_r = rms_norm_ref(x64, None, -1, eps)[1]
+    np.testing.assert_allclose(rstd, rstd_r, rtol=2e-6, err_msg=f"rms_norm rstd, {what}")
+    dx, dw = lnorm.rms_norm_backward(dy, x, rstd, w)
+    assert dx.dtype == dtype and dw.dtype == wdtype, what
+    dx_r, dw_r = rms_norm_backward_ref(dy, x64, rstd_r, w)
+    pscale = param_grad_scale(dy, np.abs(x64 * rstd_r), (1,))
+    _assert_rounded(dx, dx_r, F32_NOISE * dx_scale(dy, x64, rstd_r, w), f"rms_norm dx, {what}")
+    _assert_rounded(dw, dw_r, F32_NOISE * pscale, f"rms_norm dweight, {what}")
 
 
 def _inputs(rng, shape, dtype, wdtype):
@@ -72,26 +125,14 @@ def test_forward_layouts(isa, dtype, layout):
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
 @pytest.mark.parametrize("weights", ["same", "float32"])
 def test_backward(isa, dtype, weights):
-    """dx in the data's dtype, dweight/dbias in the weight's, accumulated in float32."""
+    """dx in the data's dtype, dweight/dbias in the weight's, accumulated in float32 and rounded
+    once: every value of both backward calls within half an ulp of the float64 reference."""
     rng = np.random.default_rng(11)
     wdtype = np.dtype(dtype if weights == "same" else np.float32)
     for cols in (7, 64, 1000):
-        x, w, b = _inputs(rng, (33, cols), dtype, wdtype)
+        x, w, _ = _inputs(rng, (33, cols), dtype, wdtype)
         dy = rng.standard_normal(x.shape).astype(dtype)
-        y, mean, rstd = lnorm.layer_norm(x, w, b, return_stats=True)
-        dx, dw, db = lnorm.layer_norm_backward(dy, x, mean, rstd, w)
-        assert dx.dtype == dtype and dw.dtype == wdtype and db.dtype == wdtype
-        x64, dy64, w64 = (a.astype(np.float64) for a in (x, dy, w))
-        m = x64.mean(-1, keepdims=True)
-        r = 1 / np.sqrt(((x64 - m) ** 2).mean(-1, keepdims=True) + 1e-5)
-        xhat = (x64 - m) * r
-        g = dy64 * w64
-        dx_ref = r * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
-        assert _norm_error(dx, dx_ref) <= 2 * BOUND[dtype]
-        assert _norm_error(dw, (dy64 * xhat).sum(0)) <= 2 * BOUND[dtype] * np.sqrt(33)
-        assert _norm_error(db, dy64.sum(0)) <= 2 * BOUND[dtype] * np.sqrt(33)
-        dxr, dwr = lnorm.rms_norm_backward(dy, x, lnorm.rms_norm(x, w, return_stats=True)[1], w)
-        assert dxr.dtype == dtype and dwr.dtype == wdtype
+        _check_backward(dy, x, w, 1e-5, f"{isa}, {cols} columns")
 
 
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
