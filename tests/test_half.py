@@ -136,6 +136,43 @@ def test_backward(isa, dtype, weights):
 
 
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("weights", ["same", "float32"])
+def test_eps_comparable_to_the_variance(isa, dtype, weights):
+    """An eps of the order of the variance (0.25 to 10, against variances of 1 and 4) changes
+    every output by far more than the dtype's rounding: forward (the fast path and the one with
+    stats), RMS, the fused add and both backward calls, each within half an ulp of the float64
+    reference at that eps."""
+    rng = np.random.default_rng(21)
+    wdtype = np.dtype(dtype if weights == "same" else np.float32)
+    for eps, sd in ((0.25, 2.0), (1.0, 1.0), (4.0, 2.0), (10.0, 1.0)):
+        for cols in (13, 1000):
+            what = f"{isa}, eps={eps}, variance {sd ** 2}, {cols} columns"
+            x, res, dy = ((rng.standard_normal((9, cols)) * sd + 0.5).astype(dtype) for _ in range(3))
+            w = (1 + 0.5 * rng.standard_normal(cols)).astype(wdtype)
+            b = rng.standard_normal(cols).astype(wdtype)
+            s_exact = (x.astype(np.float32) + res.astype(np.float32)).astype(dtype)
+            for name, y_ref, calls in [
+                    ("layer_norm", layer_norm_ref(x, w, b, -1, eps)[0],
+                     [lambda: lnorm.layer_norm(x, w, b, eps=eps),
+                      lambda: lnorm.layer_norm(x, w, b, eps=eps, return_stats=True)[0]]),
+                    ("rms_norm", rms_norm_ref(x, w, -1, eps)[0],
+                     [lambda: lnorm.rms_norm(x, w, eps=eps),
+                      lambda: lnorm.rms_norm(x, w, eps=eps, return_stats=True)[0]]),
+                    ("add_layer_norm", layer_norm_ref(s_exact, w, b, -1, eps)[0],
+                     [lambda: lnorm.add_layer_norm(x, res, w, b, eps=eps)]),
+                    ("add_rms_norm", rms_norm_ref(s_exact, w, -1, eps)[0],
+                     [lambda: lnorm.add_rms_norm(x, res, w, eps=eps)])]:
+                for call in calls:
+                    out = call()
+                    if name.startswith("add_"):
+                        out, s = out
+                        np.testing.assert_array_equal(s.view(np.uint16), s_exact.view(np.uint16))
+                    assert out.dtype == dtype
+                    _assert_rounded(out, y_ref, F32_NOISE * max(1.0, np.abs(y_ref).max()), f"{name} y, {what}")
+            _check_backward(dy, x, w, eps, what)
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
 def test_fused_add_rounds_like_numpy(isa, dtype):
     """s = x + residual, computed in float32 and rounded to nearest even: the same bits as NumPy's
     own conversion, on every kernel set, ties, overflow, Inf and NaN included."""
