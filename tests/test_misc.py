@@ -4,6 +4,7 @@ the CMake package with a C++ consumer, and the public names."""
 
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -174,10 +175,36 @@ def _all_outputs(x, dy, w, b, axis):
                 ya=ya, s=s, yb=yb)
 
 
+# lnorm gives each worker at least this many elements (kMinElementsPerThread in
+# cpp/include/lnorm/lnorm.hpp): a smaller call runs on one thread whatever the thread count.
+MIN_ELEMENTS_PER_THREAD = 32768
+
+
+def _assert_two_workers_of_work(shape, axis):
+    """At 2 threads, every call of _all_outputs on this shape has work for 2 workers: at least
+    2 * MIN_ELEMENTS_PER_THREAD elements and at least 2 rows (or rows cut in chunks) to share.
+    Smaller, a "2 threads" case compares the one-thread code with itself."""
+    axes = norm_axes(len(shape), axis)
+    cols = int(np.prod([shape[a] for a in axes]))
+    rows = int(np.prod(shape)) // cols
+    assert rows * cols >= 2 * MIN_ELEMENTS_PER_THREAD, f"{shape}, axis {axis}: one worker's work"
+    assert rows >= 2 or cols >= 65536, f"{shape}, axis {axis}: one row, too short to be cut in chunks"
+
+
+def test_min_elements_per_thread_matches_the_header():
+    header = os.path.join(REPO, "cpp", "include", "lnorm", "lnorm.hpp")
+    if not os.path.isfile(header):
+        pytest.skip("no source checkout")
+    with open(header) as f:
+        m = re.search(r"kMinElementsPerThread\s*=\s*(\d+)", f.read())
+    assert m and int(m.group(1)) == MIN_ELEMENTS_PER_THREAD, "the thread tests' sizes assume 32768"
+
+
+# Each case has work for 2 workers at 2 threads, in every operation (see _assert_two_workers_of_work).
 THREAD_CASES = [((1000, 4099), -1, np.float32), ((3, 70000), -1, np.float32),
                 ((3, 70000), -1, np.float64), ((200, 1025), -1, np.float64),
                 ((16, 129, 40), 1, np.float32), ((4, 3, 6, 1025), (0, 2), np.float32),
-                ((6, 5, 300), (0, 2), np.float64)]
+                ((6, 5, 2200), (0, 2), np.float64)]
 
 
 @pytest.mark.parametrize("shape,axis,dtype", THREAD_CASES,
@@ -185,6 +212,7 @@ THREAD_CASES = [((1000, 4099), -1, np.float32), ((3, 70000), -1, np.float32),
                               for s, a, d in THREAD_CASES])
 def test_threads_bitwise_identical(shape, axis, dtype, restore_threads):
     """1, 2 and 3 threads give bit-identical forward, stats and backward (dweight/dbias too)."""
+    _assert_two_workers_of_work(shape, axis)
     rng = np.random.default_rng([len(shape), shape[0], 90])
     x = rand_x(rng, shape, dtype)
     dy = rand_x(rng, shape, dtype)
@@ -205,10 +233,12 @@ def test_threads_bitwise_identical(shape, axis, dtype, restore_threads):
 
 
 def test_threads_many_small_rows(restore_threads):
-    """Many rows shorter than a vector, where a partition by rows matters most."""
+    """Many rows shorter than a vector, where a partition by rows matters most: 22003 rows of 3,
+    two workers' worth of elements at 2 threads, cut at an odd row."""
     rng = np.random.default_rng(91)
-    x = rand_x(rng, (10007, 3), np.float32)
-    dy = rand_x(rng, (10007, 3), np.float32)
+    _assert_two_workers_of_work((22003, 3), -1)
+    x = rand_x(rng, (22003, 3), np.float32)
+    dy = rand_x(rng, (22003, 3), np.float32)
     w = rand_param(rng, (3,), np.float32)
     b = rand_param(rng, (3,), np.float32, center=0.0)
     lnorm.set_num_threads(1)
@@ -216,7 +246,7 @@ def test_threads_many_small_rows(restore_threads):
     lnorm.set_num_threads(2)
     got = _all_outputs(x, dy, w, b, -1)
     for k, v in ref.items():
-        assert np.array_equal(got[k], v), k
+        assert np.array_equal(got[k], v), f"{k} differs between 1 and 2 threads"
     _, mean, rstd = layer_norm_ref(x)
     dx_r, dw_r, db_r = layer_norm_backward_ref(dy, x, ref["mean"], ref["rstd"], w)
     assert_close(ref["dx"], dx_r, np.float32)
