@@ -64,6 +64,33 @@ def test_config():
         assert c["version"] == lnorm.__version__
 
 
+def _built_by_gcc_or_clang(path):
+    """Whether the ELF file at `path` says (in its .comment notes) that GCC or Clang built it."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return data[:4] == b"\x7fELF" and (b"GCC: (" in data or b"clang version" in data)
+
+
+def test_openmp_is_compiled_in():
+    """lnorm's threads are OpenMP's: a Linux build by GCC or Clang without it (no libgomp or libomp
+    found, or LNORM_OPENMP=OFF) would run every call on one thread, and the thread tests, which
+    compare 1 and 2 threads, would still pass. LNORM_EXPECT_OPENMP=0 (or 1) states what to expect."""
+    want = os.environ.get("LNORM_EXPECT_OPENMP")
+    if want:
+        assert want in ("0", "1"), f"LNORM_EXPECT_OPENMP={want!r}: expected 0 or 1"
+        assert lnorm.config()["openmp"] is (want == "1"), f"LNORM_EXPECT_OPENMP={want}"
+        return
+    module = lnorm._lnorm.__file__
+    if not sys.platform.startswith("linux") or not _built_by_gcc_or_clang(module):
+        pytest.skip(f"not a Linux build by GCC or Clang ({sys.platform}, {os.path.basename(module)}); "
+                    "set LNORM_EXPECT_OPENMP to check")
+    assert lnorm.config()["openmp"] is True, (
+        "this Linux GCC/Clang build has no OpenMP (set LNORM_EXPECT_OPENMP=0 if that is meant)")
+
+
 def _cpu_flags():
     try:
         with open("/proc/cpuinfo") as f:
