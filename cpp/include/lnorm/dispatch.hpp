@@ -39,13 +39,30 @@ namespace lnorm {
 /// The kernel sets, best last within each architecture.
 enum class isa : int { scalar = 0, avx2 = 1, avx512 = 2, neon = 3 };
 
-inline const char* isa_name(isa i) noexcept {
+/// The name of a kernel set: "scalar", "avx2", "avx512" or "neon".
+constexpr const char* isa_name(isa i) noexcept {
   switch (i) {
     case isa::avx2: return "avx2";
     case isa::avx512: return "avx512";
     case isa::neon: return "neon";
     default: return "scalar";
   }
+}
+
+namespace detail {
+constexpr bool same_text(const char* a, const char* b) noexcept {
+  for (; *a != '\0' && *a == *b; ++a, ++b) {
+  }
+  return *a == *b;
+}
+}  // namespace detail
+
+/// The kernel set a kernels struct names itself (its `name` member), at compile time; scalar for an
+/// unknown name. `static_assert(lnorm::isa_named("avx2") == lnorm::isa::avx2);`
+constexpr isa isa_named(const char* name) noexcept {
+  for (isa i : {isa::avx2, isa::avx512, isa::neon})
+    if (detail::same_text(name, isa_name(i))) return i;
+  return isa::scalar;
 }
 
 /// Parses "scalar", "avx2", "avx512" or "neon"; false for anything else.
@@ -134,8 +151,9 @@ inline isa current_isa() noexcept {
   return static_cast<isa>(v);
 }
 
-/// Forces a kernel set; returns false (and changes nothing) if it cannot run here.
-/// `lnorm::set_isa(lnorm::isa::scalar);`
+/// Forces a kernel set; returns false (and changes nothing) if it cannot run here. Safe at any time,
+/// from any thread: each call reads the setting once, when it dispatches, and keeps that kernel set
+/// to its end. `lnorm::set_isa(lnorm::isa::scalar);`
 inline bool set_isa(isa i) noexcept {
   if (!isa_available(i)) return false;
   detail::isa_slot().store(static_cast<int>(i));

@@ -329,8 +329,9 @@ inline scratch_plan execute_plan(const layout& L, const Op& op, int threads) noe
 // scratch_rows() (row buffers a worker needs in the rows layout), row(ptrs, r, partial, scratch),
 // cols(ptrs, strides, width, r0, partial) and, with partials, finish(partials, chunks).
 template <class T, class Op>
-inline status execute(const layout& L, T* const* base, const Op& op, const workspace* ws, int threads) noexcept {
+inline status execute(const layout& L, T* const* base, const Op& op, const workspace* ws, const team& tm) noexcept {
   using partial_t = typename Op::partial_t;
+  const int threads = tm.threads;
   const task_split ts = split_tasks(L, threads);
   const std::int64_t tile_count = ts.tile_count, tasks = ts.tasks;
   const int workers = ts.workers;
@@ -377,7 +378,7 @@ inline status execute(const layout& L, T* const* base, const Op& op, const works
   };
 
   if (Op::partial_size == 0) {
-    parallel_for(tasks, workers, [&](std::int64_t t0, std::int64_t t1, int worker) { run_tasks(t0, t1, worker, nullptr); });
+    parallel_for_on(tm, tasks, workers, [&](std::int64_t t0, std::int64_t t1, int worker) { run_tasks(t0, t1, worker, nullptr); });
     return {};
   }
   // With partials: fixed chunks of tasks, each accumulating into its own partial block.
@@ -386,7 +387,7 @@ inline status execute(const layout& L, T* const* base, const Op& op, const works
   partial_t* const partials = static_cast<partial_t*>(sc.partials);
   std::fill_n(partials, chunks * psize, partial_t(0));
   const int chunk_workers = static_cast<int>(std::min<std::int64_t>(workers, chunks));
-  parallel_for(chunks, chunk_workers, [&](std::int64_t k0, std::int64_t k1, int worker) {
+  parallel_for_on(tm, chunks, chunk_workers, [&](std::int64_t k0, std::int64_t k1, int worker) {
     for (std::int64_t k = k0; k < k1; ++k)
       run_tasks(tasks * k / chunks, tasks * (k + 1) / chunks, worker, partials + k * psize);
   });
@@ -534,20 +535,27 @@ struct norm_backward_op {
   }
 };
 
-// Calls f(K{}) with K the kernel set in use: the one place that lists the kernel sets.
+// Runs f on kernel set K, noting K in the calling thread's call_record (last_call).
+template <class K, class F>
+inline status run_on(F& f) noexcept {
+  note_kernels<K>();
+  return f(K{});
+}
+
+// Calls f(K{}) with K the kernel set in use (read once): the one place that lists the kernel sets.
 template <class F>
 inline status with_kernels(F&& f) noexcept {
   switch (current_isa()) {
 #if defined(LNORM_HAVE_AVX512_KERNELS)
-    case isa::avx512: return f(avx512::kernels{});
+    case isa::avx512: return run_on<avx512::kernels>(f);
 #endif
 #if defined(LNORM_HAVE_AVX2_KERNELS)
-    case isa::avx2: return f(avx2::kernels{});
+    case isa::avx2: return run_on<avx2::kernels>(f);
 #endif
 #if defined(LNORM_HAVE_NEON_KERNELS)
-    case isa::neon: return f(neon::kernels{});
+    case isa::neon: return run_on<neon::kernels>(f);
 #endif
-    default: return f(scalar::kernels{});
+    default: return run_on<scalar::kernels>(f);
   }
 }
 
@@ -604,7 +612,8 @@ inline bool split_stats_ok(double mean, double var, double eps) noexcept {
 template <class K, class T, class W, bool Rms>
 inline status split_rows_forward(const layout& L, T* x, T* y, const W* gamma, const W* beta, double eps,
                                  stat_t<T>* mean, stat_t<T>* rstd, bool stream, const workspace* ws,
-                                 int threads) noexcept {
+                                 const team& tm) noexcept {
+  const int threads = tm.threads;
   const std::int64_t cols = L.cols, chunks = split_chunks(L);
   const int workers = workers_for(L.rows * cols, L.rows * chunks, threads);
   scratch sc;
@@ -651,7 +660,7 @@ inline status split_rows_forward(const layout& L, T* x, T* y, const W* gamma, co
     else K::template layer_norm_row<T, W>(xr, yr, cols, gamma, beta, eps, mean ? mean + r : nullptr, rstd ? rstd + r : nullptr, stream);
   };
   if (L.rows >= workers) {
-    parallel_for(L.rows, workers, [&](std::int64_t r0, std::int64_t r1, int worker) {
+    parallel_for_on(tm, L.rows, workers, [&](std::int64_t r0, std::int64_t r1, int worker) {
       double* m = buf + 2 * chunks * worker;
       for_each_row(L, r0, r1, [&](std::int64_t r, const std::int64_t* off, const std::int64_t*) {
         chunk_moments(x + off[0], m, m + chunks, 0, chunks);
@@ -665,10 +674,10 @@ inline status split_rows_forward(const layout& L, T* x, T* y, const W* gamma, co
   // A few rows, one after another, each on every worker: one slice of chunk moments.
   double* m = buf;
   for_each_row(L, 0, L.rows, [&](std::int64_t r, const std::int64_t* off, const std::int64_t*) {
-    parallel_for(chunks, workers, [&](std::int64_t k0, std::int64_t k1, int) { chunk_moments(x + off[0], m, m + chunks, k0, k1); });
+    parallel_for_on(tm, chunks, workers, [&](std::int64_t k0, std::int64_t k1, int) { chunk_moments(x + off[0], m, m + chunks, k0, k1); });
     double row_mean = 0, r_apply = 0;
     if (row_stats(r, m, m + chunks, row_mean, r_apply))
-      parallel_for(chunks, workers, [&](std::int64_t k0, std::int64_t k1, int) { apply(x + off[0], y + off[1], row_mean, r_apply, k0, k1); });
+      parallel_for_on(tm, chunks, workers, [&](std::int64_t k0, std::int64_t k1, int) { apply(x + off[0], y + off[1], row_mean, r_apply, k0, k1); });
     else
       whole_row(r, x + off[0], y + off[1]);
   });
@@ -677,9 +686,9 @@ inline status split_rows_forward(const layout& L, T* x, T* y, const W* gamma, co
 
 template <class K, class T, class W, bool Rms>
 inline status split_rows_backward(const layout& L, T* x, T* dy, T* dx, const W* gamma, const stat_t<T>* mean,
-                                  const stat_t<T>* rstd, W* dgamma, W* dbeta, const workspace* ws, int threads) noexcept {
+                                  const stat_t<T>* rstd, W* dgamma, W* dbeta, const workspace* ws, const team& tm) noexcept {
   const std::int64_t cols = L.cols, chunks = split_chunks(L);
-  const int workers = workers_for(L.rows * cols, chunks, threads);
+  const int workers = workers_for(L.rows * cols, chunks, tm.threads);
   // dgamma/dbeta partials: one set over the whole width, rows added in row order (chunks of columns
   // are disjoint, so threads never share an element); row sums per chunk, merged in chunk order.
   scratch sc;
@@ -691,7 +700,7 @@ inline status split_rows_backward(const layout& L, T* x, T* dy, T* dx, const W* 
   stat_t<T>* db = (dbeta && !Rms) ? partial + cols : nullptr;
   for_each_row(L, 0, L.rows, [&](std::int64_t r, const std::int64_t* off, const std::int64_t*) {
     const double m = Rms ? 0.0 : static_cast<double>(mean[r]), rs = static_cast<double>(rstd[r]);
-    parallel_for(chunks, workers, [&](std::int64_t k0, std::int64_t k1, int) {
+    parallel_for_on(tm, chunks, workers, [&](std::int64_t k0, std::int64_t k1, int) {
       for (std::int64_t k = k0; k < k1; ++k) {
         const std::int64_t o = k * kSplitChunk, len = std::min(kSplitChunk, cols - o);
         K::template backward_sums<T, W>(Rms, x + off[0] + o, dy + off[1] + o, len, gamma ? gamma + o : gamma, m, rs,
@@ -701,7 +710,7 @@ inline status split_rows_backward(const layout& L, T* x, T* dy, T* dx, const W* 
     double sg = 0, sgx = 0;
     for (std::int64_t k = 0; k < chunks; ++k) sg += sums[2 * k], sgx += sums[2 * k + 1];
     const double c1 = Rms ? 0.0 : sg / static_cast<double>(cols), c2 = sgx / static_cast<double>(cols);
-    parallel_for(chunks, workers, [&](std::int64_t k0, std::int64_t k1, int) {
+    parallel_for_on(tm, chunks, workers, [&](std::int64_t k0, std::int64_t k1, int) {
       for (std::int64_t k = k0; k < k1; ++k) {
         const std::int64_t o = k * kSplitChunk, len = std::min(kSplitChunk, cols - o);
         K::template backward_apply<T, W>(Rms, x + off[0] + o, dy + off[1] + o, dx + off[2] + o, len,
@@ -783,7 +792,9 @@ inline bool query_layout(layout& L, int ndim, const std::int64_t* shape, const b
   return true;
 }
 
-inline int query_threads(int num_threads) noexcept { return num_threads > 0 ? num_threads : get_num_threads(); }
+inline int query_threads(int num_threads) noexcept {
+  return num_threads > 0 ? clamp_threads(num_threads) : get_num_threads();
+}
 
 }  // namespace detail
 
@@ -811,6 +822,7 @@ template <class T, class W = T>
 status try_layer_norm_nd(int ndim, const std::int64_t* shape, const bool* normalized, strided x, strided y,
                          const detail::identity_t<W>* gamma, const detail::identity_t<W>* beta, double eps,
                          stat_t<T>* mean, stat_t<T>* rstd, const workspace* ws = nullptr) noexcept {
+  detail::begin_call();
   if (status s = detail::check_problem(ndim, shape, normalized, eps, true); !s) return s;
   if (!x.data || !y.data || !x.strides || !y.strides) return fail("x, out: null pointer");
   const std::int64_t* st[2] = {x.strides, y.strides};
@@ -819,14 +831,13 @@ status try_layer_norm_nd(int ndim, const std::int64_t* shape, const bool* normal
   if (L.rows == 0) return {};
   T* base[2] = {const_cast<T*>(static_cast<const T*>(x.data)), static_cast<T*>(const_cast<void*>(y.data))};
   const bool stream = detail::streams(L, y.data, x.data, sizeof(T));
-  const int threads = get_num_threads();
+  const detail::team tm = detail::current_team();
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
     if (detail::splits_rows(L))
-      return detail::split_rows_forward<K, T, W, false>(L, base[0], base[1], gamma, beta, eps, mean, rstd, stream, ws,
-                                                        threads);
+      return detail::split_rows_forward<K, T, W, false>(L, base[0], base[1], gamma, beta, eps, mean, rstd, stream, ws, tm);
     return detail::execute(L, base, detail::layer_norm_op<K, T, W>{gamma, beta, eps, mean, rstd, L.cols, stream}, ws,
-                           threads);
+                           tm);
   });
 }
 
@@ -836,6 +847,7 @@ template <class T, class W = T>
 status try_rms_norm_nd(int ndim, const std::int64_t* shape, const bool* normalized, strided x, strided y,
                        const detail::identity_t<W>* gamma, double eps, stat_t<T>* rstd,
                        const workspace* ws = nullptr) noexcept {
+  detail::begin_call();
   if (status s = detail::check_problem(ndim, shape, normalized, eps, true); !s) return s;
   if (!x.data || !y.data || !x.strides || !y.strides) return fail("x, out: null pointer");
   const std::int64_t* st[2] = {x.strides, y.strides};
@@ -844,13 +856,13 @@ status try_rms_norm_nd(int ndim, const std::int64_t* shape, const bool* normaliz
   if (L.rows == 0) return {};
   T* base[2] = {const_cast<T*>(static_cast<const T*>(x.data)), static_cast<T*>(const_cast<void*>(y.data))};
   const bool stream = detail::streams(L, y.data, x.data, sizeof(T));
-  const int threads = get_num_threads();
+  const detail::team tm = detail::current_team();
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
     if (detail::splits_rows(L))
       return detail::split_rows_forward<K, T, W, true>(L, base[0], base[1], gamma, static_cast<const W*>(nullptr), eps,
-                                                       static_cast<stat_t<T>*>(nullptr), rstd, stream, ws, threads);
-    return detail::execute(L, base, detail::rms_norm_op<K, T, W>{gamma, eps, rstd, L.cols, stream}, ws, threads);
+                                                       static_cast<stat_t<T>*>(nullptr), rstd, stream, ws, tm);
+    return detail::execute(L, base, detail::rms_norm_op<K, T, W>{gamma, eps, rstd, L.cols, stream}, ws, tm);
   });
 }
 
@@ -864,6 +876,7 @@ status try_add_norm_nd(bool rms, int ndim, const std::int64_t* shape, const bool
                        strided residual, const detail::identity_t<W>* bias_in, strided s, strided y,
                        const detail::identity_t<W>* gamma, const detail::identity_t<W>* beta, double eps,
                        stat_t<T>* mean, stat_t<T>* rstd, const workspace* ws = nullptr) noexcept {
+  detail::begin_call();
   if (status st = detail::check_problem(ndim, shape, normalized, eps, true); !st) return st;
   if (!x.data || !residual.data || !s.data || !y.data || !x.strides || !residual.strides || !s.strides || !y.strides)
     return fail("x, residual, out: null pointer");
@@ -876,14 +889,14 @@ status try_add_norm_nd(bool rms, int ndim, const std::int64_t* shape, const bool
   // Streamed only when neither output is an input (in place, the lines are in cache already).
   const bool stream = detail::streams(L, y.data, x.data, sizeof(T)) && y.data != residual.data &&
                       s.data != x.data && s.data != residual.data;
-  const int threads = get_num_threads();
+  const detail::team tm = detail::current_team();
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
     if (rms)
       return detail::execute(L, base, detail::add_norm_op<K, T, W, true>{bias_in, gamma, beta, eps, mean, rstd, L.cols, stream},
-                             ws, threads);
+                             ws, tm);
     return detail::execute(L, base, detail::add_norm_op<K, T, W, false>{bias_in, gamma, beta, eps, mean, rstd, L.cols, stream},
-                           ws, threads);
+                           ws, tm);
   });
 }
 
@@ -896,6 +909,7 @@ status try_norm_backward_nd(bool rms, int ndim, const std::int64_t* shape, const
                             strided x, const stat_t<T>* mean, const stat_t<T>* rstd, const detail::identity_t<W>* gamma,
                             strided dx, detail::identity_t<W>* dgamma, detail::identity_t<W>* dbeta,
                             const workspace* ws = nullptr) noexcept {
+  detail::begin_call();
   if (status s = detail::check_problem(ndim, shape, normalized, 0.0, false); !s) return s;
   if (!dy.data || !x.data || !dx.data || !dy.strides || !x.strides || !dx.strides || !rstd || (!rms && !mean))
     return fail("dy, x, mean, rstd: null pointer");
@@ -911,22 +925,22 @@ status try_norm_backward_nd(bool rms, int ndim, const std::int64_t* shape, const
     }
     return {};
   }
-  const int threads = get_num_threads();
+  const detail::team tm = detail::current_team();
   const bool stream = detail::streams(L, dx.data, x.data, sizeof(T));
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
     if (detail::splits_rows(L)) {
       if (rms)
         return detail::split_rows_backward<K, T, W, true>(L, base[0], base[1], base[2], gamma, mean, rstd, dgamma, dbeta,
-                                                          ws, threads);
+                                                          ws, tm);
       return detail::split_rows_backward<K, T, W, false>(L, base[0], base[1], base[2], gamma, mean, rstd, dgamma, dbeta,
-                                                         ws, threads);
+                                                         ws, tm);
     }
     if (rms)
       return detail::execute(L, base, detail::norm_backward_op<K, T, W, true>{gamma, mean, rstd, dgamma, dbeta, L.cols, stream}, ws,
-                             threads);
+                             tm);
     return detail::execute(L, base, detail::norm_backward_op<K, T, W, false>{gamma, mean, rstd, dgamma, dbeta, L.cols, stream}, ws,
-                           threads);
+                           tm);
   });
 }
 
@@ -1008,6 +1022,7 @@ template <class T, class W = T>
 status try_layer_norm(const T* x, std::int64_t ld_x, T* y, std::int64_t ld_y, std::int64_t rows, std::int64_t cols,
                       const detail::identity_t<W>* gamma, const detail::identity_t<W>* beta, double eps,
                       stat_t<T>* mean = nullptr, stat_t<T>* rstd = nullptr) noexcept {
+  detail::begin_call();
   if (status s = detail::check_rows(rows, cols); !s) return s;
   const std::int64_t shape[2] = {rows, cols}, sx[2] = {ld_x, 1}, sy[2] = {ld_y, 1};
   const bool norm[2] = {false, true};
@@ -1019,6 +1034,7 @@ status try_layer_norm(const T* x, std::int64_t ld_x, T* y, std::int64_t ld_y, st
 template <class T, class W = T>
 status try_rms_norm(const T* x, std::int64_t ld_x, T* y, std::int64_t ld_y, std::int64_t rows, std::int64_t cols,
                     const detail::identity_t<W>* gamma, double eps, stat_t<T>* rstd = nullptr) noexcept {
+  detail::begin_call();
   if (status s = detail::check_rows(rows, cols); !s) return s;
   const std::int64_t shape[2] = {rows, cols}, sx[2] = {ld_x, 1}, sy[2] = {ld_y, 1};
   const bool norm[2] = {false, true};
@@ -1047,12 +1063,14 @@ template <class T, class W = T>
 status layer_norm_rows(const T* x, std::int64_t ld_x, T* y, std::int64_t ld_y, std::int64_t rows, std::int64_t cols,
                        const detail::identity_t<W>* gamma, const detail::identity_t<W>* beta, double eps,
                        stat_t<T>* mean = nullptr, stat_t<T>* rstd = nullptr) noexcept {
+  detail::begin_call();
   if (status s = detail::check_ranges(rows, cols, eps); !s) return s;
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
     for (std::int64_t r = 0; r < rows; ++r)
       K::template layer_norm_row<T, W>(x + r * ld_x, y + r * ld_y, cols, gamma, beta, eps, mean ? mean + r : nullptr,
                                        rstd ? rstd + r : nullptr, false);
+    if (rows > 0) detail::note_region(1, 1);
     return status{};
   });
 }
@@ -1062,11 +1080,13 @@ status layer_norm_rows(const T* x, std::int64_t ld_x, T* y, std::int64_t ld_y, s
 template <class T, class W = T>
 status rms_norm_rows(const T* x, std::int64_t ld_x, T* y, std::int64_t ld_y, std::int64_t rows, std::int64_t cols,
                      const detail::identity_t<W>* gamma, double eps, stat_t<T>* rstd = nullptr) noexcept {
+  detail::begin_call();
   if (status s = detail::check_ranges(rows, cols, eps); !s) return s;
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
     for (std::int64_t r = 0; r < rows; ++r)
       K::template rms_norm_row<T, W>(x + r * ld_x, y + r * ld_y, cols, gamma, eps, rstd ? rstd + r : nullptr, false);
+    if (rows > 0) detail::note_region(1, 1);
     return status{};
   });
 }
@@ -1082,6 +1102,7 @@ status add_norm_rows(bool rms, const T* x, std::int64_t ld_x, const T* residual,
                      std::int64_t rows, std::int64_t cols, const detail::identity_t<W>* gamma,
                      const detail::identity_t<W>* beta, double eps, stat_t<T>* mean = nullptr,
                      stat_t<T>* rstd = nullptr) noexcept {
+  detail::begin_call();
   if (status st = detail::check_ranges(rows, cols, eps); !st) return st;
   if (rows > 0 && y == s) return fail("y: must not be s");
   return detail::with_kernels([&](auto k) {
@@ -1094,6 +1115,7 @@ status add_norm_rows(bool rms, const T* x, std::int64_t ld_x, const T* residual,
         K::template layer_norm_row<T, W>(sr, y + r * ld_y, cols, gamma, beta, eps, mean ? mean + r : nullptr,
                                          rstd ? rstd + r : nullptr, false);
     }
+    if (rows > 0) detail::note_region(1, 1);
     return status{};
   });
 }
@@ -1108,6 +1130,7 @@ status norm_backward_rows(bool rms, const T* dy, std::int64_t ld_dy, const T* x,
                           const stat_t<T>* mean, const stat_t<T>* rstd, const detail::identity_t<W>* gamma, T* dx,
                           std::int64_t ld_dx, std::int64_t rows, std::int64_t cols, stat_t<T>* dgamma_acc,
                           stat_t<T>* dbeta_acc) noexcept {
+  detail::begin_call();
   if (status st = detail::check_rows(rows, cols); !st) return st;
   if (rows > 0 && (!rstd || (!rms && !mean))) return fail("mean, rstd: null pointer");
   return detail::with_kernels([&](auto k) {
@@ -1120,6 +1143,7 @@ status norm_backward_rows(bool rms, const T* dy, std::int64_t ld_dy, const T* x,
         K::template layer_norm_backward_row<T, W>(x + r * ld_x, dy + r * ld_dy, dx + r * ld_dx, cols, gamma, mean[r],
                                                   rstd[r], dgamma_acc, dbeta_acc);
     }
+    if (rows > 0) detail::note_region(1, 1);
     return status{};
   });
 }
