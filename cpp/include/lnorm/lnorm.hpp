@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <new>
 #include <stdexcept>
@@ -26,6 +27,7 @@
 #include "half.hpp"
 #include "parallel.hpp"
 #include "reference.hpp"
+#include "rules.hpp"
 #include "kernels/avx2.hpp"
 #include "kernels/avx512.hpp"
 #include "kernels/neon.hpp"
@@ -45,6 +47,12 @@ namespace lnorm {
 /// caller's workspace is smaller than the call needs (ask the matching *_workspace_size query).
 enum class status_code : int { ok = 0, invalid_argument = 1, out_of_memory = 2, workspace_too_small = 3 };
 
+/// A call's outcome. A refused call has written nothing. Its message is a static string that starts
+/// with the C++ name of the argument at fault and a colon ("y: overlaps gamma; ...", "eps: ...",
+/// "workspace: ..."): x, residual, bias_in, s, y, gamma, beta, mean, rstd, dy, dx, dgamma, dbeta,
+/// rows, cols, shape, normalized, axis, eps, workspace.
+///   lnorm::status s = lnorm::try_rms_norm(x, d, y, d, rows, d, g, 1e-6);
+///   if (!s) std::fprintf(stderr, "%s\n", s.message);
 struct status {
   status_code code = status_code::ok;
   const char* message = "";  // static string naming the argument at fault
@@ -67,8 +75,7 @@ inline void throw_if_failed(const status& s) {
 // Layout: any strided tensor, normalized over any set of axes, as rows, column tiles or gathers
 // ============================================================================================
 
-inline constexpr int kMaxDims = 64;
-inline constexpr int kMaxArrays = 4;
+inline constexpr int kMaxArrays = 4;  // kMaxDims: rules.hpp
 
 /// One array argument of an N-d call: its first element and its strides, in elements, per dimension.
 struct strided {
@@ -80,7 +87,8 @@ struct strided {
 /// try_norm_backward_nd) for what it needs besides its arrays: the gather buffers of layouts no kernel
 /// can walk, the fused add's row buffer, the backward's dgamma/dbeta partials, a huge row's chunk
 /// statistics. Given one, a call never allocates; one smaller than the call needs is refused with
-/// status_code::workspace_too_small, before anything is written. Any alignment. The matching query
+/// status_code::workspace_too_small, and one of enough bytes whose data is null with
+/// invalid_argument ("workspace: data is null"), before anything is written. Any alignment. The matching query
 /// (layer_norm_workspace_size, rms_norm_workspace_size, add_norm_workspace_size,
 /// norm_backward_workspace_size) says how many bytes a problem needs on a given thread count; it is 0
 /// for the common forward case (rows contiguous over the normalized axes, narrower than 65536).
@@ -138,6 +146,7 @@ inline void append_dim(int& count, std::int64_t* shape, std::int64_t (*stride)[k
   ++count;
 }
 
+// Only for a checked, non-empty problem (check_problem: no zero batch dimension, no product overflows).
 inline void build_layout(layout& L, int ndim, const std::int64_t* shape, const bool* normalized, int narrays,
                          const std::int64_t* const* strides) noexcept {
   L.narrays = narrays;
@@ -235,12 +244,27 @@ inline constexpr std::size_t kScratchAlign = 64;  // each region starts a cache 
 
 inline std::size_t align_up(std::size_t n) noexcept { return (n + kScratchAlign - 1) / kScratchAlign * kScratchAlign; }
 
+inline constexpr std::size_t kNoBytes = static_cast<std::size_t>(-1);  // more than can be addressed
+
+// a * b * c elements of `elem` bytes (all >= 0), or kNoBytes when that overflows: a plan that asks
+// for kNoBytes is then refused (out of memory, or a workspace too small), never wrapped.
+inline std::size_t bytes_of(std::int64_t a, std::int64_t b, std::int64_t c, std::size_t elem) noexcept {
+  std::size_t n = elem;
+  for (std::int64_t f : {a, b, c}) {
+    const std::size_t u = static_cast<std::size_t>(f);
+    if (u != 0 && n > (kNoBytes - kScratchAlign) / u) return kNoBytes;
+    n *= u;
+  }
+  return n;
+}
+
 // The scratch of one call in three regions: row buffers of T (gathered rows, the fused add's s; per
 // worker), dgamma/dbeta partials (zeroed before use) and doubles (a huge row's chunk statistics).
 struct scratch_plan {
   std::size_t row_bytes = 0, partial_bytes = 0, double_bytes = 0;
   // The workspace bytes: each region rounded up to a cache line, and room to align the first.
   std::size_t bytes() const noexcept {
+    if (row_bytes == kNoBytes || partial_bytes == kNoBytes || double_bytes == kNoBytes) return kNoBytes;
     const std::size_t regions = align_up(row_bytes) + align_up(partial_bytes) + align_up(double_bytes);
     return regions == 0 ? 0 : regions + kScratchAlign - 1;
   }
@@ -261,12 +285,14 @@ inline status acquire(const scratch_plan& plan, const workspace* ws, scratch& ou
   if (need == 0) return {};
   unsigned char* base = nullptr;
   if (ws) {
-    if (!ws->data || ws->bytes < need)
+    // Too small first: an empty workspace{} is one of 0 bytes; one that claims the bytes needs them.
+    if (ws->bytes < need)
       return {status_code::workspace_too_small, "workspace: smaller than its *_workspace_size query says this call needs"};
+    if (!ws->data) return fail("workspace: data is null");
     base = static_cast<unsigned char*>(ws->data);
   } else {
-    out.owned.reset(new (std::nothrow) unsigned char[need]);
-    if (!out.owned) return {status_code::out_of_memory, "out of memory for scratch buffers"};
+    if (need != kNoBytes) out.owned.reset(new (std::nothrow) unsigned char[need]);
+    if (!out.owned) return {status_code::out_of_memory, "workspace: none given, and its scratch could not be allocated"};
     base = out.owned.get();
   }
   unsigned char* p = base + (kScratchAlign - reinterpret_cast<std::uintptr_t>(base) % kScratchAlign) % kScratchAlign;
@@ -317,10 +343,10 @@ inline scratch_plan execute_plan(const layout& L, const Op& op, int threads) noe
   const task_split ts = split_tasks(L, threads);
   scratch_plan plan;
   if (ts.tasks == 0) return plan;
-  plan.row_bytes = static_cast<std::size_t>(scratch_rows_of(L, op) * L.cols * ts.workers) * sizeof(T);
+  plan.row_bytes = bytes_of(scratch_rows_of(L, op), L.cols, ts.workers, sizeof(T));
   if (Op::partial_size != 0)
-    plan.partial_bytes = static_cast<std::size_t>(partial_chunks(ts.tasks, L.rows * L.cols) * op.partial_elements(L.cols)) *
-                         sizeof(typename Op::partial_t);
+    plan.partial_bytes = bytes_of(partial_chunks(ts.tasks, L.rows * L.cols), op.partial_elements(L.cols), 1,
+                                  sizeof(typename Op::partial_t));
   return plan;
 }
 
@@ -576,7 +602,7 @@ inline std::int64_t split_chunks(const layout& L) noexcept { return (L.cols + kS
 inline scratch_plan split_forward_plan(const layout& L, int threads) noexcept {
   const std::int64_t chunks = split_chunks(L);
   scratch_plan plan;
-  plan.double_bytes = static_cast<std::size_t>(2 * chunks * workers_for(L.rows * L.cols, L.rows * chunks, threads)) * sizeof(double);
+  plan.double_bytes = bytes_of(2 * chunks, workers_for(L.rows * L.cols, L.rows * chunks, threads), 1, sizeof(double));
   return plan;
 }
 
@@ -584,8 +610,8 @@ inline scratch_plan split_forward_plan(const layout& L, int threads) noexcept {
 template <class T>
 inline scratch_plan split_backward_plan(const layout& L) noexcept {
   scratch_plan plan;
-  plan.partial_bytes = static_cast<std::size_t>(2 * L.cols) * sizeof(stat_t<T>);
-  plan.double_bytes = static_cast<std::size_t>(2 * split_chunks(L)) * sizeof(double);
+  plan.partial_bytes = bytes_of(2, L.cols, 1, sizeof(stat_t<T>));
+  plan.double_bytes = bytes_of(2, split_chunks(L), 1, sizeof(double));
   return plan;
 }
 
@@ -737,22 +763,86 @@ inline bool streams(const layout& L, const void* out, const void* in, std::size_
   return out != in && may_stream(L, elem);
 }
 
-inline status check_problem(int ndim, const std::int64_t* shape, const bool* normalized, double eps,
-                            bool need_eps) noexcept {
-  if (ndim < 1 || ndim > kMaxDims) return fail("x: ndim must be between 1 and 64");
-  if (!shape || !normalized) return fail("shape, normalized: null pointer");
-  bool any = false;
+// ---- Argument checks: every call's, in one place (the aliasing and eps rules: rules.hpp) ----------
+
+inline constexpr std::int64_t kMaxInt64 = std::numeric_limits<std::int64_t>::max();
+
+// a * b for a, b >= 0, or false when it overflows int64 (no division for factors under 2^31, the
+// common case: a division costs more than the rest of a call's checks).
+inline bool mul_fits(std::int64_t a, std::int64_t b, std::int64_t& out) noexcept {
+  if (((a | b) >> 31) != 0 && a != 0 && b > kMaxInt64 / a) return false;
+  out = a * b;
+  return true;
+}
+
+// The problem of an N-d call: ndim, shape and the normalized axes; `rows` and `cols` get the number
+// of rows (product of the other axes, 0 for an empty batch) and of normalized elements.
+inline status check_problem(int ndim, const std::int64_t* shape, const bool* normalized, std::int64_t& rows,
+                            std::int64_t& cols) noexcept {
+  rows = 0;
+  cols = 1;
+  if (ndim < 1 || ndim > kMaxDims) return fail("shape: ndim must be between 1 and 64");
+  if (!shape) return fail("shape: null pointer");
+  if (!normalized) return fail("normalized: null pointer");
+  bool any = false, empty = false;
   for (int d = 0; d < ndim; ++d) {
-    if (shape[d] < 0) return fail("x: negative dimension");
+    if (shape[d] < 0) return fail("shape: negative dimension");
+    empty |= shape[d] == 0 && !normalized[d];
     if (normalized[d]) {
       any = true;
       if (shape[d] == 0) return fail("axis: the normalized axes must not be empty");
     }
   }
   if (!any) return fail("axis: no axis to normalize over");
-  if (need_eps && !(eps >= 0 && eps <= 1e300)) return fail("eps: must be a finite number >= 0");
+  std::int64_t count = 1, batch = 1;  // rows * cols and rows, over the nonzero dimensions
+  for (int d = 0; d < ndim; ++d) {
+    if (shape[d] == 0) continue;
+    if (!mul_fits(count, shape[d], count)) return fail("shape: the number of elements overflows int64");
+    if (normalized[d]) cols *= shape[d];
+    else batch *= shape[d];
+  }
+  rows = empty ? 0 : batch;
   return {};
 }
+
+// The strides of a strided argument must be given (even for an empty problem).
+inline bool has_strides(const strided& a) noexcept { return a.strides != nullptr; }
+inline status no_strides(rules::arg a) noexcept { return fail(rules::kMessages.null_strides[static_cast<int>(a)]); }
+
+// The rows and cols of a row-range call.
+inline status check_rows(std::int64_t rows, std::int64_t cols) noexcept {
+  if (rows < 0) return fail("rows: must be >= 0");
+  if (cols < 1) return fail("cols: must be >= 1");
+  std::int64_t count = 0;
+  if (!mul_fits(rows, cols, count)) return fail("rows: rows * cols overflows int64");
+  return {};
+}
+
+inline status check_eps(double eps) noexcept {
+  if (const char* m = rules::check_eps(eps)) return fail(m);
+  return {};
+}
+
+inline status check_arrays(rules::operands& ops) noexcept {
+  if (const char* m = ops.check()) return fail(m);
+  return {};
+}
+
+// Views of the arguments, for the aliasing rule: an N-d argument (shape of the call) and a row-range
+// argument (rows x cols, `ld` apart). Vectors of n elements (weights, statistics): operands::vector.
+template <class T>
+inline array_view nd_view(const strided& a, int ndim, const std::int64_t* shape) noexcept {
+  return {a.data, ndim, shape, a.strides, sizeof(T)};
+}
+// A row-range argument's shape {rows, cols} and strides {ld, 1}, kept alive for its view.
+struct row_layout {
+  std::int64_t shape[2];
+  std::int64_t strides[2];
+  template <class T>
+  array_view view(const T* p) const noexcept {
+    return {p, 2, shape, strides, sizeof(T)};
+  }
+};
 
 // ---- The scratch of each N-d call, for its layout on `threads` threads: one formula for the call and
 // ---- its *_workspace_size query, so that the two agree by construction.
@@ -782,12 +872,18 @@ inline scratch_plan norm_backward_plan(bool rms, const layout& L, int threads) n
   return execute_plan<T>(L, norm_backward_op<scalar::kernels, T, T, false>{}, threads);
 }
 
-// The layout of a query's problem; false for a problem the call would refuse.
+// The layout of a query's problem; false for a problem the call would refuse for its shape or strides
+// (whatever the data pointers), or that has no rows (it needs no workspace).
 inline bool query_layout(layout& L, int ndim, const std::int64_t* shape, const bool* normalized, int narrays,
-                         const std::int64_t* const* strides) noexcept {
-  if (!check_problem(ndim, shape, normalized, 0.0, false)) return false;
-  for (int a = 0; a < narrays; ++a)
-    if (!strides[a]) return false;
+                         const std::int64_t* const* strides, std::size_t elem) noexcept {
+  std::int64_t rows = 0, cols = 0;
+  if (!check_problem(ndim, shape, normalized, rows, cols)) return false;
+  for (int a = 0; a < narrays; ++a) {
+    bool empty = false;
+    std::uint64_t below = 0, above = 0;
+    if (!strides[a] || !rules::reach_of({nullptr, ndim, shape, strides[a], elem}, empty, below, above)) return false;
+  }
+  if (rows == 0) return false;
   build_layout(L, ndim, shape, normalized, narrays, strides);
   return true;
 }
@@ -805,30 +901,53 @@ inline int query_threads(int num_threads) noexcept {
 // `normalized[d]` marks the axes normalized over. gamma, beta and bias_in are contiguous over the
 // normalized axes (row-major in their original order); mean and rstd are contiguous over the others.
 // Any of gamma, beta, bias_in, mean, rstd may be null (nullptr needs no template argument for W: the
-// weight parameters take no part in deduction, and W defaults to T). y may be x itself (in place).
+// weight parameters take no part in deduction, and W defaults to T). A problem with no rows (a batch
+// axis of size 0) is accepted with null data pointers and writes nothing (the backward's dgamma and
+// dbeta, sums over no rows, are set to zeros).
 //
-// The calls run on get_num_threads() threads (OpenMP, or the engine's pool: set_thread_pool). What
-// they need besides their arrays (nothing, for contiguous rows narrower than 65536 in the forward
-// calls) comes from `ws` when given, and the call then never allocates; with ws null, the call
-// allocates it. See `workspace` and the *_workspace_size queries after the calls.
+// Arguments are checked before anything is written (a refused call returns invalid_argument and a
+// message naming the argument: see `status`). Aliasing, the same rule in every call (rules.hpp): no
+// output overlaps itself (zero strides, broadcast views), no output shares a byte with another
+// argument, except that an output may be exactly its input, in place (same data pointer, same
+// strides on every dimension of size > 1): y may be x; in the fused add s may be x or residual, and
+// y may be x or residual but never overlaps s. The backward's dx may not overlap dy or x. Inputs may
+// overlap each other freely. Disjoint views of one buffer (the two halves of each row, even and odd
+// columns) are fine. eps: any finite number >= 0.
+//
+// The calls run on get_num_threads() threads (OpenMP, or the engine's pool: set_thread_pool), read
+// once when the call starts. What they need besides their arrays (nothing, for contiguous rows
+// narrower than 65536 in the forward calls) comes from `ws` when given, and the call then never
+// allocates; with ws null, the call allocates it. See `workspace` and the *_workspace_size queries.
 //
 //   const std::int64_t shape[4] = {8, 96, 56, 56}, st[4] = {96 * 56 * 56, 56 * 56, 56, 1};
 //   const bool norm[4] = {false, true, false, false};              // LayerNorm over channels of NCHW
 //   lnorm::try_layer_norm_nd<float>(4, shape, norm, {x, st}, {y, st}, g, b, 1e-6, nullptr, nullptr);
 
-/// LayerNorm over the normalized axes of an N-d strided tensor; returns a status.
+/// LayerNorm over the normalized axes of an N-d strided tensor; returns a status. y may be x.
 ///   lnorm::status s = lnorm::try_layer_norm_nd<float>(4, shape, norm, {x, st}, {y, st}, g, b, 1e-5, mean, rstd);
 template <class T, class W = T>
 status try_layer_norm_nd(int ndim, const std::int64_t* shape, const bool* normalized, strided x, strided y,
                          const detail::identity_t<W>* gamma, const detail::identity_t<W>* beta, double eps,
                          stat_t<T>* mean, stat_t<T>* rstd, const workspace* ws = nullptr) noexcept {
+  using rules::arg;
   detail::begin_call();
-  if (status s = detail::check_problem(ndim, shape, normalized, eps, true); !s) return s;
-  if (!x.data || !y.data || !x.strides || !y.strides) return fail("x, out: null pointer");
+  std::int64_t rows = 0, cols = 0;
+  if (status s = detail::check_problem(ndim, shape, normalized, rows, cols); !s) return s;
+  if (status s = detail::check_eps(eps); !s) return s;
+  if (!detail::has_strides(x)) return detail::no_strides(arg::x);
+  if (!detail::has_strides(y)) return detail::no_strides(arg::y);
+  rules::operands ops;
+  ops.input(arg::x, detail::nd_view<T>(x, ndim, shape));
+  ops.output(arg::y, detail::nd_view<T>(y, ndim, shape), rules::bit(arg::x));
+  if (gamma) ops.vector(arg::gamma, gamma, cols, sizeof(*gamma), false);
+  if (beta) ops.vector(arg::beta, beta, cols, sizeof(*beta), false);
+  if (mean) ops.vector(arg::mean, mean, rows, sizeof(*mean), true);
+  if (rstd) ops.vector(arg::rstd, rstd, rows, sizeof(*rstd), true);
+  if (status s = detail::check_arrays(ops); !s) return s;
+  if (rows == 0) return {};
   const std::int64_t* st[2] = {x.strides, y.strides};
   detail::layout L;
   detail::build_layout(L, ndim, shape, normalized, 2, st);
-  if (L.rows == 0) return {};
   T* base[2] = {const_cast<T*>(static_cast<const T*>(x.data)), static_cast<T*>(const_cast<void*>(y.data))};
   const bool stream = detail::streams(L, y.data, x.data, sizeof(T));
   const detail::team tm = detail::current_team();
@@ -836,24 +955,33 @@ status try_layer_norm_nd(int ndim, const std::int64_t* shape, const bool* normal
     using K = decltype(k);
     if (detail::splits_rows(L))
       return detail::split_rows_forward<K, T, W, false>(L, base[0], base[1], gamma, beta, eps, mean, rstd, stream, ws, tm);
-    return detail::execute(L, base, detail::layer_norm_op<K, T, W>{gamma, beta, eps, mean, rstd, L.cols, stream}, ws,
-                           tm);
+    return detail::execute(L, base, detail::layer_norm_op<K, T, W>{gamma, beta, eps, mean, rstd, L.cols, stream}, ws, tm);
   });
 }
 
-/// RMSNorm over the normalized axes of an N-d strided tensor; returns a status.
+/// RMSNorm over the normalized axes of an N-d strided tensor; returns a status. y may be x.
 ///   lnorm::status s = lnorm::try_rms_norm_nd<float>(3, shape, norm, {x, st}, {y, st}, g, 1e-6, rstd);
 template <class T, class W = T>
 status try_rms_norm_nd(int ndim, const std::int64_t* shape, const bool* normalized, strided x, strided y,
                        const detail::identity_t<W>* gamma, double eps, stat_t<T>* rstd,
                        const workspace* ws = nullptr) noexcept {
+  using rules::arg;
   detail::begin_call();
-  if (status s = detail::check_problem(ndim, shape, normalized, eps, true); !s) return s;
-  if (!x.data || !y.data || !x.strides || !y.strides) return fail("x, out: null pointer");
+  std::int64_t rows = 0, cols = 0;
+  if (status s = detail::check_problem(ndim, shape, normalized, rows, cols); !s) return s;
+  if (status s = detail::check_eps(eps); !s) return s;
+  if (!detail::has_strides(x)) return detail::no_strides(arg::x);
+  if (!detail::has_strides(y)) return detail::no_strides(arg::y);
+  rules::operands ops;
+  ops.input(arg::x, detail::nd_view<T>(x, ndim, shape));
+  ops.output(arg::y, detail::nd_view<T>(y, ndim, shape), rules::bit(arg::x));
+  if (gamma) ops.vector(arg::gamma, gamma, cols, sizeof(*gamma), false);
+  if (rstd) ops.vector(arg::rstd, rstd, rows, sizeof(*rstd), true);
+  if (status s = detail::check_arrays(ops); !s) return s;
+  if (rows == 0) return {};
   const std::int64_t* st[2] = {x.strides, y.strides};
   detail::layout L;
   detail::build_layout(L, ndim, shape, normalized, 2, st);
-  if (L.rows == 0) return {};
   T* base[2] = {const_cast<T*>(static_cast<const T*>(x.data)), static_cast<T*>(const_cast<void*>(y.data))};
   const bool stream = detail::streams(L, y.data, x.data, sizeof(T));
   const detail::team tm = detail::current_team();
@@ -866,8 +994,9 @@ status try_rms_norm_nd(int ndim, const std::int64_t* shape, const bool* normaliz
   });
 }
 
-/// s = x + bias_in + residual (rounded to T), y = layer_norm(s) (rms_norm(s) with `rms`), in one call.
-/// s may alias x or residual; y may alias x or residual but not s.
+/// s = x + bias_in + residual (rounded to T), y = layer_norm(s) (rms_norm(s) with `rms`; beta and mean
+/// are then ignored), in one call. s may be x or residual (in place), y may be x or residual, but y
+/// never overlaps s.
 ///   // the residual stream h updated in place: h += attn; y = rms_norm(h)
 ///   lnorm::try_add_norm_nd<float>(true, 2, shape, norm, {attn, st}, {h, st}, nullptr, {h, st}, {y, st}, g,
 ///                                 nullptr, 1e-6, nullptr, nullptr);
@@ -876,14 +1005,32 @@ status try_add_norm_nd(bool rms, int ndim, const std::int64_t* shape, const bool
                        strided residual, const detail::identity_t<W>* bias_in, strided s, strided y,
                        const detail::identity_t<W>* gamma, const detail::identity_t<W>* beta, double eps,
                        stat_t<T>* mean, stat_t<T>* rstd, const workspace* ws = nullptr) noexcept {
+  using rules::arg;
   detail::begin_call();
-  if (status st = detail::check_problem(ndim, shape, normalized, eps, true); !st) return st;
-  if (!x.data || !residual.data || !s.data || !y.data || !x.strides || !residual.strides || !s.strides || !y.strides)
-    return fail("x, residual, out: null pointer");
+  std::int64_t rows = 0, cols = 0;
+  if (status st = detail::check_problem(ndim, shape, normalized, rows, cols); !st) return st;
+  if (status st = detail::check_eps(eps); !st) return st;
+  if (!detail::has_strides(x)) return detail::no_strides(arg::x);
+  if (!detail::has_strides(residual)) return detail::no_strides(arg::residual);
+  if (!detail::has_strides(s)) return detail::no_strides(arg::s);
+  if (!detail::has_strides(y)) return detail::no_strides(arg::y);
+  if (rms) beta = nullptr, mean = nullptr;  // ignored
+  const unsigned inputs = rules::bit(arg::x) | rules::bit(arg::residual);
+  rules::operands ops;
+  ops.input(arg::x, detail::nd_view<T>(x, ndim, shape));
+  ops.input(arg::residual, detail::nd_view<T>(residual, ndim, shape));
+  if (bias_in) ops.vector(arg::bias_in, bias_in, cols, sizeof(*bias_in), false);
+  ops.output(arg::s, detail::nd_view<T>(s, ndim, shape), inputs);
+  ops.output(arg::y, detail::nd_view<T>(y, ndim, shape), inputs);
+  if (gamma) ops.vector(arg::gamma, gamma, cols, sizeof(*gamma), false);
+  if (beta) ops.vector(arg::beta, beta, cols, sizeof(*beta), false);
+  if (mean) ops.vector(arg::mean, mean, rows, sizeof(*mean), true);
+  if (rstd) ops.vector(arg::rstd, rstd, rows, sizeof(*rstd), true);
+  if (status st = detail::check_arrays(ops); !st) return st;
+  if (rows == 0) return {};
   const std::int64_t* st[4] = {x.strides, residual.strides, s.strides, y.strides};
   detail::layout L;
   detail::build_layout(L, ndim, shape, normalized, 4, st);
-  if (L.rows == 0) return {};
   T* base[4] = {const_cast<T*>(static_cast<const T*>(x.data)), const_cast<T*>(static_cast<const T*>(residual.data)),
                 static_cast<T*>(const_cast<void*>(s.data)), static_cast<T*>(const_cast<void*>(y.data))};
   // Streamed only when neither output is an input (in place, the lines are in cache already).
@@ -902,29 +1049,44 @@ status try_add_norm_nd(bool rms, int ndim, const std::int64_t* shape, const bool
 
 /// Backward of layer_norm (rms_norm with `rms`; mean is then ignored): dx from dy, x and the forward's
 /// statistics; dgamma and dbeta (if not null) summed over the batch in a fixed order, so the same
-/// bits for any thread count. With `rms`, a non-null dbeta is set to zeros.
+/// bits for any thread count. With `rms`, a non-null dbeta is set to zeros. dx may not overlap any
+/// other argument (not even be dy: refused).
 ///   lnorm::try_norm_backward_nd<float>(false, 2, shape, norm, {dy, st}, {x, st}, mean, rstd, g, {dx, st}, dg, db);
 template <class T, class W = T>
 status try_norm_backward_nd(bool rms, int ndim, const std::int64_t* shape, const bool* normalized, strided dy,
                             strided x, const stat_t<T>* mean, const stat_t<T>* rstd, const detail::identity_t<W>* gamma,
                             strided dx, detail::identity_t<W>* dgamma, detail::identity_t<W>* dbeta,
                             const workspace* ws = nullptr) noexcept {
+  using rules::arg;
   detail::begin_call();
-  if (status s = detail::check_problem(ndim, shape, normalized, 0.0, false); !s) return s;
-  if (!dy.data || !x.data || !dx.data || !dy.strides || !x.strides || !dx.strides || !rstd || (!rms && !mean))
-    return fail("dy, x, mean, rstd: null pointer");
-  const std::int64_t* st[3] = {x.strides, dy.strides, dx.strides};
-  detail::layout L;
-  detail::build_layout(L, ndim, shape, normalized, 3, st);
-  T* base[3] = {const_cast<T*>(static_cast<const T*>(x.data)), const_cast<T*>(static_cast<const T*>(dy.data)),
-                static_cast<T*>(const_cast<void*>(dx.data))};
-  if (L.rows == 0) {
-    for (std::int64_t c = 0; c < L.cols; ++c) {
+  std::int64_t rows = 0, cols = 0;
+  if (status s = detail::check_problem(ndim, shape, normalized, rows, cols); !s) return s;
+  if (!detail::has_strides(dy)) return detail::no_strides(arg::dy);
+  if (!detail::has_strides(x)) return detail::no_strides(arg::x);
+  if (!detail::has_strides(dx)) return detail::no_strides(arg::dx);
+  if (rms) mean = nullptr;  // ignored
+  rules::operands ops;
+  ops.input(arg::dy, detail::nd_view<T>(dy, ndim, shape));
+  ops.input(arg::x, detail::nd_view<T>(x, ndim, shape));
+  if (!rms) ops.vector(arg::mean, mean, rows, sizeof(*mean), false);  // needed: a null one with rows is refused
+  ops.vector(arg::rstd, rstd, rows, sizeof(*rstd), false);
+  if (gamma) ops.vector(arg::gamma, gamma, cols, sizeof(*gamma), false);
+  ops.output(arg::dx, detail::nd_view<T>(dx, ndim, shape));
+  if (dgamma) ops.vector(arg::dgamma, dgamma, cols, sizeof(*dgamma), true);
+  if (dbeta) ops.vector(arg::dbeta, dbeta, cols, sizeof(*dbeta), true);
+  if (status s = detail::check_arrays(ops); !s) return s;
+  if (rows == 0) {
+    for (std::int64_t c = 0; c < cols; ++c) {
       if (dgamma) dgamma[c] = narrow<W>(0.0);
       if (dbeta) dbeta[c] = narrow<W>(0.0);
     }
     return {};
   }
+  const std::int64_t* st[3] = {x.strides, dy.strides, dx.strides};
+  detail::layout L;
+  detail::build_layout(L, ndim, shape, normalized, 3, st);
+  T* base[3] = {const_cast<T*>(static_cast<const T*>(x.data)), const_cast<T*>(static_cast<const T*>(dy.data)),
+                static_cast<T*>(const_cast<void*>(dx.data))};
   const detail::team tm = detail::current_team();
   const bool stream = detail::streams(L, dx.data, x.data, sizeof(T));
   return detail::with_kernels([&](auto k) {
@@ -947,11 +1109,12 @@ status try_norm_backward_nd(bool rms, int ndim, const std::int64_t* shape, const
 // ---- Workspace queries ---------------------------------------------------------------------------
 //
 // Each says how many bytes of `workspace` its N-d call needs for a problem (the same shape,
-// normalized axes and strides, in elements, as the call gets) on `num_threads` threads; 0 (the
-// default) means get_num_threads() now, which is what the call reads when it runs. A workspace sized
-// for n threads serves any call on n threads or fewer; after set_num_threads or set_thread_pool with
-// more, ask again. The answer is 0 when the call needs no workspace, and for a problem the call
-// would refuse (it then says why). The data pointers do not matter, only the layout.
+// normalized axes and strides, in elements, as the call gets) on `num_threads` threads (clamped to
+// kMaxThreads); 0 (the default) means get_num_threads() now, which is what the call reads when it
+// runs. A workspace sized for n threads serves any call on n threads or fewer; after set_num_threads
+// or set_thread_pool with more, ask again. The answer is 0 when the call needs no workspace, and for
+// a problem the call would refuse for its shape or strides (it then says why). The data pointers do
+// not matter, only the layout.
 
 /// Bytes of workspace try_layer_norm_nd needs.
 ///   std::vector<unsigned char> arena(lnorm::layer_norm_workspace_size<float>(4, shape, norm, st, st));
@@ -961,7 +1124,7 @@ std::size_t layer_norm_workspace_size(int ndim, const std::int64_t* shape, const
                                       int num_threads = 0) noexcept {
   const std::int64_t* st[2] = {x_strides, y_strides};
   detail::layout L;
-  if (!detail::query_layout(L, ndim, shape, normalized, 2, st)) return 0;
+  if (!detail::query_layout(L, ndim, shape, normalized, 2, st, sizeof(T))) return 0;
   return detail::norm_plan<T, false>(L, detail::query_threads(num_threads)).bytes();
 }
 
@@ -973,7 +1136,7 @@ std::size_t rms_norm_workspace_size(int ndim, const std::int64_t* shape, const b
                                     int num_threads = 0) noexcept {
   const std::int64_t* st[2] = {x_strides, y_strides};
   detail::layout L;
-  if (!detail::query_layout(L, ndim, shape, normalized, 2, st)) return 0;
+  if (!detail::query_layout(L, ndim, shape, normalized, 2, st, sizeof(T))) return 0;
   return detail::norm_plan<T, true>(L, detail::query_threads(num_threads)).bytes();
 }
 
@@ -987,7 +1150,7 @@ std::size_t add_norm_workspace_size(int ndim, const std::int64_t* shape, const b
                                     int num_threads = 0) noexcept {
   const std::int64_t* st[4] = {x_strides, residual_strides, s_strides, y_strides};
   detail::layout L;
-  if (!detail::query_layout(L, ndim, shape, normalized, 4, st)) return 0;
+  if (!detail::query_layout(L, ndim, shape, normalized, 4, st, sizeof(T))) return 0;
   return detail::add_norm_plan<T>(L, detail::may_stream(L, sizeof(T)), detail::query_threads(num_threads)).bytes();
 }
 
@@ -1000,7 +1163,7 @@ std::size_t norm_backward_workspace_size(bool rms, int ndim, const std::int64_t*
                                          const std::int64_t* dx_strides, int num_threads = 0) noexcept {
   const std::int64_t* st[3] = {x_strides, dy_strides, dx_strides};
   detail::layout L;
-  if (!detail::query_layout(L, ndim, shape, normalized, 3, st)) return 0;
+  if (!detail::query_layout(L, ndim, shape, normalized, 3, st, sizeof(T))) return 0;
   return detail::norm_backward_plan<T>(rms, L, detail::query_threads(num_threads)).bytes();
 }
 
@@ -1008,15 +1171,8 @@ std::size_t norm_backward_workspace_size(bool rms, int ndim, const std::int64_t*
 // Contiguous rows: the calls an inference engine makes
 // ============================================================================================
 
-namespace detail {
-inline status check_rows(std::int64_t rows, std::int64_t cols) noexcept {
-  if (rows < 0) return fail("rows: must be >= 0");
-  if (cols < 1) return fail("cols: must be >= 1");
-  return {};
-}
-}  // namespace detail
-
 /// LayerNorm of `rows` rows of `cols` elements, row r at x + r*ld_x (y + r*ld_y); returns a status.
+/// The arguments follow the N-d calls' rules (y may be x; rows == 0 accepts null pointers).
 ///   lnorm::status s = lnorm::try_layer_norm(x, cols, y, cols, rows, cols, gamma, beta, 1e-5, mean, rstd);
 template <class T, class W = T>
 status try_layer_norm(const T* x, std::int64_t ld_x, T* y, std::int64_t ld_y, std::int64_t rows, std::int64_t cols,
@@ -1043,16 +1199,11 @@ status try_rms_norm(const T* x, std::int64_t ld_x, T* y, std::int64_t ld_y, std:
 
 // ============================================================================================
 // Row ranges on the calling thread: for engines with their own threads. These never allocate and
-// never start threads; an engine splits its rows among its workers and calls these per range.
+// never start threads; an engine splits its rows among its workers and calls these per range. Their
+// arguments follow the N-d calls' rules: row r of an array at p + r*ld_p; outputs' rows must not
+// overlap one another (|ld| >= cols) nor any other argument, except where a call allows in place;
+// rows == 0 accepts null pointers and writes nothing.
 // ============================================================================================
-
-namespace detail {
-inline status check_ranges(std::int64_t rows, std::int64_t cols, double eps) noexcept {
-  if (status s = check_rows(rows, cols); !s) return s;
-  if (!(eps >= 0 && eps <= 1e300)) return fail("eps: must be a finite number >= 0");
-  return {};
-}
-}  // namespace detail
 
 /// LayerNorm of rows [0, rows) on the calling thread: row r at x + r*ld_x, written to y + r*ld_y
 /// (y may be x). mean/rstd (may be null) get one value per row. No allocation, no threads.
@@ -1063,38 +1214,60 @@ template <class T, class W = T>
 status layer_norm_rows(const T* x, std::int64_t ld_x, T* y, std::int64_t ld_y, std::int64_t rows, std::int64_t cols,
                        const detail::identity_t<W>* gamma, const detail::identity_t<W>* beta, double eps,
                        stat_t<T>* mean = nullptr, stat_t<T>* rstd = nullptr) noexcept {
+  using rules::arg;
   detail::begin_call();
-  if (status s = detail::check_ranges(rows, cols, eps); !s) return s;
+  if (status s = detail::check_rows(rows, cols); !s) return s;
+  if (status s = detail::check_eps(eps); !s) return s;
+  const detail::row_layout lx{{rows, cols}, {ld_x, 1}}, ly{{rows, cols}, {ld_y, 1}};
+  rules::operands ops;
+  ops.input(arg::x, lx.view(x));
+  ops.output(arg::y, ly.view(y), rules::bit(arg::x));
+  if (gamma) ops.vector(arg::gamma, gamma, cols, sizeof(*gamma), false);
+  if (beta) ops.vector(arg::beta, beta, cols, sizeof(*beta), false);
+  if (mean) ops.vector(arg::mean, mean, rows, sizeof(*mean), true);
+  if (rstd) ops.vector(arg::rstd, rstd, rows, sizeof(*rstd), true);
+  if (status s = detail::check_arrays(ops); !s) return s;
+  if (rows == 0) return {};
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
     for (std::int64_t r = 0; r < rows; ++r)
       K::template layer_norm_row<T, W>(x + r * ld_x, y + r * ld_y, cols, gamma, beta, eps, mean ? mean + r : nullptr,
                                        rstd ? rstd + r : nullptr, false);
-    if (rows > 0) detail::note_region(1, 1);
+    detail::note_region(1, 1);
     return status{};
   });
 }
 
-/// RMSNorm of rows [0, rows) on the calling thread (see layer_norm_rows).
+/// RMSNorm of rows [0, rows) on the calling thread (see layer_norm_rows; y may be x).
 ///   lnorm::rms_norm_rows(x, cols, y, cols, rows, cols, g, 1e-6);
 template <class T, class W = T>
 status rms_norm_rows(const T* x, std::int64_t ld_x, T* y, std::int64_t ld_y, std::int64_t rows, std::int64_t cols,
                      const detail::identity_t<W>* gamma, double eps, stat_t<T>* rstd = nullptr) noexcept {
+  using rules::arg;
   detail::begin_call();
-  if (status s = detail::check_ranges(rows, cols, eps); !s) return s;
+  if (status s = detail::check_rows(rows, cols); !s) return s;
+  if (status s = detail::check_eps(eps); !s) return s;
+  const detail::row_layout lx{{rows, cols}, {ld_x, 1}}, ly{{rows, cols}, {ld_y, 1}};
+  rules::operands ops;
+  ops.input(arg::x, lx.view(x));
+  ops.output(arg::y, ly.view(y), rules::bit(arg::x));
+  if (gamma) ops.vector(arg::gamma, gamma, cols, sizeof(*gamma), false);
+  if (rstd) ops.vector(arg::rstd, rstd, rows, sizeof(*rstd), true);
+  if (status s = detail::check_arrays(ops); !s) return s;
+  if (rows == 0) return {};
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
     for (std::int64_t r = 0; r < rows; ++r)
       K::template rms_norm_row<T, W>(x + r * ld_x, y + r * ld_y, cols, gamma, eps, rstd ? rstd + r : nullptr, false);
-    if (rows > 0) detail::note_region(1, 1);
+    detail::note_region(1, 1);
     return status{};
   });
 }
 
 /// The transformer block's "add & norm" on rows [0, rows), calling thread:
-/// s = x + bias_in + residual (rounded to T), y = layer_norm(s), or rms_norm(s) with `rms` (beta is
-/// then ignored). bias_in, gamma, beta may be null; s may be x or residual (the residual stream
-/// updated in place); y must not be s.
+/// s = x + bias_in + residual (rounded to T), y = layer_norm(s), or rms_norm(s) with `rms` (beta and
+/// mean are then ignored). bias_in, gamma, beta may be null; s may be x or residual (the residual
+/// stream updated in place); y may be x or residual, but never overlaps s.
 ///   lnorm::add_norm_rows(false, h, d, attn_out, d, nullptr, h, d, normed, d, tokens, d, g, b, 1e-5);
 template <class T, class W = T>
 status add_norm_rows(bool rms, const T* x, std::int64_t ld_x, const T* residual, std::int64_t ld_r,
@@ -1102,9 +1275,26 @@ status add_norm_rows(bool rms, const T* x, std::int64_t ld_x, const T* residual,
                      std::int64_t rows, std::int64_t cols, const detail::identity_t<W>* gamma,
                      const detail::identity_t<W>* beta, double eps, stat_t<T>* mean = nullptr,
                      stat_t<T>* rstd = nullptr) noexcept {
+  using rules::arg;
   detail::begin_call();
-  if (status st = detail::check_ranges(rows, cols, eps); !st) return st;
-  if (rows > 0 && y == s) return fail("y: must not be s");
+  if (status st = detail::check_rows(rows, cols); !st) return st;
+  if (status st = detail::check_eps(eps); !st) return st;
+  if (rms) beta = nullptr, mean = nullptr;  // ignored
+  const detail::row_layout lx{{rows, cols}, {ld_x, 1}}, lr{{rows, cols}, {ld_r, 1}}, ls{{rows, cols}, {ld_s, 1}},
+      ly{{rows, cols}, {ld_y, 1}};
+  const unsigned inputs = rules::bit(arg::x) | rules::bit(arg::residual);
+  rules::operands ops;
+  ops.input(arg::x, lx.view(x));
+  ops.input(arg::residual, lr.view(residual));
+  if (bias_in) ops.vector(arg::bias_in, bias_in, cols, sizeof(*bias_in), false);
+  ops.output(arg::s, ls.view(s), inputs);
+  ops.output(arg::y, ly.view(y), inputs);
+  if (gamma) ops.vector(arg::gamma, gamma, cols, sizeof(*gamma), false);
+  if (beta) ops.vector(arg::beta, beta, cols, sizeof(*beta), false);
+  if (mean) ops.vector(arg::mean, mean, rows, sizeof(*mean), true);
+  if (rstd) ops.vector(arg::rstd, rstd, rows, sizeof(*rstd), true);
+  if (status st = detail::check_arrays(ops); !st) return st;
+  if (rows == 0) return {};
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
     for (std::int64_t r = 0; r < rows; ++r) {
@@ -1115,35 +1305,49 @@ status add_norm_rows(bool rms, const T* x, std::int64_t ld_x, const T* residual,
         K::template layer_norm_row<T, W>(sr, y + r * ld_y, cols, gamma, beta, eps, mean ? mean + r : nullptr,
                                          rstd ? rstd + r : nullptr, false);
     }
-    if (rows > 0) detail::note_region(1, 1);
+    detail::note_region(1, 1);
     return status{};
   });
 }
 
-/// Backward of layer_norm (rms_norm with `rms`; mean is then ignored) on rows [0, rows), calling
-/// thread: dx from dy, x and the forward's statistics; dgamma_acc and dbeta_acc (cols values each,
-/// may be null) are ADDED to, so an engine gives each worker its own and sums them at the end.
+/// Backward of layer_norm (rms_norm with `rms`; mean and dbeta are then ignored) on rows [0, rows),
+/// calling thread: dx from dy, x and the forward's statistics; dgamma and dbeta (cols values each,
+/// may be null) are accumulators, ADDED to, so an engine gives each worker its own and sums them at
+/// the end. dx may not overlap any other argument (not even be dy).
 ///   std::vector<float> dg(cols), db(cols);   // zeroed, per worker
 ///   lnorm::norm_backward_rows(false, dy, cols, x, cols, mean, rstd, g, dx, cols, rows, cols, dg.data(), db.data());
 template <class T, class W = T>
 status norm_backward_rows(bool rms, const T* dy, std::int64_t ld_dy, const T* x, std::int64_t ld_x,
                           const stat_t<T>* mean, const stat_t<T>* rstd, const detail::identity_t<W>* gamma, T* dx,
-                          std::int64_t ld_dx, std::int64_t rows, std::int64_t cols, stat_t<T>* dgamma_acc,
-                          stat_t<T>* dbeta_acc) noexcept {
+                          std::int64_t ld_dx, std::int64_t rows, std::int64_t cols, stat_t<T>* dgamma,
+                          stat_t<T>* dbeta) noexcept {
+  using rules::arg;
   detail::begin_call();
   if (status st = detail::check_rows(rows, cols); !st) return st;
-  if (rows > 0 && (!rstd || (!rms && !mean))) return fail("mean, rstd: null pointer");
+  if (rms) mean = nullptr, dbeta = nullptr;  // ignored
+  const detail::row_layout ldy{{rows, cols}, {ld_dy, 1}}, lx{{rows, cols}, {ld_x, 1}}, ldx{{rows, cols}, {ld_dx, 1}};
+  rules::operands ops;
+  ops.input(arg::dy, ldy.view(dy));
+  ops.input(arg::x, lx.view(x));
+  if (!rms) ops.vector(arg::mean, mean, rows, sizeof(*mean), false);  // needed: a null one with rows is refused
+  ops.vector(arg::rstd, rstd, rows, sizeof(*rstd), false);
+  if (gamma) ops.vector(arg::gamma, gamma, cols, sizeof(*gamma), false);
+  ops.output(arg::dx, ldx.view(dx));
+  if (dgamma) ops.vector(arg::dgamma, dgamma, cols, sizeof(*dgamma), true);
+  if (dbeta) ops.vector(arg::dbeta, dbeta, cols, sizeof(*dbeta), true);
+  if (status st = detail::check_arrays(ops); !st) return st;
+  if (rows == 0) return {};
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
     for (std::int64_t r = 0; r < rows; ++r) {
       if (rms)
         K::template rms_norm_backward_row<T, W>(x + r * ld_x, dy + r * ld_dy, dx + r * ld_dx, cols, gamma, rstd[r],
-                                                dgamma_acc);
+                                                dgamma);
       else
         K::template layer_norm_backward_row<T, W>(x + r * ld_x, dy + r * ld_dy, dx + r * ld_dx, cols, gamma, mean[r],
-                                                  rstd[r], dgamma_acc, dbeta_acc);
+                                                  rstd[r], dgamma, dbeta);
     }
-    if (rows > 0) detail::note_region(1, 1);
+    detail::note_region(1, 1);
     return status{};
   });
 }
