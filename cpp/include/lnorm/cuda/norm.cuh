@@ -21,6 +21,7 @@
 
 #include <lnorm/cuda/backward.cuh>
 #include <lnorm/cuda/forward.cuh>
+#include <lnorm/rules.hpp>
 
 #include <algorithm>
 #include <cstdint>
@@ -210,6 +211,8 @@ class scratch {
   }
   status acquire(void* given, std::size_t given_bytes, std::size_t need) {
     if (need == 0) return {};
+    // Null with no bytes: none given (allocated here); null with bytes claimed: a caller's mistake.
+    if (given == nullptr && given_bytes > 0) return {cudaErrorInvalidValue, "workspace: data is null"};
     if (given != nullptr) {
       if (given_bytes < need) return {cudaErrorInvalidValue, "workspace: smaller than the *_workspace_size() it needs"};
       ptr_ = given;
@@ -238,30 +241,54 @@ inline status check_shape(std::int64_t rows, std::int64_t cols) {
   if (rows < 0) return {cudaErrorInvalidValue, "rows: must be >= 0"};
   if (cols < 1) return {cudaErrorInvalidValue, "cols: must be >= 1"};
   if (cols > kMaxCols) return {cudaErrorInvalidValue, "cols: more than 2^30 elements in a row"};
+  if (rows > std::numeric_limits<std::int64_t>::max() / cols) return {cudaErrorInvalidValue, "rows: rows * cols overflows int64"};
   return {};
 }
 
-/// An output's rows must not overlap one another.
-inline bool rows_overlap(std::int64_t ld, std::int64_t rows, std::int64_t cols) {
-  return rows > 1 && ld < cols && ld > -cols;
+/// The rules of lnorm/rules.hpp over a call's arrays (null pointers, spans, aliasing), as the CPU
+/// calls apply them: no output overlaps itself or another array, except an output that is exactly an
+/// input the call allows (in place).
+inline status check_arrays(::lnorm::rules::operands& ops) {
+  if (const char* m = ops.check()) return {cudaErrorInvalidValue, m};
+  return {};
 }
+
+/// Shapes and strides of the row arguments ({rows, cols}, {ld, 1}), alive while a call checks them.
+struct row_views {
+  std::int64_t shape[2];
+  std::int64_t strides[4][2];
+  template <class U>
+  ::lnorm::array_view view(int k, const U* p, std::int64_t ld) {
+    strides[k][0] = ld;
+    strides[k][1] = 1;
+    return {p, 2, shape, strides[k], sizeof(U)};
+  }
+};
 
 template <class T, class W>
 status run_forward(forward_args<T> a, std::int64_t cols, double eps, cudaStream_t stream, void* workspace,
                    std::size_t workspace_bytes) noexcept {
+  using ::lnorm::rules::arg;
+  using ::lnorm::rules::bit;
   check_types<T, W>();
   status s = check_shape(a.rows, cols);
   if (!s) return s;
-  if (!(eps >= 0.0 && eps < std::numeric_limits<double>::infinity()))
-    return {cudaErrorInvalidValue, "eps: must be finite and >= 0"};
+  if (const char* m = ::lnorm::rules::check_eps(eps)) return {cudaErrorInvalidValue, m};
   if (a.rows == 0) return {};
-  if (a.x == nullptr) return {cudaErrorInvalidValue, "x: null"};
-  if (a.y == nullptr) return {cudaErrorInvalidValue, "y: null"};
-  if (rows_overlap(a.ld_y, a.rows, cols)) return {cudaErrorInvalidValue, "ld_y: rows of y overlap (|ld_y| < cols)"};
-  if (a.residual != nullptr) {
-    if (a.s == nullptr) return {cudaErrorInvalidValue, "s: null (the fused add writes x + residual there)"};
-    if (rows_overlap(a.ld_s, a.rows, cols)) return {cudaErrorInvalidValue, "ld_s: rows of s overlap (|ld_s| < cols)"};
-  }
+  const bool add = a.residual != nullptr;
+  const unsigned inputs = bit(arg::x) | (add ? bit(arg::residual) : 0u);
+  row_views rv{{a.rows, cols}, {}};
+  ::lnorm::rules::operands ops;
+  ops.input(arg::x, rv.view(0, a.x, a.ld_x));
+  if (add) ops.input(arg::residual, rv.view(1, a.residual, a.ld_residual));
+  if (add && a.bias_in) ops.vector(arg::bias_in, a.bias_in, cols, sizeof(W), false);
+  if (add) ops.output(arg::s, rv.view(2, a.s, a.ld_s), inputs);
+  ops.output(arg::y, rv.view(3, a.y, a.ld_y), inputs);
+  if (a.gamma) ops.vector(arg::gamma, a.gamma, cols, sizeof(W), false);
+  if (a.beta) ops.vector(arg::beta, a.beta, cols, sizeof(W), false);
+  if (a.mean) ops.vector(arg::mean, a.mean, a.rows, sizeof(stat_t<T>), true);
+  if (a.rstd) ops.vector(arg::rstd, a.rstd, a.rows, sizeof(stat_t<T>), true);
+  if (!(s = check_arrays(ops))) return s;
   a.cols = static_cast<int>(cols);
   a.eps = static_cast<stat_t<T>>(eps);
 
@@ -303,22 +330,28 @@ template <class T, class W>
 status run_backward(backward_args<T> a, std::int64_t cols, W* dgamma, W* dbeta, cudaStream_t stream,
                     void* workspace, std::size_t workspace_bytes) noexcept {
   using C = stat_t<T>;
+  using ::lnorm::rules::arg;
   check_types<T, W>();
   status s = check_shape(a.rows, cols);
   if (!s) return s;
   const int nacc = (dgamma != nullptr) + (dbeta != nullptr);
+  row_views rv{{a.rows, cols}, {}};
+  ::lnorm::rules::operands ops;
+  ops.input(arg::dy, rv.view(0, a.dy, a.ld_dy));
+  ops.input(arg::x, rv.view(1, a.x, a.ld_x));
+  if (!a.rms) ops.vector(arg::mean, a.mean, a.rows, sizeof(C), false);  // needed: a null one with rows is refused
+  ops.vector(arg::rstd, a.rstd, a.rows, sizeof(C), false);
+  if (a.gamma) ops.vector(arg::gamma, a.gamma, cols, sizeof(W), false);
+  ops.output(arg::dx, rv.view(2, a.dx, a.ld_dx));  // dx may not be dy or x
+  if (dgamma) ops.vector(arg::dgamma, dgamma, cols, sizeof(W), true);
+  if (dbeta) ops.vector(arg::dbeta, dbeta, cols, sizeof(W), true);
+  if (!(s = check_arrays(ops))) return s;
   if (a.rows == 0) {  // sums over no rows
     cudaError_t e = cudaSuccess;
     if (dgamma != nullptr) e = cudaMemsetAsync(dgamma, 0, static_cast<std::size_t>(cols) * sizeof(W), stream);
     if (e == cudaSuccess && dbeta != nullptr) e = cudaMemsetAsync(dbeta, 0, static_cast<std::size_t>(cols) * sizeof(W), stream);
     return e == cudaSuccess ? status{} : status{e, cudaGetErrorString(e)};
   }
-  if (a.dy == nullptr) return {cudaErrorInvalidValue, "dy: null"};
-  if (a.x == nullptr) return {cudaErrorInvalidValue, "x: null"};
-  if (a.dx == nullptr) return {cudaErrorInvalidValue, "dx: null"};
-  if (a.rstd == nullptr) return {cudaErrorInvalidValue, "rstd: null"};
-  if (!a.rms && a.mean == nullptr) return {cudaErrorInvalidValue, "mean: null (layer norm's backward needs it)"};
-  if (rows_overlap(a.ld_dx, a.rows, cols)) return {cudaErrorInvalidValue, "ld_dx: rows of dx overlap (|ld_dx| < cols)"};
   a.cols = static_cast<int>(cols);
 
   device_info dev;
@@ -381,13 +414,18 @@ status run_backward(backward_args<T> a, std::int64_t cols, W* dgamma, W* dbeta, 
 
 // ---- the public calls -------------------------------------------------------------------------
 //
-// Rows are `ld` elements apart (any ld for inputs; outputs' rows must not overlap), columns
-// contiguous. T: float, double, __half, __nv_bfloat16. W, the weights' type: T (the default) or
+// Rows are `ld` elements apart (any ld for inputs), columns contiguous. Arguments follow lnorm's
+// rules (lnorm/rules.hpp, the same as the CPU calls'): rows == 0 accepts null pointers; eps is any
+// finite number >= 0; no output overlaps itself (|ld| < cols with rows > 1, ld == 0) or any other
+// argument, except that y may be x, and in the fused add s and y may each be x or residual but never
+// overlap each other; the backward's dx overlaps nothing. A refused call's message starts with the
+// argument's name ("y: overlaps gamma; ..."). T: float, double, __half, __nv_bfloat16. W, the weights' type: T (the default) or
 // float, then given explicitly (layer_norm<__nv_bfloat16, float>(...)); weight pointers are not
 // deduced, so nullptr works for any of them. Pointers to parameters and statistics may be null where
 // noted (no weight: ones; no bias: zeros; no mean/rstd: not written). `workspace`: null lets a call
 // that needs one (the backward; the forward of rows too long for one block) allocate it
-// stream-ordered (cudaMallocAsync); or pass *_workspace_size() bytes.
+// stream-ordered (cudaMallocAsync); or pass *_workspace_size() bytes (a null workspace with
+// workspace_bytes > 0 is refused: "workspace: data is null").
 
 /// A weight-shaped argument of the public calls: W, in a context that does not deduce it.
 template <class W>
@@ -428,7 +466,7 @@ status add_layer_norm(const T* x, std::int64_t ld_x, const T* residual, std::int
                       std::int64_t cols, const param_t<W>* gamma, const param_t<W>* beta, double eps,
                       stat_t<T>* mean = nullptr, stat_t<T>* rstd = nullptr, cudaStream_t stream = nullptr,
                       void* workspace = nullptr, std::size_t workspace_bytes = 0) noexcept {
-  if (residual == nullptr) return {cudaErrorInvalidValue, "residual: null"};
+  if (residual == nullptr && rows > 0) return {cudaErrorInvalidValue, "residual: null pointer"};
   const detail::forward_args<T> a{x, ld_x, residual, ld_residual, bias_in, s, ld_s, y, ld_y, gamma, beta,
                                   std::is_same_v<W, float>, mean, rstd, rows, 0, 0, false};
   return detail::run_forward<T, W>(a, cols, eps, stream, workspace, workspace_bytes);
@@ -443,7 +481,7 @@ status add_rms_norm(const T* x, std::int64_t ld_x, const T* residual, std::int64
                     std::int64_t cols, const param_t<W>* gamma, double eps, stat_t<T>* rstd = nullptr,
                     cudaStream_t stream = nullptr, void* workspace = nullptr,
                     std::size_t workspace_bytes = 0) noexcept {
-  if (residual == nullptr) return {cudaErrorInvalidValue, "residual: null"};
+  if (residual == nullptr && rows > 0) return {cudaErrorInvalidValue, "residual: null pointer"};
   const detail::forward_args<T> a{x, ld_x, residual, ld_residual, bias_in, s, ld_s, y, ld_y, gamma, nullptr,
                                   std::is_same_v<W, float>, nullptr, rstd, rows, 0, 0, true};
   return detail::run_forward<T, W>(a, cols, eps, stream, workspace, workspace_bytes);
