@@ -231,9 +231,10 @@ def sanitizer_env(compiler, tmp_path):
 @pytest.mark.slow
 def test_cpp_under_sanitizers(tmp_path):
     """The C++ tests (every kernel set of this CPU; the float32 and bfloat16 suites; the workspace
-    and allocation tests, whose fused add streams 16 MiB) and the example, built at -O1 with
-    AddressSanitizer and UndefinedBehaviorSanitizer and run on 2 threads with any report fatal and
-    leaks checked: no report, and every check passes."""
+    and allocation tests, whose fused add streams 16 MiB; the hostile-argument tests: nulls,
+    overflowing sizes and strides, overlapping arrays, the thread pool swapped while another thread
+    runs calls) and the example, built at -O1 with AddressSanitizer and UndefinedBehaviorSanitizer
+    and run on 2 threads with any report fatal and leaks checked: no report, and every check passes."""
     compiler = os.environ.get("LNORM_SANITIZER_CXX", "g++")
     need("cmake", compiler)
     env = sanitizer_env(compiler, tmp_path)
@@ -244,13 +245,16 @@ def test_cpp_under_sanitizers(tmp_path):
     build = tmp_path / "build"
     example = build_example(build, f"-DLNORM_SOURCE_DIR={ROOT}", f"-DCMAKE_CXX_COMPILER={compiler}",
                             "-DLNORM_TESTS=ON", f"-DLNORM_TEST_SUITE_TYPES={suites}", flags=SANITIZE,
-                            targets=("lnorm_tests", "lnorm_api_tests"))
+                            targets=("lnorm_tests", "lnorm_api_tests", "lnorm_hostile_tests"))
     tests = os.path.join(str(build), "lnorm", "cpp", "tests")
     # The cases over 16 MiB are left out of lnorm_tests (lnorm_api_tests streams one).
     output = run([os.path.join(tests, "lnorm_tests")], env={**env, "LNORM_TEST_LARGE": "0"}, timeout=900)
     check_summary(output, f"testing {TESTED_ISAS[expected_isa()]};")
     output = run([os.path.join(tests, "lnorm_api_tests")], env=env, timeout=600)
     assert re.search(r"^\d{3,} passed, 0 failed$", output, re.MULTILINE), output[-3000:]
+    # The in-place cases over 16 MiB are left out here too.
+    output = run([os.path.join(tests, "lnorm_hostile_tests")], env={**env, "LNORM_TEST_LARGE": "0"}, timeout=900)
+    assert re.search(r"^\d{4,} passed, 0 failed$", output, re.MULTILINE), output[-3000:]
     check_example(run([example], env=env), expected_isa())
 
 
