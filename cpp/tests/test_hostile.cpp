@@ -1118,13 +1118,16 @@ void check_thread_bound() {
   LNORM_CHECK(t, lnorm::get_num_threads() == 1, "a pool of -3 threads: %d", lnorm::get_num_threads());
   lnorm::set_thread_pool({});
 #if !defined(LNORM_HOSTILE_OLD_API) && defined(LNORM_HOSTILE_CAN_FORK)
-  // The environment, parsed with the same bound (the variable is read through lnorm's own parser).
+  // The environment, parsed with the same bound (the variable is read through lnorm's own parser): a
+  // value outside [1, kMaxThreads] is ignored (0: the default is used), as Python's warning says.
   setenv("LNORM_HOSTILE_THREADS", "5000", 1);
-  LNORM_CHECK(t, lnorm::detail::env_threads("LNORM_HOSTILE_THREADS") == kMaxThreads, "\"5000\": %d",
+  LNORM_CHECK(t, lnorm::detail::env_threads("LNORM_HOSTILE_THREADS") == 0, "\"5000\": %d",
               lnorm::detail::env_threads("LNORM_HOSTILE_THREADS"));
   setenv("LNORM_HOSTILE_THREADS", "99999999999999999999", 1);
-  LNORM_CHECK(t, lnorm::detail::env_threads("LNORM_HOSTILE_THREADS") == kMaxThreads, "\"99999999999999999999\": %d",
+  LNORM_CHECK(t, lnorm::detail::env_threads("LNORM_HOSTILE_THREADS") == 0, "\"99999999999999999999\": %d",
               lnorm::detail::env_threads("LNORM_HOSTILE_THREADS"));
+  setenv("LNORM_HOSTILE_THREADS", "1024", 1);
+  LNORM_CHECK(t, lnorm::detail::env_threads("LNORM_HOSTILE_THREADS") == kMaxThreads, "\"1024\"");
   setenv("LNORM_HOSTILE_THREADS", "3", 1);
   LNORM_CHECK(t, lnorm::detail::env_threads("LNORM_HOSTILE_THREADS") == 3, "\"3\"");
   unsetenv("LNORM_HOSTILE_THREADS");
