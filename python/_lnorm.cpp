@@ -6,6 +6,7 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/vector.h>
 
 #include <cstdint>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "_lnorm_calls.hpp"
+#include "_released_gil.hpp"
 
 namespace nb = nanobind;
 
@@ -34,6 +36,38 @@ elem elem_of(const A& a, const char* name) {
   if (d.code == static_cast<std::uint8_t>(nb::dlpack::dtype_code::Float) && d.bits == 16 && d.lanes == 1) return elem::f16;
   if (d == nb::dtype<std::uint16_t>()) return elem::bf16;  // ml_dtypes.bfloat16 viewed as uint16
   throw nb::type_error((std::string(name) + ": unsupported dtype").c_str());
+}
+
+// A status message of the C++ core in the Python API's words: the core names its arguments as its
+// C++ parameters (y, s, gamma, ...), the Python functions as out, residual_out, weight, ...
+std::string python_words(const char* message) {
+  static const char* const names[][2] = {{"y", "out"},          {"s", "residual_out"}, {"gamma", "weight"},
+                                         {"beta", "bias"},      {"dgamma", "dweight"}, {"dbeta", "dbias"}};
+  std::string out, word;
+  auto flush = [&] {
+    for (const auto& n : names)
+      if (word == n[0]) word = n[1];
+    out += word;
+    word.clear();
+  };
+  for (const char* p = message; *p; ++p) {
+    const char c = *p;
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_') {
+      word += c;
+    } else {
+      flush();
+      out += c;
+    }
+  }
+  flush();
+  return out;
+}
+
+// A failed status as the Python exception: MemoryError for memory, else ValueError naming the argument.
+void raise_for(const lnorm::status& s) {
+  if (s.code == lnorm::status_code::ok) return;
+  if (s.code == lnorm::status_code::out_of_memory) throw std::bad_alloc();
+  throw std::invalid_argument(python_words(s.message));
 }
 
 // The shape, strides and data of one array, as the N-d calls take them.
@@ -128,11 +162,11 @@ void norm_forward(bool rms, const in_array& x_, const out_array& y_, const std::
   void* r = const_cast<void*>(checked(rstd, "rstd", p.rows, st, st));
   lnorm::status s;
   with_types(x.type, w, [&](auto t, auto wt) {
-    nb::gil_scoped_release release;
+    lnorm_py::released_gil release;
     s = lnorm_py::norm_forward_call<decltype(t), decltype(wt)>(rms, p.ndim, x.shape, p.normalized, x.arg(), y.arg(), g,
                                                                b, eps, m, r);
   });
-  lnorm::throw_if_failed(s);
+  raise_for(s);
 }
 
 void add_norm_forward(bool rms, const in_array& x_, const in_array& residual_, const std::optional<in_array>& bias_in,
@@ -152,11 +186,11 @@ void add_norm_forward(bool rms, const in_array& x_, const in_array& residual_, c
   void* r = const_cast<void*>(checked(rstd, "rstd", p.rows, st, st));
   lnorm::status status;
   with_types(x.type, w, [&](auto t, auto wt) {
-    nb::gil_scoped_release release;
+    lnorm_py::released_gil release;
     status = lnorm_py::add_norm_call<decltype(t), decltype(wt)>(rms, p.ndim, x.shape, p.normalized, x.arg(), res.arg(),
                                                                 bi, s.arg(), y.arg(), g, b, eps, m, r);
   });
-  lnorm::throw_if_failed(status);
+  raise_for(status);
 }
 
 void norm_backward(bool rms, const in_array& dy_, const in_array& x_, const std::optional<in_array>& mean,
@@ -175,11 +209,11 @@ void norm_backward(bool rms, const in_array& dy_, const in_array& x_, const std:
   if (!rms && !m) throw std::invalid_argument("mean: required for layer_norm_backward");
   lnorm::status s;
   with_types(x.type, w, [&](auto t, auto wt) {
-    nb::gil_scoped_release release;
+    lnorm_py::released_gil release;
     s = lnorm_py::norm_backward_call<decltype(t), decltype(wt)>(rms, p.ndim, x.shape, p.normalized, dy.arg(), x.arg(),
                                                                 m, r, g, dx.arg(), dg, db);
   });
-  lnorm::throw_if_failed(s);
+  raise_for(s);
 }
 
 // The common call from Python, without the general argument machinery: x an exact, C-contiguous
@@ -253,7 +287,8 @@ bool fast_param(nb::handle h, const buffer& b, elem t, std::int64_t cols, const 
 }
 
 // out: None (y allocated with numpy.empty_like) or an exact C-contiguous writable ndarray of x's
-// format and size that is x itself or does not overlap it.
+// format and size; the core refuses it (a ValueError naming out) when it overlaps x other than
+// exactly, or the weight or bias.
 nb::object fast_forward(bool rms, nb::handle x_, nb::handle weight_, nb::handle bias_, nb::handle eps_,
                         nb::handle out_, std::int64_t max_bytes, bool bf16_bits) {
   const buffer x(x_, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT);
@@ -274,20 +309,17 @@ nb::object fast_forward(bool rms, nb::handle x_, nb::handle weight_, nb::handle 
   if (!y.ok() || !elem_of_format((*y).format, ty, bf16_bits) || ty != t || (*y).ndim != (*x).ndim) return nb::none();
   for (int d = 0; d < (*x).ndim; ++d)
     if ((*y).shape[d] != (*x).shape[d]) return nb::none();
-  const char* xb = static_cast<const char*>((*x).buf);
-  const char* yb = static_cast<const char*>((*y).buf);
-  if (xb != yb && xb < yb + (*y).len && yb < xb + (*x).len) return nb::none();  // partial overlap: an error
   const std::int64_t rows = (*x).len / (*x).itemsize / cols;
   const std::int64_t shape[2] = {rows, cols}, strides[2] = {cols, 1};
   const bool normalized[2] = {false, true};
   const lnorm::strided xs{(*x).buf, strides}, ys{(*y).buf, strides};
   lnorm::status s;
   with_types(t, t, [&](auto tt, auto wt) {
-    nb::gil_scoped_release release;
+    lnorm_py::released_gil release;
     s = lnorm_py::norm_forward_call<decltype(tt), decltype(wt)>(rms, 2, shape, normalized, xs, ys, g, bb, eps, nullptr,
                                                                 nullptr);
   });
-  lnorm::throw_if_failed(s);
+  raise_for(s);
   return y_;
 }
 
@@ -334,14 +366,66 @@ nb::object fast_backward(bool rms, nb::handle dy_, nb::handle x_, nb::handle mea
   const lnorm::strided dys{(*dy).buf, strides}, xs{(*x).buf, strides}, dxs{(*dx).buf, strides};
   lnorm::status s;
   with_types(t, t, [&](auto tt, auto wt) {
-    nb::gil_scoped_release release;
+    lnorm_py::released_gil release;
     s = lnorm_py::norm_backward_call<decltype(tt), decltype(wt)>(
         rms, 2, shape, normalized, dys, xs, rms ? nullptr : (*mean).buf, (*rstd).buf, g, dxs, g ? (*dw).buf : nullptr,
         rms ? nullptr : (*db).buf);
   });
-  lnorm::throw_if_failed(s);
+  raise_for(s);
   if (rms) return nb::make_tuple(dx_, dw_);
   return nb::make_tuple(dx_, dw_, db_);
+}
+
+// The aliasing rule of the core (lnorm::arrays_overlap and friends) on arrays described from Python
+// as (name, (address, shape, byte strides, itemsize)): the CPU path's caller arrays before any copy,
+// and the CUDA path's device arrays. A byte is the unit (an element is a trailing axis of `itemsize`
+// bytes), so strides that are not whole elements are described exactly.
+struct described {
+  std::string name;
+  std::vector<std::int64_t> shape, strides;
+  lnorm::array_view view{};
+};
+
+std::vector<described> describe(const std::vector<std::pair<std::string, nb::tuple>>& arrays) {
+  std::vector<described> out(arrays.size());
+  for (std::size_t i = 0; i < arrays.size(); ++i) {
+    described& d = out[i];
+    const nb::tuple& t = arrays[i].second;
+    d.name = arrays[i].first;
+    if (t.size() != 4) throw std::invalid_argument(d.name + ": expected (address, shape, strides, itemsize)");
+    const auto address = nb::cast<std::uintptr_t>(t[0]);
+    d.shape = nb::cast<std::vector<std::int64_t>>(t[1]);
+    d.strides = nb::cast<std::vector<std::int64_t>>(t[2]);
+    if (d.shape.size() != d.strides.size() || d.shape.size() + 1 > static_cast<std::size_t>(lnorm::kMaxDims))
+      throw std::invalid_argument(d.name + ": shape and strides do not match");
+    d.shape.push_back(nb::cast<std::int64_t>(t[3]));
+    d.strides.push_back(1);
+    d.view = {reinterpret_cast<const void*>(address), static_cast<int>(d.shape.size()), d.shape.data(),
+              d.strides.data(), 1};
+  }
+  return out;
+}
+
+void check_aliasing(const std::vector<std::pair<std::string, nb::tuple>>& outputs,
+                    const std::vector<std::pair<std::string, nb::tuple>>& inputs,
+                    const std::vector<std::pair<std::string, std::string>>& exact_ok) {
+  const std::vector<described> outs = describe(outputs), ins = describe(inputs);
+  auto allowed = [&](const std::string& out, const std::string& in) {
+    for (const auto& p : exact_ok)
+      if (p.first == out && p.second == in) return true;
+    return false;
+  };
+  for (std::size_t i = 0; i < outs.size(); ++i) {
+    const described& o = outs[i];
+    if (lnorm::has_internal_overlap(o.view)) throw std::invalid_argument(o.name + ": its elements overlap each other");
+    for (const described& in : ins)
+      if (lnorm::arrays_overlap(o.view, in.view) && !(allowed(o.name, in.name) && lnorm::same_view(o.view, in.view)))
+        throw std::invalid_argument(o.name + ": overlaps " + in.name +
+                                    "; an output may only be exactly its input (in place)");
+    for (std::size_t j = 0; j < i; ++j)
+      if (lnorm::arrays_overlap(o.view, outs[j].view))
+        throw std::invalid_argument(o.name + ": overlaps " + outs[j].name + "; two outputs must not share memory");
+  }
 }
 
 lnorm::isa isa_from(const std::string& name) {
@@ -367,13 +451,26 @@ NB_MODULE(_lnorm, m) {
         nb::arg("rstd"), nb::arg("weight").none(), nb::arg("dx"), nb::arg("dweight").none(), nb::arg("dbias").none(),
         nb::arg("mask"), "dx (and dweight, dbias) of layer_norm or rms_norm.");
 
-  m.def("fast_forward", &fast_forward, nb::arg("rms"), nb::arg("x"), nb::arg("weight").none(), nb::arg("bias").none(),
+  m.def("fast_forward", &fast_forward, nb::arg("rms"), nb::arg("x").none(), nb::arg("weight").none(), nb::arg("bias").none(),
         nb::arg("eps").none(), nb::arg("out").none(), nb::arg("max_bytes"), nb::arg("bf16_bits") = false,
         "layer_norm/rms_norm of a C-contiguous array over its last axis, y allocated; None when the call does not fit. "
         "With bf16_bits, the arrays are uint16 views of bfloat16 ones.");
-  m.def("fast_backward", &fast_backward, nb::arg("rms"), nb::arg("dy"), nb::arg("x"), nb::arg("mean").none(),
+  m.def("fast_backward", &fast_backward, nb::arg("rms"), nb::arg("dy").none(), nb::arg("x").none(), nb::arg("mean").none(),
         nb::arg("rstd").none(), nb::arg("weight").none(), nb::arg("max_bytes"),
         "the backward of fast_forward's calls; None when the call does not fit.");
+
+  m.def("check_aliasing", &check_aliasing, nb::arg("outputs"), nb::arg("inputs"), nb::arg("exact_ok"),
+        "The core's aliasing rule on (name, (address, shape, byte strides, itemsize)) arrays: ValueError naming the "
+        "output that overlaps itself, an input (other than exactly one of its exact_ok pairs) or another output.");
+  m.def("last_call", [] {
+    const lnorm::call_record r = lnorm::last_call();
+    return nb::make_tuple(std::string(lnorm::isa_name(r.kernels)), r.workers, r.threads);
+  }, "(kernel set, workers planned, distinct threads that ran) of the last native call on this thread.");
+  m.attr("max_threads") = lnorm::kMaxThreads;
+  m.def("close_at_exit", &lnorm_py::close_at_exit,
+        "Called at exit (atexit): threads coming back from native work afterwards park instead of taking the GIL.");
+  m.def("in_main_interpreter", &lnorm_py::in_main_interpreter, "Whether this is the main interpreter.");
+  lnorm_py::install_gate_fork_handler();
 
   m.def("active_isa", [] { return std::string(lnorm::active_isa()); });
   m.def("set_isa", [](const std::string& name) { return lnorm::set_isa(isa_from(name)); }, nb::arg("name"));

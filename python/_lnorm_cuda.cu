@@ -11,6 +11,8 @@
 
 #include <lnorm/cuda/norm.cuh>
 
+#include "_released_gil.hpp"
+
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -205,7 +207,7 @@ void norm_forward(bool rms, const in_array& x_, const out_array& y_, const std::
   const auto ws = workspace_of(workspace, x);
   lnorm::cuda::status s;
   {
-    nb::gil_scoped_release release;
+    lnorm_py::released_gil release;
     const device_scope on(x.device);
     with_types(x.type, w.value_or(x.type), [&](auto t, auto wt) {
       using T = decltype(t);
@@ -245,7 +247,7 @@ void add_norm_forward(bool rms, const in_array& x_, const in_array& residual_, c
   const auto ws = workspace_of(workspace, x);
   lnorm::cuda::status st;
   {
-    nb::gil_scoped_release release;
+    lnorm_py::released_gil release;
     const device_scope on(x.device);
     with_types(x.type, w.value_or(x.type), [&](auto t, auto wt) {
       using T = decltype(t);
@@ -288,7 +290,7 @@ void norm_backward(bool rms, const in_array& dy_, const in_array& x_, const std:
   const auto ws = workspace_of(workspace, x);
   lnorm::cuda::status s;
   {
-    nb::gil_scoped_release release;
+    lnorm_py::released_gil release;
     const device_scope on(x.device);
     with_types(x.type, *wd, [&](auto t, auto wt) {
       using T = decltype(t);
@@ -374,11 +376,14 @@ NB_MODULE(_lnorm_cuda, m) {
         nb::arg("rstd"), nb::arg("weight").none(), nb::arg("dx"), nb::arg("dweight").none(), nb::arg("dbias").none(),
         nb::arg("workspace").none(), nb::arg("stream"), "dx (and dweight, dbias) of layer_norm or rms_norm; queued on stream.");
   m.def("forward_workspace_bytes", &forward_workspace_bytes, nb::arg("rows"), nb::arg("cols"), nb::arg("dtype"),
-        nb::arg("device"), nb::call_guard<nb::gil_scoped_release>(),
+        nb::arg("device"), nb::call_guard<lnorm_py::released_gil>(),
         "Workspace bytes norm_forward/add_norm_forward need (0 for rows one block holds).");
   m.def("backward_workspace_bytes", &backward_workspace_bytes, nb::arg("rows"), nb::arg("cols"), nb::arg("dtype"),
-        nb::arg("dweight"), nb::arg("dbias"), nb::arg("device"), nb::call_guard<nb::gil_scoped_release>(),
+        nb::arg("dweight"), nb::arg("dbias"), nb::arg("device"), nb::call_guard<lnorm_py::released_gil>(),
         "Workspace bytes norm_backward needs for dweight/dbias partial sums.");
+  m.def("close_at_exit", &lnorm_py::close_at_exit,
+        "Called at exit (atexit): threads coming back from native work afterwards park instead of taking the GIL.");
+  lnorm_py::install_gate_fork_handler();
   m.def("device_count", &device_count, "CUDA devices visible (0 without a driver).");
   m.def("compiled_architectures", &compiled_architectures, "The SM architectures compiled in (__CUDA_ARCH_LIST__).");
 }

@@ -358,7 +358,7 @@ def test_python_path_lays_out_rows_and_returns_tensors(fake_gpu):
     np.testing.assert_allclose(_np(out), want, rtol=1e-6, atol=1e-6)
     assert lnorm.layer_norm(x, out=x) is x
     np.testing.assert_allclose(_np(x), want, rtol=1e-6, atol=1e-6)
-    with pytest.raises(ValueError, match="^out: partially overlaps"):
+    with pytest.raises(ValueError, match="^out: overlaps x; an output may only be exactly its input"):
         big = torch.randn(9, 16)
         lnorm.layer_norm(big[:8], out=big[1:])
 
@@ -370,7 +370,7 @@ def test_python_path_lays_out_rows_and_returns_tensors(fake_gpu):
     assert y is x and s is res
     np.testing.assert_allclose(_np(s), want_s, rtol=1e-6)
     np.testing.assert_allclose(_np(y), want_y, rtol=1e-6, atol=1e-6)
-    with pytest.raises(ValueError, match="^out: must not share memory with residual_out"):
+    with pytest.raises(ValueError, match="^residual_out: overlaps out; two outputs must not share memory"):
         lnorm.add_rms_norm(x, res, out=res, residual_out=res)
 
     # Layer norm's backward with a weight, from a tensor that records gradients; and stream=.
@@ -750,7 +750,7 @@ def test_out_in_place_grad_tensors_and_empty_batches():
     assert lnorm.layer_norm(x, out=x) is x and torch.equal(x, want)
     p = torch.randn(4, 64, device="cuda", requires_grad=True)
     assert lnorm.rms_norm(p).shape == (4, 64)
-    with pytest.raises(ValueError, match="^out: partially overlaps"):
+    with pytest.raises(ValueError, match="^out: overlaps x; an output may only be exactly its input"):
         big = torch.randn(9, 64, device="cuda")
         lnorm.layer_norm(big[:8], out=big[1:])
     e = torch.randn(0, 32, device="cuda")

@@ -1,6 +1,7 @@
 """lnorm: fast, accurate LayerNorm and RMSNorm for NumPy arrays, on a header-only C++ core."""
 
 from ._config import (
+    MAX_THREADS,
     __version__,
     available_isas,
     cmake_dir,
@@ -26,6 +27,7 @@ _check_environment()
 del _check_environment
 
 __all__ = [
+    "MAX_THREADS",
     "__version__",
     "LayerNorm",
     "RMSNorm",

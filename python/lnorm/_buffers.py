@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from math import prod
 
 import numpy as np
+
+from ._checks import env_count
 
 # Below this size malloc keeps freed blocks mapped, and the page faults do not recur.
 MIN_BYTES = 16 << 20
@@ -25,28 +28,29 @@ _UINT8 = np.dtype(np.uint8)
 
 
 def _limit_from_environment() -> int:
-    text = os.environ.get("LNORM_BUFFER_CACHE")
-    if not text:
-        return DEFAULT_LIMIT
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        import warnings
-
-        warnings.warn(f"LNORM_BUFFER_CACHE={text!r} is not a byte count; using {DEFAULT_LIMIT}",
-                      RuntimeWarning, stacklevel=3)
-        return DEFAULT_LIMIT
-    return value
+    value = env_count("LNORM_BUFFER_CACHE", 0, None)
+    return DEFAULT_LIMIT if value is None else value
 
 
 # Reference counts are a sound test only with the GIL; a free-threaded build gets no cache.
 _HAS_GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
 _buffers: list = []  # least recently used first
+# Every look at or change of _buffers and limit holds this lock: calls from several threads, and
+# set_buffer_cache, race otherwise (a thread switch can fall between any two bytecodes).
+_lock = threading.Lock()
 limit = _limit_from_environment() if _HAS_GIL else 0
 # Outputs this large go through empty(); the native fast path allocates the smaller ones itself.
 fast_max_bytes = MIN_BYTES if limit else sys.maxsize
+
+
+def _new_lock_in_child() -> None:
+    # A fork can happen while another thread holds the lock; the child has no such thread.
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def empty(shape, dtype: np.dtype) -> np.ndarray:
@@ -54,23 +58,27 @@ def empty(shape, dtype: np.dtype) -> np.ndarray:
     nbytes = prod(shape) * dtype.itemsize
     if nbytes < MIN_BYTES or nbytes > limit:
         return np.empty(shape, dtype)
-    buffers = _buffers
-    for i in range(len(buffers)):
-        buf = buffers[i]
-        # References: the list, `buf`, getrefcount's argument. Any view out there adds one.
-        if buf.nbytes == nbytes and sys.getrefcount(buf) == 3:
-            del buffers[i]
+    with _lock:
+        if nbytes > limit:  # set_buffer_cache lowered it meanwhile
+            return np.empty(shape, dtype)
+        buffers = _buffers
+        for i in range(len(buffers)):
+            buf = buffers[i]
+            # References: the list, `buf`, getrefcount's argument. Any view out there adds one, and
+            # no view of a cached buffer is made outside this lock.
+            if buf.nbytes == nbytes and sys.getrefcount(buf) == 3:
+                del buffers[i]
+                buffers.append(buf)
+                return buf.view(dtype).reshape(shape)
+        buf = np.empty(nbytes, _UINT8)
+        if _make_room(nbytes):
             buffers.append(buf)
-            return buf.view(dtype).reshape(shape)
-    buf = np.empty(nbytes, _UINT8)
-    if _make_room(nbytes):
-        buffers.append(buf)
-    return buf.view(dtype).reshape(shape)
+        return buf.view(dtype).reshape(shape)
 
 
 def _make_room(nbytes: int) -> bool:
     """Forgets buffers, least recently used first, until nbytes more fit under the limit (a buffer
-    still in use stays alive through its views; the cache just stops tracking it)."""
+    still in use stays alive through its views; the cache just stops tracking it). Holds _lock."""
     total = sum(b.nbytes for b in _buffers)
     while _buffers and total + nbytes > limit:
         total -= _buffers.pop(0).nbytes
@@ -79,11 +87,13 @@ def _make_room(nbytes: int) -> bool:
 
 def set_limit(nbytes: int) -> None:
     global limit, fast_max_bytes
-    limit = nbytes if _HAS_GIL else 0
-    fast_max_bytes = MIN_BYTES if limit else sys.maxsize
-    _make_room(0)
+    with _lock:
+        limit = nbytes if _HAS_GIL else 0
+        fast_max_bytes = MIN_BYTES if limit else sys.maxsize
+        _make_room(0)
 
 
 def cached_bytes() -> int:
     """Bytes the cache holds (in use by the caller or free)."""
-    return sum(b.nbytes for b in _buffers)
+    with _lock:
+        return sum(b.nbytes for b in _buffers)

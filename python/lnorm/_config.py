@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import warnings
+import atexit
 from pathlib import Path
 
-from . import _buffers, _cuda, _lnorm
+from . import _lnorm
+
+if not _lnorm.in_main_interpreter():
+    raise ImportError("lnorm cannot run in a subinterpreter (its native module keeps per-process state, and "
+                      "calls made there could hang); import it in the main interpreter")
+# Threads still inside native calls at exit park there instead of aborting the process (see
+# python/_released_gil.hpp).
+atexit.register(_lnorm.close_at_exit)
+
+from . import _buffers, _cuda  # noqa: E402
+from ._checks import check_count, env_choice, env_count  # noqa: E402
 
 __version__ = _lnorm.version
 
@@ -25,7 +34,7 @@ def set_isa(name: str) -> None:
     >>> lnorm.set_isa("scalar"); lnorm.config()["isa"]
     'scalar'
     """
-    if not isinstance(name, str):
+    if type(name) is not str:
         raise TypeError(f"name: must be a str, not {type(name).__name__}")
     if name not in ISAS:
         raise ValueError(f"name: {name!r} is not one of {ISAS}")
@@ -38,19 +47,18 @@ def get_num_threads() -> int:
     return int(_lnorm.get_num_threads())
 
 
+MAX_THREADS = int(_lnorm.max_threads)
+
+
 def set_num_threads(n: int) -> None:
-    """Set the number of threads lnorm uses (>= 1). Small inputs always run on the calling thread.
+    """Set the number of threads lnorm uses, from 1 to ``MAX_THREADS`` (1024). Small inputs always
+    run on the calling thread. A call already running keeps the count it started with.
 
     >>> import lnorm
     >>> lnorm.set_num_threads(1); lnorm.get_num_threads()
     1
     """
-    if isinstance(n, bool) or not isinstance(n, int) and not hasattr(n, "__index__"):
-        raise TypeError(f"n: must be an int, not {type(n).__name__}")
-    n = int(n.__index__()) if not isinstance(n, int) else n
-    if n < 1:
-        raise ValueError(f"n: must be >= 1, got {n}")
-    _lnorm.set_num_threads(n)
+    _lnorm.set_num_threads(check_count(n, "n", 1, MAX_THREADS))
 
 
 def set_buffer_cache(nbytes: int) -> None:
@@ -64,12 +72,7 @@ def set_buffer_cache(nbytes: int) -> None:
     >>> lnorm.set_buffer_cache(256 << 20); lnorm.config()["buffer_cache"]
     268435456
     """
-    if isinstance(nbytes, bool) or not hasattr(nbytes, "__index__"):
-        raise TypeError(f"nbytes: must be an int, not {type(nbytes).__name__}")
-    nbytes = int(nbytes.__index__())
-    if nbytes < 0:
-        raise ValueError(f"nbytes: must be >= 0, got {nbytes}")
-    _buffers.set_limit(nbytes)
+    _buffers.set_limit(check_count(nbytes, "nbytes", 0))
 
 
 def cmake_dir() -> str:
@@ -102,7 +105,8 @@ def config() -> dict:
 
 
 def _check_environment() -> None:
-    forced = os.environ.get("LNORM_ISA")
-    if forced and forced not in available_isas():
-        warnings.warn(f"LNORM_ISA={forced!r} cannot run here (available: {available_isas()}); "
-                      f"using {_lnorm.active_isa()!r}", RuntimeWarning, stacklevel=3)
+    """The environment's settings under one rule: a value that is not valid here is a RuntimeWarning
+    naming the variable, and the default is used (the native side, which reads LNORM_ISA and
+    LNORM_NUM_THREADS itself, ignores such values too)."""
+    env_choice("LNORM_ISA", available_isas())
+    env_count("LNORM_NUM_THREADS", 1, MAX_THREADS)

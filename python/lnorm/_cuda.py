@@ -15,16 +15,16 @@ copied once into rows first, and its results are views with the input's shape.
 
 from __future__ import annotations
 
+import atexit
 import math
 from typing import Any, Optional, Sequence, Tuple
 
+from . import _checks as rules
 from ._checks import axes_of, check_eps
 
 _NOT_LOADED = object()
 _native_module: Any = _NOT_LOADED
 
-_SUPPORTED = "float32, float64, float16 or bfloat16"
-_DTYPES = ("float32", "float64", "float16", "bfloat16")
 _DL_CUDA, _DL_CUDA_MANAGED = 2, 13  # DLPack device types of memory on a GPU
 _INSTALL_HINT = "rebuild it with: pip install . -Ccmake.define.LNORM_CUDA=ON"
 
@@ -37,6 +37,8 @@ def native():
             from . import _lnorm_cuda as module
         except ImportError:
             module = None
+        else:
+            atexit.register(module.close_at_exit)  # see python/_released_gil.hpp
         _native_module = module
     return _native_module
 
@@ -307,18 +309,6 @@ def rows_layout(shape: Sequence[int], strides: Sequence[int], axes: Tuple[int, .
     return perm, rows, cols, (cols if ld is None else ld)
 
 
-def _span(ptr: int, shape, strides, itemsize: int) -> Tuple[int, int]:
-    lo = hi = ptr
-    for n, s in zip(shape, strides):
-        if n == 0:
-            return ptr, ptr
-        if s > 0:
-            hi += (n - 1) * s * itemsize
-        else:
-            lo += (n - 1) * s * itemsize
-    return lo, hi + itemsize
-
-
 class _Operand:
     """One array argument: its library, dtype, shape, strides and device."""
 
@@ -330,19 +320,10 @@ class _Operand:
         self.shape = tuple(a.shape)
         self.strides = lib.strides(a)
 
-    def span(self) -> Tuple[int, int]:
-        return _span(self.lib.data_ptr(self.a), self.shape, self.strides, self.lib.itemsize(self.a))
-
-    def same_view(self, other: "_Operand") -> bool:
-        return (self.lib.data_ptr(self.a) == other.lib.data_ptr(other.a) and self.shape == other.shape
-                and self.strides == other.strides)
-
-    def overlaps(self, other: "_Operand") -> bool:
-        """True when the two share memory without being the same view (in place is fine)."""
-        if self.same_view(other):
-            return False
-        (a0, a1), (b0, b1) = self.span(), other.span()
-        return a0 < b1 and b0 < a1
+    def memory(self) -> tuple:
+        """Where its elements lie, for the aliasing rule: (address, shape, byte strides, itemsize)."""
+        size = self.lib.itemsize(self.a)
+        return (self.lib.data_ptr(self.a), self.shape, tuple(st * size for st in self.strides), size)
 
 
 def _operand(a: Any, name: str, device: Optional[int]) -> _Operand:
@@ -363,8 +344,7 @@ def _operand(a: Any, name: str, device: Optional[int]) -> _Operand:
         raise ValueError(f"{name}: is on cuda:{p[1]}, but this lnorm was built without its CUDA backend; "
                          f"{_INSTALL_HINT}")
     op = _Operand(a, name, _lib(module), p[1])
-    if op.dtype not in _DTYPES:
-        raise TypeError(f"{name}: dtype {op.dtype} is not supported (expected {_SUPPORTED})")
+    rules.check_dtype(name, op.dtype)
     return op
 
 
@@ -386,14 +366,12 @@ class _Plan:
 
     def __init__(self, x: _Operand, axis: Any):
         self.axes = axes_of(axis, len(x.shape))
-        self.norm_shape = tuple(x.shape[a] for a in self.axes)
-        if 0 in self.norm_shape:
-            raise ValueError(f"axis: the normalized axes {self.axes} of x (shape {x.shape}) are empty")
+        self.norm_shape = rules.norm_shape_of(x.shape, self.axes)
         self.perm, self.rows, self.cols, _ = rows_layout(x.shape, x.strides, self.axes)
         self.identity = self.perm == tuple(range(len(x.shape)))
         self.inverse = tuple(sorted(range(len(self.perm)), key=self.perm.__getitem__))
         self.row_shape = tuple(x.shape[d] for d in self.perm)
-        self.stats_shape = tuple(1 if d in self.axes else n for d, n in enumerate(x.shape))
+        self.stats_shape = rules.stats_shape_of(x.shape, self.axes)
         self.stat_dtype = "float64" if x.dtype == "float64" else "float32"
 
     def rows_of(self, op: _Operand):
@@ -404,17 +382,15 @@ class _Plan:
             return lib.as_rows(a, self.rows, self.cols, ld)
         return lib.reshape(lib.contiguous(lib.permute(a, self.perm)), (self.rows, self.cols))
 
-    def output(self, out: Any, name: str, x: _Operand, inputs: Sequence[_Operand]):
-        """(result, 2-D view written by the kernel, copy-back target or None) for an output."""
+    def output(self, out: Any, name: str, x: _Operand):
+        """(result, 2-D view written by the kernel, copy-back target or None) for an output (its
+        aliasing is checked by the caller, with every argument in view)."""
         lib = x.lib
         if out is None:
             buf = lib.empty(self.row_shape, x.dtype, x.device)
             result = buf if self.identity else lib.permute(buf, self.inverse)
             return result, lib.reshape(buf, (self.rows, self.cols)), None
         o = _like_x(out, name, x)
-        for i in inputs:
-            if o.overlaps(i):
-                raise ValueError(f"{name}: partially overlaps an input; pass the input itself to work in place")
         _, _, _, ld = rows_layout(o.shape, o.strides, self.axes)
         if ld is not None:
             return out, o.lib.as_rows(o.lib.exported(out), self.rows, self.cols, ld), None
@@ -427,24 +403,14 @@ class _Plan:
         if w is None:
             return None, like
         p = _operand(w, name, x.device)
-        if like is not None:
-            if p.dtype != like:
-                raise TypeError(f"{name}: dtype {p.dtype} differs from the other parameters' {like}")
-        elif p.dtype != x.dtype and p.dtype != "float32":
-            raise TypeError(f"{name}: dtype {p.dtype} must be x's ({x.dtype}) or float32")
-        if p.shape != self.norm_shape:
-            raise ValueError(f"{name}: shape {p.shape} does not match the normalized shape {self.norm_shape}")
+        rules.check_param(name, p.dtype, p.shape, x.dtype, self.norm_shape, like)
         flat = p.lib.reshape(p.lib.contiguous(p.lib.exported(w)), (self.cols,))
         return flat, p.dtype
 
     def stat(self, a: Any, name: str, x: _Operand):
         """mean or rstd from a forward pass as a contiguous 1-D array of the statistics' dtype."""
         p = _operand(a, name, x.device)
-        if p.dtype != "float32" and p.dtype != x.dtype:
-            raise TypeError(f"{name}: dtype {p.dtype} must be float32 or x's {x.dtype}")
-        if p.shape != self.stats_shape:
-            raise ValueError(f"{name}: shape {p.shape} does not match {self.stats_shape} (x's shape with the "
-                             "normalized axes set to 1)")
+        rules.check_stat(name, p.dtype, p.shape, x.dtype, self.stats_shape)
         return p.lib.reshape(p.lib.contiguous(p.lib.exported(a), self.stat_dtype), (self.rows,))
 
     def new_stat(self, x: _Operand):
@@ -571,7 +537,8 @@ def _forward(rms: bool, x: Any, weight: Any, bias: Any, axis: Any, eps: Any, out
     with lib.scope(xo.device, stream) as handle:
         w, wdt = plan.param(weight, "weight", xo, None)
         b, _ = plan.param(bias, "bias", xo, wdt)
-        y, y_rows, back = plan.output(out, "out", xo, (xo,))
+        _check_aliasing(xo, {"out": out}, {"x": x, "weight": weight, "bias": bias}, [("out", "x")])
+        y, y_rows, back = plan.output(out, "out", xo)
         mean, rstd, mean_rows, rstd_rows = plan.new_stats(xo, rms, return_stats)
         if plan.rows:
             module = native()
@@ -587,11 +554,16 @@ def _forward(rms: bool, x: Any, weight: Any, bias: Any, axis: Any, eps: Any, out
 def _like_x(a: Any, name: str, x: _Operand) -> _Operand:
     """`a` as an operand on x's device, of x's dtype and shape (else the error naming it)."""
     o = _operand(a, name, x.device)
-    if o.dtype != x.dtype:
-        raise TypeError(f"{name}: dtype {o.dtype} differs from x's {x.dtype}")
-    if o.shape != x.shape:
-        raise ValueError(f"{name}: shape {o.shape} differs from x's {x.shape}")
+    rules.check_like_x(name, o.dtype, o.shape, x.dtype, x.shape)
     return o
+
+
+def _check_aliasing(x: _Operand, outputs: dict, inputs: dict, exact_ok) -> None:
+    """The core's aliasing rule on the caller's arrays (absent ones None)."""
+    def memory(items):
+        return [(k, None if v is None else _operand(v, k, x.device).memory()) for k, v in items.items()]
+    if any(v is not None for v in outputs.values()):
+        rules.check_aliasing(memory(outputs), memory(inputs), exact_ok)
 
 
 def _backward(rms: bool, dy: Any, x: Any, mean: Any, rstd: Any, weight: Any, axis: Any, stream: Any):
@@ -606,7 +578,7 @@ def _backward(rms: bool, dy: Any, x: Any, mean: Any, rstd: Any, weight: Any, axi
         w, wdt = plan.param(weight, "weight", xo, None)
         m = None if rms else plan.stat(mean, "mean", xo)
         r = plan.stat(rstd, "rstd", xo)
-        dx, dx_rows, _ = plan.output(None, "dx", xo, ())
+        dx, dx_rows, _ = plan.output(None, "dx", xo)
         pdt = wdt or xo.dtype
         make = lib.zeros if plan.rows == 0 else lib.empty
         dweight = make(plan.norm_shape, pdt, xo.device) if weight is not None else None
@@ -632,13 +604,11 @@ def _add_forward(rms: bool, x: Any, residual: Any, weight: Any, bias: Any, bias_
         w, wdt = plan.param(weight, "weight", xo, None)
         b, wdt = plan.param(bias, "bias", xo, wdt)
         bi, _ = plan.param(bias_in, "bias_in", xo, wdt)
-        s, s_rows, s_back = plan.output(residual_out, "residual_out", xo, (xo, ro))
-        inputs = (xo, ro) if residual_out is None else (xo, ro, _operand(residual_out, "residual_out", xo.device))
-        y, y_rows, y_back = plan.output(out, "out", xo, inputs)
-        if out is not None and residual_out is not None:
-            yo, so = _operand(out, "out", xo.device), _operand(residual_out, "residual_out", xo.device)
-            if yo.same_view(so) or yo.overlaps(so):
-                raise ValueError("out: must not share memory with residual_out")
+        _check_aliasing(xo, {"out": out, "residual_out": residual_out},
+                        {"x": x, "residual": residual, "weight": weight, "bias": bias, "bias_in": bias_in},
+                        [("out", "x"), ("out", "residual"), ("residual_out", "x"), ("residual_out", "residual")])
+        s, s_rows, s_back = plan.output(residual_out, "residual_out", xo)
+        y, y_rows, y_back = plan.output(out, "out", xo)
         mean, rstd, mean_rows, rstd_rows = plan.new_stats(xo, rms, return_stats)
         if plan.rows:
             module = native()

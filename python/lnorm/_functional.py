@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _buffers, _interop, _lnorm
+from . import _checks as rules
 from ._checks import axes_of as _axes, check_eps as _eps
 
 Axis = Union[int, Sequence[int]]
@@ -39,16 +40,30 @@ def _is_bfloat16(dtype: np.dtype) -> bool:
 
 
 def _as_array(a: Any, name: str, dtype: Optional[np.dtype] = None) -> np.ndarray:
-    """``a`` as an ndarray of a supported float dtype (lists take ``dtype`` when it is given)."""
-    if not isinstance(a, np.ndarray):
-        _interop.check_on_host(a, name)
-        try:
-            a = np.asarray(a, dtype=dtype)
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise TypeError(f"{name}: cannot be converted to a NumPy array ({e})") from None
+    """``a`` as an ndarray of a supported float dtype that the native module can take: lists take
+    ``dtype`` when it is given; arrays of other libraries come through DLPack (``_interop``); an
+    array whose strides are not whole elements, or whose data is not aligned, is copied."""
+    if type(a) is not np.ndarray:
+        if a is None:  # numpy.asarray would make it a 0-d NaN
+            raise TypeError(f"{name}: must be an array, not None")
+        if isinstance(a, np.ma.MaskedArray):
+            raise TypeError(f"{name}: masked arrays are not supported (lnorm would ignore the mask); pass "
+                            f"{name}.filled(value) or {name}.data")
+        if isinstance(a, np.ndarray):
+            a = a.view(np.ndarray)  # a subclass (np.matrix, np.memmap, ...): its data as a plain array
+        elif _interop.library_of(a):
+            a = _interop.to_numpy(a, name)
+        else:
+            _interop.check_on_host(a, name)
+            try:
+                a = np.asarray(a, dtype=dtype)
+            except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+                raise TypeError(f"{name}: cannot be converted to a NumPy array ({e})") from None
     dt = a.dtype
     if dt not in _NATIVE_DTYPES and not _is_bfloat16(dt):
         raise TypeError(f"{name}: dtype {dt} is not supported (expected {_SUPPORTED})")
+    if not a.flags.aligned:  # misaligned data, or strides that are not whole elements
+        a = np.ascontiguousarray(a)
     return a
 
 
@@ -76,13 +91,8 @@ def _param(w: Any, name: str, x: np.ndarray, norm_shape: Tuple[int, ...],
     if w is None:
         return None
     w = _as_array(w, name, dtype=x.dtype)
-    if like is not None:
-        if w.dtype != like.dtype:
-            raise TypeError(f"{name}: dtype {w.dtype} differs from the other parameters' {like.dtype}")
-    elif w.dtype != x.dtype and w.dtype != _FLOAT32:
-        raise TypeError(f"{name}: dtype {w.dtype} must be x's ({x.dtype}) or float32")
-    if w.shape != norm_shape:
-        raise ValueError(f"{name}: shape {w.shape} does not match the normalized shape {norm_shape}")
+    rules.check_param(name, str(w.dtype), w.shape, str(x.dtype), norm_shape,
+                      None if like is None else str(like.dtype))
     if not w.flags.c_contiguous:
         w = np.ascontiguousarray(w)
     return w
@@ -100,67 +110,67 @@ def _params(x: np.ndarray, norm_shape: Tuple[int, ...], **named: Any) -> list:
 
 def _same_as_x(a: Any, name: str, x: np.ndarray) -> np.ndarray:
     a = _as_array(a, name, dtype=x.dtype)
-    if a.dtype != x.dtype:
-        raise TypeError(f"{name}: dtype {a.dtype} differs from x's {x.dtype}")
-    if a.shape != x.shape:
-        raise ValueError(f"{name}: shape {a.shape} differs from x's {x.shape}")
+    if a.dtype != x.dtype or a.shape != x.shape:
+        rules.check_like_x(name, str(a.dtype), a.shape, str(x.dtype), x.shape)
     return a
 
 
-def _overlaps(a: np.ndarray, b: np.ndarray) -> bool:
-    """True when a and b share memory without being the same view (so in place is fine)."""
-    if not np.may_share_memory(a, b):
-        return False
-    same_view = (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-                 and a.strides == b.strides)
-    return not same_view and np.shares_memory(a, b)
+def _memory(a: Any) -> Optional[tuple]:
+    """Where an ndarray's elements lie, for the aliasing rule: (address, shape, byte strides, itemsize);
+    None for what is not an ndarray (a list, None: fresh memory, nothing to overlap)."""
+    if not isinstance(a, np.ndarray):
+        return None
+    return (a.__array_interface__["data"][0], a.shape, a.strides, a.itemsize)
 
 
-def _output(out: Any, name: str, x: np.ndarray, inputs: Sequence[np.ndarray] = ()) -> np.ndarray:
+def _copied(named_pairs: Sequence[Tuple[str, Any, Any]]) -> list:
+    """The caller's arrays that were replaced by copies (or plain views of a subclass) before the
+    native call, as (name, memory):
+    the C++ core applies the aliasing rule to the arrays it gets, so these are the only ones Python
+    must show it (through rules.check_aliasing) for an out= that overlaps what was copied."""
+    return [(name, _memory(given)) for name, given, used in named_pairs
+            if used is not given and isinstance(given, np.ndarray)]
+
+
+def _any_replaced(given: tuple, used: tuple) -> bool:
+    return any(g is not u for g, u in zip(given, used))
+
+
+def _output(out: Any, name: str, x: np.ndarray) -> np.ndarray:
+    """A caller's output array (x's dtype and shape, writable), or a new one for None."""
     if out is None:
         return _buffers.empty(x.shape, x.dtype)
-    if not isinstance(out, np.ndarray):
-        _interop.check_on_host(out, name)
-        raise TypeError(f"{name}: must be a numpy.ndarray, not {type(out).__name__}")
-    if out.dtype != x.dtype:
-        raise TypeError(f"{name}: dtype {out.dtype} differs from x's {x.dtype}")
-    if out.shape != x.shape:
-        raise ValueError(f"{name}: shape {out.shape} differs from x's {x.shape}")
-    if not out.flags.writeable:
+    if type(out) is not np.ndarray:
+        if isinstance(out, np.ma.MaskedArray):
+            raise TypeError(f"{name}: masked arrays are not supported (lnorm would ignore the mask)")
+        if not isinstance(out, np.ndarray):
+            _interop.check_on_host(out, name)
+            raise TypeError(f"{name}: must be a numpy.ndarray, not {type(out).__name__}")
+    if out.dtype != x.dtype or out.shape != x.shape:
+        rules.check_like_x(name, str(out.dtype), out.shape, str(x.dtype), x.shape)
+    flags = out.flags
+    if not flags.writeable:
         raise ValueError(f"{name}: is read-only")
-    for a in inputs:
-        if _overlaps(out, a):
-            raise ValueError(f"{name}: partially overlaps an input; pass the input itself to work in place")
+    if not flags.aligned:
+        raise ValueError(f"{name}: its elements must be aligned and a whole number of elements apart")
     return out
-
-
-def _stats_shape(x: np.ndarray, axes: Tuple[int, ...]) -> Tuple[int, ...]:
-    return tuple(1 if d in axes else n for d, n in enumerate(x.shape))
 
 
 def _stat(a: Any, name: str, x: np.ndarray, axes: Tuple[int, ...]) -> np.ndarray:
     """mean or rstd from a forward pass: keepdims shape, float32 or x's dtype, made contiguous."""
-    if not isinstance(a, np.ndarray):
-        _interop.check_on_host(a, name)
-        try:
-            a = np.asarray(a, dtype=_stat_dtype(x))
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"{name}: cannot be converted to a NumPy array ({e})") from None
-    if a.dtype != _FLOAT32 and a.dtype != x.dtype:
-        raise TypeError(f"{name}: dtype {a.dtype} must be float32 or x's {x.dtype}")
-    shape = _stats_shape(x, axes)
-    if a.shape != shape:
-        raise ValueError(f"{name}: shape {a.shape} does not match {shape} (x's shape with the "
-                         "normalized axes set to 1)")
-    return np.ascontiguousarray(a, dtype=_stat_dtype(x))
+    sdt = _stat_dtype(x)
+    a = _as_array(a, name, dtype=sdt)
+    shape = rules.stats_shape_of(x.shape, axes)
+    if (a.dtype != _FLOAT32 and a.dtype != x.dtype) or a.shape != shape:
+        rules.check_stat(name, str(a.dtype), a.shape, str(x.dtype), shape)
+    return a if a.dtype == sdt and a.flags.c_contiguous else np.ascontiguousarray(a, dtype=sdt)
 
 
 def _norm_shape(x: np.ndarray, axes: Tuple[int, ...]) -> Tuple[int, ...]:
     xs = x.shape
-    shape = (xs[axes[0]],) if len(axes) == 1 else tuple([xs[a] for a in axes])
-    if 0 in shape:
-        raise ValueError(f"axis: the normalized axes {axes} of x (shape {x.shape}) are empty")
-    return shape
+    if len(axes) == 1 and xs[axes[0]]:
+        return (xs[axes[0]],)
+    return rules.norm_shape_of(xs, axes)
 
 
 # (axis, ndim) -> (sorted axes, bit mask): the axis arithmetic of a call shape, done once.
@@ -193,7 +203,9 @@ def _fast_param(w: Any, x: np.ndarray, norm_shape: Tuple[int, ...]) -> bool:
 
 def _forward(rms: bool, x: Any, weight: Any, bias: Any, axis: Axis, eps: Any, out: Any,
              return_stats: bool):
-    if type(x) is not np.ndarray or x.dtype not in _NATIVE_DTYPES:
+    return_stats = return_stats is True or rules.check_flag(return_stats, "return_stats")
+    given = (x, weight, bias)
+    if type(x) is not np.ndarray or x.dtype not in _NATIVE_DTYPES or not x.flags.aligned:
         x = _as_array(x, "x")
     axes, mask = _axis_plan(axis, x.ndim)
     norm_shape = _norm_shape(x, axes)
@@ -201,10 +213,14 @@ def _forward(rms: bool, x: Any, weight: Any, bias: Any, axis: Axis, eps: Any, ou
             and (bias is None or _fast_param(bias, x, norm_shape))):
         weight, bias = _params(x, norm_shape, weight=weight, bias=bias)
     e = eps if type(eps) is float and 0.0 <= eps < math.inf else _eps(eps)
-    y = _buffers.empty(x.shape, x.dtype) if out is None else _output(out, "out", x, (x,))
+    y = _output(out, "out", x)
+    if out is not None and _any_replaced(given, (x, weight, bias)):
+        copied = _copied(list(zip(("x", "weight", "bias"), given, (x, weight, bias))))
+        if copied:
+            rules.check_aliasing([("out", _memory(y))], copied, [("out", "x")])
     mean = rstd = None
     if return_stats:
-        shape, sdt = _stats_shape(x, axes), _stat_dtype(x)
+        shape, sdt = rules.stats_shape_of(x.shape, axes), _stat_dtype(x)
         mean = None if rms else np.empty(shape, sdt)
         rstd = np.empty(shape, sdt)
     if x.dtype.kind == "V":  # bfloat16 travels as its bits
@@ -354,19 +370,24 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, axis: Axis = -1, stream=None)
 
 def _add_forward(rms: bool, x: Any, residual: Any, weight: Any, bias: Any, bias_in: Any,
                  axis: Axis, eps: Any, out: Any, residual_out: Any, return_stats: bool):
+    return_stats = rules.check_flag(return_stats, "return_stats")
+    names, given = ("x", "residual", "weight", "bias", "bias_in"), (x, residual, weight, bias, bias_in)
     x = _as_array(x, "x")
     axes = _axes(axis, x.ndim)
     residual = _same_as_x(residual, "residual", x)
     norm_shape = _norm_shape(x, axes)
     weight, bias, bias_in = _params(x, norm_shape, weight=weight, bias=bias, bias_in=bias_in)
     e = _eps(eps)
-    s = _output(residual_out, "residual_out", x, (x, residual))
-    y = _output(out, "out", x, (x, residual, s))
-    if out is not None and residual_out is not None and np.may_share_memory(y, s):
-        raise ValueError("out: must not share memory with residual_out")
+    s = _output(residual_out, "residual_out", x)
+    y = _output(out, "out", x)
+    if out is not None or residual_out is not None:
+        copied = _copied(list(zip(names, given, (x, residual, weight, bias, bias_in))))
+        if copied:
+            rules.check_aliasing([("out", _memory(out)), ("residual_out", _memory(residual_out))], copied,
+                                 [("out", "x"), ("out", "residual"), ("residual_out", "x"), ("residual_out", "residual")])
     mean = rstd = None
     if return_stats:
-        shape, sdt = _stats_shape(x, axes), _stat_dtype(x)
+        shape, sdt = rules.stats_shape_of(x.shape, axes), _stat_dtype(x)
         mean = None if rms else np.empty(shape, sdt)
         rstd = np.empty(shape, sdt)
     _lnorm.add_norm_forward(rms, _native(x), _native(residual), _native(bias_in), _native(s),

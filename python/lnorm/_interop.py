@@ -36,19 +36,58 @@ def _bfloat16():
     return ml_dtypes.bfloat16
 
 
+_OUTPUTS = ("out", "residual_out")
+
+
+def _checked_torch(t: Any, name: str, output: bool) -> Any:
+    """The one set of rules for a torch tensor argument, on every backend: a dense tensor of a
+    supported dtype; its lazy negation or conjugation bit resolved for an input (torch exports the
+    raw memory through DLPack, so the bit would be lost: a silent sign flip) and refused for an
+    output (lnorm cannot write through it); an output must not require grad (torch's out= rule)."""
+    import torch
+    if not isinstance(t, torch.Tensor):  # another object of torch's (DLPack has its own say)
+        return t
+    kind = None
+    if t.layout != torch.strided:
+        kind = f"layout {t.layout}"
+    elif t.is_quantized:
+        kind = "quantized tensors"
+    elif getattr(t, "is_nested", False):
+        kind = "nested tensors"
+    if kind:
+        raise TypeError(f"{name}: torch {kind} are not supported; pass a dense float tensor")
+    if t.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        raise TypeError(f"{name}: dtype {str(t.dtype).replace('torch.', '')} is not supported (expected "
+                        "float32, float64, float16 or bfloat16)")
+    lazy = t.is_neg() or t.is_conj()
+    if output:
+        if lazy:
+            raise ValueError(f"{name}: has torch's lazy negation bit (is_neg()); lnorm cannot write through it: "
+                             "pass a tensor without it")
+        if t.requires_grad:
+            raise ValueError(f"{name}: requires grad; an out= tensor cannot take part in autograd (as in torch)")
+        return t
+    t = t.detach()
+    return t.resolve_neg().resolve_conj() if lazy else t
+
+
 def to_numpy(a: Any, name: str) -> np.ndarray:
-    """A NumPy view of a DLPack array on the CPU (no copy)."""
+    """A NumPy view of a DLPack array on the CPU (no copy, except to resolve a torch tensor's lazy
+    negation bit)."""
     lib = library_of(a)
     if lib == "torch":
-        import torch
-        t = a.detach()
+        t = _checked_torch(a, name, name in _OUTPUTS)
         if t.device.type != "cpu":  # GPU arrays go to _cuda before this; other devices stop here
             raise ValueError(f"{name}: is on device {t.device}; lnorm runs on the CPU and on CUDA GPUs")
+        import torch
         if t.dtype == torch.bfloat16:
             return np.from_dlpack(t.view(torch.int16)).view(_bfloat16())
         return np.from_dlpack(t)
     if lib in ("jax", "jaxlib"):
-        return np.asarray(a)  # JAX's CPU arrays convert without a copy; bfloat16 comes as ml_dtypes'
+        try:
+            return np.asarray(a)  # JAX's CPU arrays convert without a copy; bfloat16 comes as ml_dtypes'
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"{name}: cannot be read as a host array ({e})") from None
     try:
         return np.from_dlpack(a)
     except (TypeError, ValueError, RuntimeError, BufferError) as e:
@@ -68,23 +107,38 @@ def from_numpy(a: np.ndarray, lib: str, like: Any) -> Any:
     return a
 
 
+def _written(kwargs: dict) -> None:
+    """Torch output tensors were written behind torch's back: their version counters move on, so that
+    autograd refuses a graph that saved them before the write (as after any in-place operation)."""
+    for k in _OUTPUTS:
+        if library_of(kwargs.get(k)) == "torch":
+            import torch
+            if not kwargs[k].is_inference():  # inference tensors keep no version counter
+                torch.autograd.graph.increment_version(kwargs[k])
+
+
 def call(fn: Callable, like: Any, args: tuple, kwargs: dict):
     """Runs fn with every DLPack argument as a NumPy view; returns its arrays as `like`'s kind.
     An `out=` argument is returned as the caller's own object. A call with any array on a GPU runs
     on the GPU instead (the CUDA backend), or is a ValueError naming the argument on the wrong device.
     `stream` (for GPU arrays) means nothing on the CPU and is dropped."""
+    names = fn.__code__.co_varnames[:fn.__code__.co_argcount]
+    named = [(names[i] if i < len(names) else "argument", v) for i, v in enumerate(args)] + list(kwargs.items())
+    # The torch rules before either backend sees a tensor: inputs resolved, outputs checked.
+    named = [(k, _checked_torch(v, k, k in _OUTPUTS) if library_of(v) == "torch" else v) for k, v in named]
+    args, kwargs = tuple(v for _, v in named[:len(args)]), dict(named[len(args):])
     if _cuda.any_on_gpu(args, kwargs):
-        return _cuda.call(fn.__name__, args, kwargs)
+        result = _cuda.call(fn.__name__, args, kwargs)
+        _written(kwargs)
+        return result
     if "stream" in kwargs:
         kwargs = {k: v for k, v in kwargs.items() if k != "stream"}
     lib = library_of(like)
-    names = fn.__code__.co_varnames[:fn.__code__.co_argcount]
-    np_args = tuple(to_numpy(v, names[i] if i < len(names) else "argument") if library_of(v) else v
-                    for i, v in enumerate(args))
+    np_args = tuple(to_numpy(v, name) if library_of(v) else v for name, v in named[:len(args)])
     np_kwargs = {k: (to_numpy(v, k) if library_of(v) else v) for k, v in kwargs.items()}
-    caller_outs = {id(np_kwargs[k]): kwargs[k] for k in ("out", "residual_out")
-                   if library_of(kwargs.get(k))}
+    caller_outs = {id(np_kwargs[k]): kwargs[k] for k in _OUTPUTS if library_of(kwargs.get(k))}
     result = fn(*np_args, **np_kwargs)
+    _written(kwargs)
 
     def back(r):
         if isinstance(r, np.ndarray):

@@ -6,39 +6,51 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._functional import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
+from . import _interop
+from ._checks import check_eps, check_flag, index_of
+from ._functional import _as_array, layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
 
 Shape = Union[int, Sequence[int]]
 
 
 def _shape(normalized_shape: Shape) -> Tuple[int, ...]:
-    if isinstance(normalized_shape, (int, np.integer)) and not isinstance(normalized_shape, bool):
-        shape: Tuple[int, ...] = (int(normalized_shape),)
-    elif isinstance(normalized_shape, (tuple, list)) and all(
-            isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in normalized_shape):
-        shape = tuple(int(n) for n in normalized_shape)
+    what = "an int or a tuple of ints"
+    if isinstance(normalized_shape, (tuple, list)):
+        shape = tuple(index_of(n, "normalized_shape", what) for n in normalized_shape)
     else:
-        raise TypeError("normalized_shape: must be an int or a tuple of ints")
+        shape = (index_of(normalized_shape, "normalized_shape", what),)
     if not shape or any(n < 1 for n in shape):
         raise ValueError(f"normalized_shape: must be non-empty with positive sizes, got {normalized_shape!r}")
     return shape
 
 
+def _params(shape: Tuple[int, ...], dtype: np.dtype, fill: float) -> np.ndarray:
+    try:
+        return np.full(shape, fill, dtype)
+    except ValueError:  # NumPy's "array is too big"
+        raise ValueError(f"normalized_shape: {shape} is too large") from None
+
+
 class _Norm:
-    """What LayerNorm and RMSNorm share: shape checks, the saved forward state, the parameters."""
+    """What LayerNorm and RMSNorm share: shape checks, the saved forward state, the parameters.
+
+    Inputs may be NumPy arrays, anything ``numpy.asarray`` takes, or CPU tensors of PyTorch (and
+    other DLPack libraries): the result is of the input's kind, as in the functional API. The
+    forward saves a copy of x, so ``backward`` differentiates the forward that ran even if the caller
+    changes x in place meanwhile; a forward that fails leaves nothing for ``backward``.
+    """
 
     def __init__(self, normalized_shape: Shape, eps: float, elementwise_affine: bool, dtype):
         self.normalized_shape = _shape(normalized_shape)
-        if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)):
-            raise TypeError("eps: must be a real number")
-        if not (eps >= 0 and np.isfinite(eps)):
-            raise ValueError(f"eps: must be finite and >= 0, got {eps!r}")
-        self.eps = float(eps)
-        self.elementwise_affine = bool(elementwise_affine)
-        self.dtype = np.dtype(dtype)
+        self.eps = check_eps(eps)
+        self.elementwise_affine = check_flag(elementwise_affine, "elementwise_affine")
+        try:
+            self.dtype = np.dtype(dtype)
+        except (TypeError, ValueError):
+            raise TypeError(f"dtype: {type(dtype).__name__} is not a NumPy dtype") from None
         if self.dtype.kind != "f" and self.dtype.name != "bfloat16":
             raise TypeError(f"dtype: {self.dtype} is not a floating-point dtype")
-        self.weight: Optional[np.ndarray] = (np.ones(self.normalized_shape, self.dtype)
+        self.weight: Optional[np.ndarray] = (_params(self.normalized_shape, self.dtype, 1.0)
                                              if elementwise_affine else None)
         self.weight_grad: Optional[np.ndarray] = None
         self._saved = None
@@ -47,18 +59,26 @@ class _Norm:
     def _axes(self) -> Tuple[int, ...]:
         return tuple(range(-len(self.normalized_shape), 0))
 
-    def _check(self, x) -> np.ndarray:
-        x = np.asarray(x) if not isinstance(x, np.ndarray) else x
+    def _input(self, x) -> Tuple[np.ndarray, str, object]:
+        """x as a NumPy array of the normalized shape, and how to give results back in x's kind."""
+        self._saved = None
+        lib = _interop.library_of(x)
+        a = _as_array(x, "x")
         k = len(self.normalized_shape)
-        if x.ndim < k or tuple(x.shape[-k:]) != self.normalized_shape:
-            raise ValueError(f"x: trailing shape {tuple(x.shape[-k:]) if x.ndim >= k else x.shape} "
+        if a.ndim < k or tuple(a.shape[-k:]) != self.normalized_shape:
+            raise ValueError(f"x: trailing shape {tuple(a.shape[-k:]) if a.ndim >= k else a.shape} "
                              f"does not match normalized_shape {self.normalized_shape}")
-        return x
+        return a, lib, x
 
     def _saved_or_raise(self):
         if self._saved is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before a forward call")
+            raise RuntimeError(f"{type(self).__name__}.backward called before a forward call (or after one that "
+                               "failed)")
         return self._saved
+
+    @staticmethod
+    def _back(a: np.ndarray, lib: str, like) -> object:
+        return _interop.from_numpy(a, lib, like) if lib else a
 
     def parameters(self) -> list:
         """The trainable arrays (weight, then bias where present)."""
@@ -86,23 +106,26 @@ class LayerNorm(_Norm):
     def __init__(self, normalized_shape: Shape, eps: float = 1e-5, elementwise_affine: bool = True,
                  bias: bool = True, dtype=np.float32):
         super().__init__(normalized_shape, eps, elementwise_affine, dtype)
-        self.bias: Optional[np.ndarray] = (np.zeros(self.normalized_shape, self.dtype)
-                                           if elementwise_affine and bias else None)
+        with_bias = check_flag(bias, "bias")
+        self.bias: Optional[np.ndarray] = (_params(self.normalized_shape, self.dtype, 0.0)
+                                           if self.elementwise_affine and with_bias else None)
         self.bias_grad: Optional[np.ndarray] = None
 
     def forward(self, x):
-        x = self._check(x)
-        y, mean, rstd = layer_norm(x, self.weight, self.bias, axis=self._axes, eps=self.eps,
+        a, lib, like = self._input(x)
+        y, mean, rstd = layer_norm(a, self.weight, self.bias, axis=self._axes, eps=self.eps,
                                    return_stats=True)
-        self._saved = (x, mean, rstd)
-        return y
+        self._saved = (a.copy(), mean, rstd)
+        return self._back(y, lib, like)
 
     def backward(self, dy):
         x, mean, rstd = self._saved_or_raise()
-        dx, dweight, dbias = layer_norm_backward(dy, x, mean, rstd, self.weight, axis=self._axes)
+        lib = _interop.library_of(dy)
+        dx, dweight, dbias = layer_norm_backward(_as_array(dy, "dy"), x, mean, rstd, self.weight,
+                                                 axis=self._axes)
         self.weight_grad = dweight
         self.bias_grad = dbias if self.bias is not None else None
-        return dx
+        return self._back(dx, lib, dy)
 
     def __repr__(self) -> str:
         return (f"LayerNorm({self.normalized_shape}, eps={self.eps}, "
@@ -124,16 +147,17 @@ class RMSNorm(_Norm):
         super().__init__(normalized_shape, eps, elementwise_affine, dtype)
 
     def forward(self, x):
-        x = self._check(x)
-        y, rstd = rms_norm(x, self.weight, axis=self._axes, eps=self.eps, return_stats=True)
-        self._saved = (x, rstd)
-        return y
+        a, lib, like = self._input(x)
+        y, rstd = rms_norm(a, self.weight, axis=self._axes, eps=self.eps, return_stats=True)
+        self._saved = (a.copy(), rstd)
+        return self._back(y, lib, like)
 
     def backward(self, dy):
         x, rstd = self._saved_or_raise()
-        dx, dweight = rms_norm_backward(dy, x, rstd, self.weight, axis=self._axes)
+        lib = _interop.library_of(dy)
+        dx, dweight = rms_norm_backward(_as_array(dy, "dy"), x, rstd, self.weight, axis=self._axes)
         self.weight_grad = dweight
-        return dx
+        return self._back(dx, lib, dy)
 
     def __repr__(self) -> str:
         return (f"RMSNorm({self.normalized_shape}, eps={self.eps}, "
