@@ -1376,6 +1376,40 @@ void check_pool_swap() {
   lnorm::set_num_threads(2);
 }
 
+// ---- fork while another thread writes the settings ------------------------------------------------------
+
+#if defined(LNORM_HOSTILE_CAN_FORK)
+// A child forked while another thread is inside set_num_threads (its settings write half done) must
+// still run calls: the write never finishes in the child, and a reader that waited for it would hang.
+void check_fork_during_settings_write() {
+  test_case t("fork while another thread writes the settings: the child's calls run");
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    for (int n = 0; !stop.load(std::memory_order_relaxed); ++n) lnorm::set_num_threads(1 + (n & 1));
+  });
+  int hung = 0, wrong = 0;
+  for (int k = 0; k < 64; ++k) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      alarm(5);  // a hang ends the child with SIGALRM
+      std::vector<float> x(64), y(64);
+      for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 7);
+      const status s = lnorm::try_layer_norm<float>(x.data(), 8, y.data(), 8, 8, 8, nullptr, nullptr, 1e-5);
+      _exit(s && lnorm::get_num_threads() >= 1 ? 0 : 3);
+    }
+    int wstatus = 0;
+    waitpid(pid, &wstatus, 0);
+    if (WIFSIGNALED(wstatus)) ++hung;
+    else if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) ++wrong;
+    if (hung) break;  // one is enough (with the settings write left half done, most children hang)
+  }
+  stop.store(true);
+  writer.join();
+  lnorm::set_num_threads(2);
+  LNORM_CHECK(t, hung == 0 && wrong == 0, "%d child hung, %d failed", hung, wrong);
+}
+#endif
+
 // ---- the overlap test against brute force ---------------------------------------------------------------
 
 #if !defined(LNORM_HOSTILE_OLD_API)
@@ -1560,6 +1594,9 @@ int main() {
   section("last_call", check_last_call);
 #endif
   section("pool_swap", check_pool_swap);
+#if defined(LNORM_HOSTILE_CAN_FORK)
+  section("fork_during_settings_write", check_fork_during_settings_write);
+#endif
   if (!fork_sections()) section("messages", check_messages);
   std::printf("%ld passed, %ld failed\n", results().passed, results().failed);
   return results().failed == 0 ? 0 : 1;

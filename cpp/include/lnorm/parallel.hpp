@@ -96,6 +96,27 @@ inline thread_state& threads_state() noexcept {
   return s;
 }
 
+#if defined(LNORM_HAVE_PTHREAD_ATFORK)
+// In a forked child, only the forking thread exists. A settings write another thread had begun never
+// ends there: `seq` is made even again, or every call would wait for it forever. And a child forked
+// after OpenMP started its workers may hang in its first parallel region (the runtime's pool does not
+// survive fork): such a child runs lnorm on its calling thread.
+inline void after_fork_in_child() noexcept {
+  thread_state& s = threads_state();
+  const unsigned seq = s.seq.load(std::memory_order_relaxed);
+  if (seq & 1u) s.seq.store(seq + 1, std::memory_order_relaxed);
+#if defined(_OPENMP)
+  s.forked_child.store(true);
+#endif
+}
+inline bool install_fork_handler() noexcept {
+  static const bool done = (pthread_atfork(nullptr, nullptr, &after_fork_in_child) == 0);
+  return done;
+}
+#else
+inline bool install_fork_handler() noexcept { return true; }
+#endif
+
 /// The settings one call runs with, read once when it starts.
 struct team {
   int threads = 1;
@@ -105,6 +126,7 @@ struct team {
 // Applies f(state) as one write of the settings (writers take turns).
 template <class F>
 inline void write_settings(F&& f) noexcept {
+  install_fork_handler();
   thread_state& s = threads_state();
   unsigned seq = s.seq.load(std::memory_order_relaxed);
   for (;;) {
@@ -119,6 +141,7 @@ inline void write_settings(F&& f) noexcept {
 
 // The settings now, as one consistent snapshot.
 inline team current_team() noexcept {
+  install_fork_handler();
   thread_state& s = threads_state();
   team t;
   for (;;) {
@@ -141,18 +164,6 @@ inline team current_team() noexcept {
   t.pool.num_threads = t.threads;
   return t;
 }
-
-#if defined(LNORM_HAVE_PTHREAD_ATFORK) && defined(_OPENMP)
-// A child forked after OpenMP started its workers may hang in its first parallel region (the
-// runtime's pool does not survive fork). Such a child runs lnorm on its calling thread.
-inline void mark_forked_child() noexcept { threads_state().forked_child.store(true); }
-inline bool install_fork_handler() noexcept {
-  static const bool done = (pthread_atfork(nullptr, nullptr, &mark_forked_child) == 0);
-  return done;
-}
-#else
-inline bool install_fork_handler() noexcept { return true; }
-#endif
 
 // ---- the record of the last call on this thread ----
 
