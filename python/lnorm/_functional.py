@@ -124,10 +124,10 @@ def _memory(a: Any) -> Optional[tuple]:
 
 
 def _copied(named_pairs: Sequence[Tuple[str, Any, Any]]) -> list:
-    """The caller's arrays that were replaced by copies (or plain views of a subclass) before the
-    native call, as (name, memory):
-    the C++ core applies the aliasing rule to the arrays it gets, so these are the only ones Python
-    must show it (through rules.check_aliasing) for an out= that overlaps what was copied."""
+    """The caller's arrays that were replaced (by copies, or by plain views of a subclass) before the
+    native call, as (name, memory). The C++ core applies the aliasing rule to the arrays it gets, so
+    these are the only ones Python must hold to it (rules.check_aliasing), for an out= that overlaps
+    what was copied."""
     return [(name, _memory(given)) for name, given, used in named_pairs
             if used is not given and isinstance(given, np.ndarray)]
 
