@@ -807,10 +807,6 @@ inline status check_problem(int ndim, const std::int64_t* shape, const bool* nor
   return {};
 }
 
-// The strides of a strided argument must be given (even for an empty problem).
-inline bool has_strides(const strided& a) noexcept { return a.strides != nullptr; }
-inline status no_strides(rules::arg a) noexcept { return fail(rules::kMessages.null_strides[static_cast<int>(a)]); }
-
 // The rows and cols of a row-range call.
 inline status check_rows(std::int64_t rows, std::int64_t cols) noexcept {
   if (rows < 0) return fail("rows: must be >= 0");
@@ -925,40 +921,48 @@ inline int query_threads(int num_threads) noexcept {
 //   const bool norm[4] = {false, true, false, false};              // LayerNorm over channels of NCHW
 //   lnorm::try_layer_norm_nd<float>(4, shape, norm, {x, st}, {y, st}, g, b, 1e-6, nullptr, nullptr);
 
+namespace detail {
+// LayerNorm (Rms false) or RMSNorm (Rms true, beta and mean null) over an N-d strided tensor: the one
+// body of try_layer_norm_nd and try_rms_norm_nd.
+template <class T, class W, bool Rms>
+status norm_nd(int ndim, const std::int64_t* shape, const bool* normalized, strided x, strided y, const W* gamma,
+               const W* beta, double eps, stat_t<T>* mean, stat_t<T>* rstd, const workspace* ws) noexcept {
+  using rules::arg;
+  begin_call();
+  std::int64_t rows = 0, cols = 0;
+  if (status s = check_problem(ndim, shape, normalized, rows, cols); !s) return s;
+  if (status s = check_eps(eps); !s) return s;
+  rules::operands ops;
+  ops.input(arg::x, nd_view<T>(x, ndim, shape));
+  ops.output(arg::y, nd_view<T>(y, ndim, shape), rules::bit(arg::x));
+  if (gamma) ops.vector(arg::gamma, gamma, cols, sizeof(*gamma), false);
+  if (beta) ops.vector(arg::beta, beta, cols, sizeof(*beta), false);
+  if (mean) ops.vector(arg::mean, mean, rows, sizeof(*mean), true);
+  if (rstd) ops.vector(arg::rstd, rstd, rows, sizeof(*rstd), true);
+  if (status s = check_arrays(ops); !s) return s;
+  if (rows == 0) return {};
+  const std::int64_t* st[2] = {x.strides, y.strides};
+  layout L;
+  build_layout(L, ndim, shape, normalized, 2, st);
+  T* base[2] = {const_cast<T*>(static_cast<const T*>(x.data)), static_cast<T*>(const_cast<void*>(y.data))};
+  const bool stream = streams(L, y.data, x.data, sizeof(T));
+  const team tm = current_team();
+  return with_kernels([&](auto k) {
+    using K = decltype(k);
+    if (splits_rows(L)) return split_rows_forward<K, T, W, Rms>(L, base[0], base[1], gamma, beta, eps, mean, rstd, stream, ws, tm);
+    if constexpr (Rms) return execute(L, base, rms_norm_op<K, T, W>{gamma, eps, rstd, L.cols, stream}, ws, tm);
+    else return execute(L, base, layer_norm_op<K, T, W>{gamma, beta, eps, mean, rstd, L.cols, stream}, ws, tm);
+  });
+}
+}  // namespace detail
+
 /// LayerNorm over the normalized axes of an N-d strided tensor; returns a status. y may be x.
 ///   lnorm::status s = lnorm::try_layer_norm_nd<float>(4, shape, norm, {x, st}, {y, st}, g, b, 1e-5, mean, rstd);
 template <class T, class W = T>
 status try_layer_norm_nd(int ndim, const std::int64_t* shape, const bool* normalized, strided x, strided y,
                          const detail::identity_t<W>* gamma, const detail::identity_t<W>* beta, double eps,
                          stat_t<T>* mean, stat_t<T>* rstd, const workspace* ws = nullptr) noexcept {
-  using rules::arg;
-  detail::begin_call();
-  std::int64_t rows = 0, cols = 0;
-  if (status s = detail::check_problem(ndim, shape, normalized, rows, cols); !s) return s;
-  if (status s = detail::check_eps(eps); !s) return s;
-  if (!detail::has_strides(x)) return detail::no_strides(arg::x);
-  if (!detail::has_strides(y)) return detail::no_strides(arg::y);
-  rules::operands ops;
-  ops.input(arg::x, detail::nd_view<T>(x, ndim, shape));
-  ops.output(arg::y, detail::nd_view<T>(y, ndim, shape), rules::bit(arg::x));
-  if (gamma) ops.vector(arg::gamma, gamma, cols, sizeof(*gamma), false);
-  if (beta) ops.vector(arg::beta, beta, cols, sizeof(*beta), false);
-  if (mean) ops.vector(arg::mean, mean, rows, sizeof(*mean), true);
-  if (rstd) ops.vector(arg::rstd, rstd, rows, sizeof(*rstd), true);
-  if (status s = detail::check_arrays(ops); !s) return s;
-  if (rows == 0) return {};
-  const std::int64_t* st[2] = {x.strides, y.strides};
-  detail::layout L;
-  detail::build_layout(L, ndim, shape, normalized, 2, st);
-  T* base[2] = {const_cast<T*>(static_cast<const T*>(x.data)), static_cast<T*>(const_cast<void*>(y.data))};
-  const bool stream = detail::streams(L, y.data, x.data, sizeof(T));
-  const detail::team tm = detail::current_team();
-  return detail::with_kernels([&](auto k) {
-    using K = decltype(k);
-    if (detail::splits_rows(L))
-      return detail::split_rows_forward<K, T, W, false>(L, base[0], base[1], gamma, beta, eps, mean, rstd, stream, ws, tm);
-    return detail::execute(L, base, detail::layer_norm_op<K, T, W>{gamma, beta, eps, mean, rstd, L.cols, stream}, ws, tm);
-  });
+  return detail::norm_nd<T, W, false>(ndim, shape, normalized, x, y, gamma, beta, eps, mean, rstd, ws);
 }
 
 /// RMSNorm over the normalized axes of an N-d strided tensor; returns a status. y may be x.
@@ -967,33 +971,8 @@ template <class T, class W = T>
 status try_rms_norm_nd(int ndim, const std::int64_t* shape, const bool* normalized, strided x, strided y,
                        const detail::identity_t<W>* gamma, double eps, stat_t<T>* rstd,
                        const workspace* ws = nullptr) noexcept {
-  using rules::arg;
-  detail::begin_call();
-  std::int64_t rows = 0, cols = 0;
-  if (status s = detail::check_problem(ndim, shape, normalized, rows, cols); !s) return s;
-  if (status s = detail::check_eps(eps); !s) return s;
-  if (!detail::has_strides(x)) return detail::no_strides(arg::x);
-  if (!detail::has_strides(y)) return detail::no_strides(arg::y);
-  rules::operands ops;
-  ops.input(arg::x, detail::nd_view<T>(x, ndim, shape));
-  ops.output(arg::y, detail::nd_view<T>(y, ndim, shape), rules::bit(arg::x));
-  if (gamma) ops.vector(arg::gamma, gamma, cols, sizeof(*gamma), false);
-  if (rstd) ops.vector(arg::rstd, rstd, rows, sizeof(*rstd), true);
-  if (status s = detail::check_arrays(ops); !s) return s;
-  if (rows == 0) return {};
-  const std::int64_t* st[2] = {x.strides, y.strides};
-  detail::layout L;
-  detail::build_layout(L, ndim, shape, normalized, 2, st);
-  T* base[2] = {const_cast<T*>(static_cast<const T*>(x.data)), static_cast<T*>(const_cast<void*>(y.data))};
-  const bool stream = detail::streams(L, y.data, x.data, sizeof(T));
-  const detail::team tm = detail::current_team();
-  return detail::with_kernels([&](auto k) {
-    using K = decltype(k);
-    if (detail::splits_rows(L))
-      return detail::split_rows_forward<K, T, W, true>(L, base[0], base[1], gamma, static_cast<const W*>(nullptr), eps,
-                                                       static_cast<stat_t<T>*>(nullptr), rstd, stream, ws, tm);
-    return detail::execute(L, base, detail::rms_norm_op<K, T, W>{gamma, eps, rstd, L.cols, stream}, ws, tm);
-  });
+  return detail::norm_nd<T, W, true>(ndim, shape, normalized, x, y, gamma, static_cast<const W*>(nullptr), eps,
+                                     static_cast<stat_t<T>*>(nullptr), rstd, ws);
 }
 
 /// s = x + bias_in + residual (rounded to T), y = layer_norm(s) (rms_norm(s) with `rms`; beta and mean
@@ -1012,10 +991,6 @@ status try_add_norm_nd(bool rms, int ndim, const std::int64_t* shape, const bool
   std::int64_t rows = 0, cols = 0;
   if (status st = detail::check_problem(ndim, shape, normalized, rows, cols); !st) return st;
   if (status st = detail::check_eps(eps); !st) return st;
-  if (!detail::has_strides(x)) return detail::no_strides(arg::x);
-  if (!detail::has_strides(residual)) return detail::no_strides(arg::residual);
-  if (!detail::has_strides(s)) return detail::no_strides(arg::s);
-  if (!detail::has_strides(y)) return detail::no_strides(arg::y);
   if (rms) beta = nullptr, mean = nullptr;  // ignored
   const unsigned inputs = rules::bit(arg::x) | rules::bit(arg::residual);
   rules::operands ops;
@@ -1063,9 +1038,6 @@ status try_norm_backward_nd(bool rms, int ndim, const std::int64_t* shape, const
   detail::begin_call();
   std::int64_t rows = 0, cols = 0;
   if (status s = detail::check_problem(ndim, shape, normalized, rows, cols); !s) return s;
-  if (!detail::has_strides(dy)) return detail::no_strides(arg::dy);
-  if (!detail::has_strides(x)) return detail::no_strides(arg::x);
-  if (!detail::has_strides(dx)) return detail::no_strides(arg::dx);
   if (rms) mean = nullptr;  // ignored
   rules::operands ops;
   ops.input(arg::dy, detail::nd_view<T>(dy, ndim, shape));

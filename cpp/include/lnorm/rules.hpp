@@ -606,6 +606,11 @@ class operands {
     if (n_ == kMax) return;
     const int i = n_++;
     view_[i] = v;
+    if (v.ndim > 0 && v.strides == nullptr) {  // an N-d argument's strides are needed even when it is empty
+      info_[i] = {name, output, false, true, may_be};
+      lo_[i] = hi_[i] = 0;
+      return note(kMessages.null_strides[static_cast<int>(name)]);
+    }
     byte_span s;
     if (!fill_span_common(v, s)) fill_span(v, s);
     info_[i] = {name, output, false, s.nested, may_be};
