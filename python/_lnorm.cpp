@@ -479,6 +479,17 @@ NB_MODULE(_lnorm, m) {
   m.def("get_num_threads", &lnorm::get_num_threads);
   m.def("set_num_threads", &lnorm::set_num_threads, nb::arg("n"));
   m.def("openmp", &lnorm::openmp_enabled);
+  m.def("policy", [] {
+    const lnorm::cpu_policy& p = lnorm::policy();
+    nb::dict d;
+    d["stream_float32"] = p.stream_4byte;
+    d["stream_16bit"] = p.stream_2byte;
+    d["stream_min_bytes"] = p.stream_min_bytes;
+    d["prefetch_float32"] = p.prefetch_4byte;
+    d["prefetch_16bit"] = p.prefetch_2byte;
+    d["source"] = std::string(p.source);
+    return d;
+  }, "The store and prefetch policy the kernels follow on this CPU (lnorm/policy.hpp).");
   m.def("cuda_compiled", [] { return false; });
   m.def("cuda_devices", [] { return 0; });
 }

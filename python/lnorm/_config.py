@@ -99,6 +99,7 @@ def config() -> dict:
         "num_threads": get_num_threads(),
         "buffer_cache": _buffers.limit,
         "openmp": bool(_lnorm.openmp()),
+        "policy": _lnorm.policy(),             # store kind and prefetch per element size, and where from
         "cuda_compiled": _cuda.compiled(),     # this build has the CUDA backend (LNORM_CUDA=ON)
         "cuda_devices": _cuda.device_count(),  # GPUs it can run on (0 without a driver or a GPU)
     }
@@ -106,7 +107,9 @@ def config() -> dict:
 
 def _check_environment() -> None:
     """The environment's settings under one rule: a value that is not valid here is a RuntimeWarning
-    naming the variable, and the default is used (the native side, which reads LNORM_ISA and
-    LNORM_NUM_THREADS itself, ignores such values too)."""
+    naming the variable, and the default is used (the native side, which reads LNORM_ISA,
+    LNORM_NUM_THREADS, LNORM_STORES and LNORM_PREFETCH itself, ignores such values too)."""
     env_choice("LNORM_ISA", available_isas())
     env_count("LNORM_NUM_THREADS", 1, MAX_THREADS)
+    env_choice("LNORM_STORES", ("plain", "streaming", "auto"))
+    env_count("LNORM_PREFETCH", 0, 65536)

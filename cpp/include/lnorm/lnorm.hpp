@@ -26,8 +26,10 @@
 #include "dispatch.hpp"
 #include "half.hpp"
 #include "parallel.hpp"
+#include "policy.hpp"
 #include "reference.hpp"
 #include "rules.hpp"
+#include "kernels/pipeline.hpp"
 #include "kernels/avx2.hpp"
 #include "kernels/avx512.hpp"
 #include "kernels/neon.hpp"
@@ -225,12 +227,6 @@ inline void copy_row(const layout& L, int a, T* strided_base, T* buf, bool to_bu
 // Fewer elements than this per worker and the work stays on fewer threads (a lone 768-wide row never
 // pays a fork/join).
 inline constexpr std::int64_t kMinElementsPerThread = 32768;
-// 16-bit outputs larger than this are written with non-temporal stores: they would not stay in cache,
-// and streaming saves the read-for-ownership of every line. Measured with the pipelined row kernels
-// (8192x4096, one and two threads, Xeon with AVX-512): bfloat16 gains 10-20 % from streaming, float16
-// is even, and float32 loses about 10 % (its plain stores keep up, streaming ones stall the row
-// sweep), so 4- and 8-byte outputs use plain stores.
-inline constexpr std::int64_t kStreamingStoreBytes = std::int64_t{16} << 20;
 // dgamma/dbeta partials: this many fixed chunks of tasks at most, whatever the thread count, so that
 // the reduction order, and so the result, never depends on the number of threads.
 inline constexpr std::int64_t kMaxPartialChunks = 64;
@@ -371,13 +367,16 @@ inline status execute(const layout& L, T* const* base, const Op& op, const works
   auto run_tasks = [&](std::int64_t t0, std::int64_t t1, std::int64_t slot, partial_t* partial) {
     if (L.kind == layout_kind::rows) {
       T* buf = scratch_rows > 0 ? row_buffers + slot * scratch_rows * L.cols : nullptr;
+      row_pipeline<T> pipe;  // this worker's, for this block of rows
+      pipe.stream = op.stream;
+      pipe.prefetch = policy().prefetch(sizeof(T));
       for_each_row(L, t0, t1, [&](std::int64_t r, const std::int64_t* off, const std::int64_t* next_off) {
         T *p[kMaxArrays], *next[kMaxArrays];
         for (int a = 0; a < Op::n_arrays; ++a) {
           p[a] = base[a] + off[a];
           next[a] = next_off ? base[a] + next_off[a] : nullptr;
         }
-        op.row(p, next, r, partial, buf);
+        op.row(p, next, r, partial, buf, &pipe);
       });
     } else if (L.kind == layout_kind::columns) {
       const std::int64_t inner = L.bshape[L.nb - 1];
@@ -399,7 +398,7 @@ inline status execute(const layout& L, T* const* base, const Op& op, const works
           p[a] = buf + a * L.cols;
           if (a < Op::n_in) copy_row(L, a, base[a] + off[a], p[a], true);
         }
-        op.row(p, next, r, partial, static_cast<T*>(nullptr));
+        op.row(p, next, r, partial, static_cast<T*>(nullptr), static_cast<row_pipeline<T>*>(nullptr));
         for (int a = Op::n_in; a < Op::n_arrays; ++a) copy_row(L, a, base[a] + off[a], p[a], false);
       });
     }
@@ -437,6 +436,20 @@ inline void reduce_partials(const P* partials, std::int64_t chunks, std::int64_t
 
 // ---- The operations, written once over any kernel set K --------------------------------------
 
+// A row of LayerNorm (RMSNorm with Rms) on kernel set K: the SIMD sets' row kernels take the store
+// kind, the next row and the worker's pipeline (null: the row alone); the scalar set's, the row alone.
+template <class K, bool Rms, class T, class W>
+inline void norm_row(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, double eps, stat_t<T>* mean,
+                     stat_t<T>* rstd, bool stream, const T* next, row_pipeline<T>* pipe) noexcept {
+  if constexpr (K::pipelined) {
+    if constexpr (Rms) K::template rms_norm_row<T, W>(x, y, n, gamma, eps, rstd, stream, next, pipe);
+    else K::template layer_norm_row<T, W>(x, y, n, gamma, beta, eps, mean, rstd, stream, next, pipe);
+  } else {
+    if constexpr (Rms) K::template rms_norm_row<T, W>(x, y, n, gamma, eps, rstd);
+    else K::template layer_norm_row<T, W>(x, y, n, gamma, beta, eps, mean, rstd);
+  }
+}
+
 template <class K, class T, class W>
 struct layer_norm_op {
   using partial_t = stat_t<T>;  // dgamma/dbeta partial sums
@@ -448,9 +461,9 @@ struct layer_norm_op {
   std::int64_t n;
   bool stream;
   std::int64_t scratch_rows() const noexcept { return 0; }
-  void row(T* const* p, T* const* next, std::int64_t r, partial_t*, T*) const noexcept {
-    K::template layer_norm_row<T, W>(p[0], p[1], n, gamma, beta, eps, mean ? mean + r : nullptr,
-                                     rstd ? rstd + r : nullptr, stream, next[0], true);
+  void row(T* const* p, T* const* next, std::int64_t r, partial_t*, T*, row_pipeline<T>* pipe) const noexcept {
+    norm_row<K, false>(p[0], p[1], n, gamma, beta, eps, mean ? mean + r : nullptr, rstd ? rstd + r : nullptr, stream,
+                       next[0], pipe);
   }
   void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t*) const noexcept {
     K::template layer_norm_cols<T, W>(p[0], s[0], p[1], s[1], n, w, gamma, beta, eps, mean ? mean + r0 : nullptr,
@@ -471,8 +484,9 @@ struct rms_norm_op {
   std::int64_t n;
   bool stream;
   std::int64_t scratch_rows() const noexcept { return 0; }
-  void row(T* const* p, T* const* next, std::int64_t r, partial_t*, T*) const noexcept {
-    K::template rms_norm_row<T, W>(p[0], p[1], n, gamma, eps, rstd ? rstd + r : nullptr, stream, next[0], true);
+  void row(T* const* p, T* const* next, std::int64_t r, partial_t*, T*, row_pipeline<T>* pipe) const noexcept {
+    norm_row<K, true>(p[0], p[1], n, gamma, static_cast<const W*>(nullptr), eps, static_cast<stat_t<T>*>(nullptr),
+                      rstd ? rstd + r : nullptr, stream, next[0], pipe);
   }
   void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t*) const noexcept {
     K::template rms_norm_cols<T, W>(p[0], s[0], p[1], s[1], n, w, gamma, eps, rstd ? rstd + r0 : nullptr);
@@ -495,21 +509,21 @@ struct add_norm_op {
   std::int64_t n;
   bool stream;
   std::int64_t scratch_rows() const noexcept { return stream ? 2 : 0; }
-  // The norm of s into y, prefetching `next` (the next row's x) on the way.
-  void norm(const T* s, T* y, std::int64_t r, bool streamed, const T* next) const noexcept {
-    if constexpr (Rms) K::template rms_norm_row<T, W>(s, y, n, gamma, eps, rstd ? rstd + r : nullptr, streamed, next);
-    else
-      K::template layer_norm_row<T, W>(s, y, n, gamma, beta, eps, mean ? mean + r : nullptr,
-                                       rstd ? rstd + r : nullptr, streamed, next);
-  }
-  void row(T* const* p, T* const* next, std::int64_t r, partial_t*, T* buf) const noexcept {
+  void row(T* const* p, T* const* next, std::int64_t r, partial_t*, T* buf, row_pipeline<T>* pipe) const noexcept {
+    stat_t<T>* m = Rms || !mean ? nullptr : mean + r;
     if (stream && buf) {
-      K::template add_norm_row<Rms, T, W>(p[0], p[1], bias_in, p[2], p[3], n, gamma, beta, eps,
-                                          mean ? mean + r : nullptr, rstd ? rstd + r : nullptr, next[0], next[1], buf);
+      if constexpr (K::pipelined)
+        K::template add_norm_row<Rms, T, W>(p[0], p[1], bias_in, p[2], p[3], n, gamma, beta, eps, m,
+                                            rstd ? rstd + r : nullptr, next[0], next[1], buf, pipe);
+      else
+        K::template add_norm_row<Rms, T, W>(p[0], p[1], bias_in, p[2], p[3], n, gamma, beta, eps, m,
+                                            rstd ? rstd + r : nullptr, buf);
       return;
     }
+    // The norm of s into y, prefetching `next` (the next row's x) on the way.
     K::template add_row<T, W>(p[0], p[1], bias_in, p[2], n);
-    norm(p[2], p[3], r, false, next[0]);
+    norm_row<K, Rms>(p[2], p[3], n, gamma, beta, eps, m, rstd ? rstd + r : nullptr, false, next[0],
+                     static_cast<row_pipeline<T>*>(nullptr));
   }
   void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t*) const noexcept {
     K::template add_cols<T, W>(p[0], s[0], p[1], s[1], bias_in, p[2], s[2], n, w);
@@ -536,15 +550,19 @@ struct norm_backward_op {
   bool stream;  // dx streamed out (large outputs)
   std::int64_t scratch_rows() const noexcept { return 0; }
   // Pipelined: the next row (r + 1, handled next by this worker) starts during this one.
-  void row(T* const* p, T* const* next, std::int64_t r, partial_t* part, T*) const noexcept {
-    const bool more = next[0] != nullptr;
-    if constexpr (Rms)
-      K::template rms_norm_backward_row<T, W>(p[0], p[1], p[2], n, gamma, rstd[r], part, next[0], next[1], stream, true,
+  void row(T* const* p, T* const* next, std::int64_t r, partial_t* part, T*, row_pipeline<T>* pipe) const noexcept {
+    const bool more = next[0] != nullptr && pipe != nullptr;
+    if constexpr (!K::pipelined) {
+      if constexpr (Rms) K::template rms_norm_backward_row<T, W>(p[0], p[1], p[2], n, gamma, rstd[r], part);
+      else K::template layer_norm_backward_row<T, W>(p[0], p[1], p[2], n, gamma, mean[r], rstd[r], part, part + n);
+    } else if constexpr (Rms) {
+      K::template rms_norm_backward_row<T, W>(p[0], p[1], p[2], n, gamma, rstd[r], part, next[0], next[1], stream, pipe,
                                               more ? static_cast<double>(rstd[r + 1]) : 0.0);
-    else
+    } else {
       K::template layer_norm_backward_row<T, W>(p[0], p[1], p[2], n, gamma, mean[r], rstd[r], part, part + n, next[0],
-                                                next[1], stream, true, more ? static_cast<double>(mean[r + 1]) : 0.0,
+                                                next[1], stream, pipe, more ? static_cast<double>(mean[r + 1]) : 0.0,
                                                 more ? static_cast<double>(rstd[r + 1]) : 0.0);
+    }
   }
   void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t* part) const noexcept {
     if constexpr (Rms)
@@ -684,8 +702,8 @@ inline status split_rows_forward(const layout& L, T* x, T* y, const W* gamma, co
   };
   // Statistics the float chunks cannot give (overflow, Inf/NaN, underflow): the whole-row kernel.
   auto whole_row = [&](std::int64_t r, const T* xr, T* yr) {
-    if (Rms) K::template rms_norm_row<T, W>(xr, yr, cols, gamma, eps, rstd ? rstd + r : nullptr, stream);
-    else K::template layer_norm_row<T, W>(xr, yr, cols, gamma, beta, eps, mean ? mean + r : nullptr, rstd ? rstd + r : nullptr, stream);
+    norm_row<K, Rms>(xr, yr, cols, gamma, beta, eps, mean ? mean + r : nullptr, rstd ? rstd + r : nullptr, stream,
+                     static_cast<const T*>(nullptr), static_cast<row_pipeline<T>*>(nullptr));
   };
   if (L.rows >= workers) {
     parallel_for_on(tm, L.rows, workers, [&](std::int64_t r0, std::int64_t r1, int worker) {
@@ -753,10 +771,12 @@ inline status split_rows_backward(const layout& L, T* x, T* dy, T* dx, const W* 
   return {};
 }
 
-// Whether a row-layout output of this size is written with non-temporal stores (if not in place).
+// Whether a row-layout output of this size is written with non-temporal stores (if not in place): as
+// this CPU's policy says for the element size (lnorm/policy.hpp).
 inline bool may_stream(const layout& L, std::size_t elem) noexcept {
-  return elem == 2 && L.kind == layout_kind::rows &&
-         L.rows * L.cols * static_cast<std::int64_t>(elem) >= kStreamingStoreBytes;
+  const cpu_policy& p = policy();
+  return p.streams(elem) && L.kind == layout_kind::rows &&
+         L.rows * L.cols * static_cast<std::int64_t>(elem) >= p.stream_min_bytes;
 }
 
 // Whether a row-layout output should be written with non-temporal stores: large, and not in place
@@ -1205,8 +1225,9 @@ status layer_norm_rows(const T* x, std::int64_t ld_x, T* y, std::int64_t ld_y, s
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
     for (std::int64_t r = 0; r < rows; ++r)
-      K::template layer_norm_row<T, W>(x + r * ld_x, y + r * ld_y, cols, gamma, beta, eps, mean ? mean + r : nullptr,
-                                       rstd ? rstd + r : nullptr, false);
+      detail::norm_row<K, false>(x + r * ld_x, y + r * ld_y, cols, gamma, beta, eps, mean ? mean + r : nullptr,
+                                 rstd ? rstd + r : nullptr, false, static_cast<const T*>(nullptr),
+                                 static_cast<detail::row_pipeline<T>*>(nullptr));
     detail::note_region(1, 1);
     return status{};
   });
@@ -1232,7 +1253,9 @@ status rms_norm_rows(const T* x, std::int64_t ld_x, T* y, std::int64_t ld_y, std
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
     for (std::int64_t r = 0; r < rows; ++r)
-      K::template rms_norm_row<T, W>(x + r * ld_x, y + r * ld_y, cols, gamma, eps, rstd ? rstd + r : nullptr, false);
+      detail::norm_row<K, true>(x + r * ld_x, y + r * ld_y, cols, gamma, static_cast<const W*>(nullptr), eps,
+                                static_cast<stat_t<T>*>(nullptr), rstd ? rstd + r : nullptr, false,
+                                static_cast<const T*>(nullptr), static_cast<detail::row_pipeline<T>*>(nullptr));
     detail::note_region(1, 1);
     return status{};
   });
@@ -1274,10 +1297,12 @@ status add_norm_rows(bool rms, const T* x, std::int64_t ld_x, const T* residual,
     for (std::int64_t r = 0; r < rows; ++r) {
       T* sr = s + r * ld_s;
       K::template add_row<T, W>(x + r * ld_x, residual + r * ld_r, bias_in, sr, cols);
-      if (rms) K::template rms_norm_row<T, W>(sr, y + r * ld_y, cols, gamma, eps, rstd ? rstd + r : nullptr, false);
+      const T* no_next = nullptr;
+      detail::row_pipeline<T>* no_pipe = nullptr;
+      if (rms) detail::norm_row<K, true>(sr, y + r * ld_y, cols, gamma, beta, eps, mean, rstd ? rstd + r : nullptr, false, no_next, no_pipe);
       else
-        K::template layer_norm_row<T, W>(sr, y + r * ld_y, cols, gamma, beta, eps, mean ? mean + r : nullptr,
-                                         rstd ? rstd + r : nullptr, false);
+        detail::norm_row<K, false>(sr, y + r * ld_y, cols, gamma, beta, eps, mean ? mean + r : nullptr,
+                                   rstd ? rstd + r : nullptr, false, no_next, no_pipe);
     }
     detail::note_region(1, 1);
     return status{};

@@ -171,15 +171,16 @@ inline double weight_at(const W* w, std::int64_t i, double absent) noexcept {
 
 struct kernels {
   static constexpr const char* name = "scalar";
+  // The scalar set neither pipelines rows nor streams its stores: its row kernels take the row alone
+  // (lnorm.hpp's ops call the SIMD sets' with the worker's pipeline, see kernels/pipeline.hpp).
+  static constexpr bool pipelined = false;
 
   // ---- rows: contiguous, n elements ------------------------------------------------------------
 
-  /// y = layer_norm(x) over one contiguous row; writes mean/rstd if not null. (`stream`, a hint that
-  /// y is large and better written past the caches, is for the SIMD sets.)
+  /// y = layer_norm(x) over one contiguous row; writes mean/rstd if not null.
   template <class T, class W>
   static void layer_norm_row(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, double eps,
-                             stat_t<T>* mean, stat_t<T>* rstd, bool /*stream*/ = false,
-                             const T* /*next*/ = nullptr, bool /*piped*/ = false) noexcept {
+                             stat_t<T>* mean, stat_t<T>* rstd) noexcept {
     const row_stats st = detail::layer_norm_stats(x, 1, n, eps);
     for (std::int64_t i = 0; i < n; ++i) {
       const double xhat = ((widen(x[i]) * st.scale - st.mean) - st.mean_lo) * st.rstd_apply;
@@ -192,8 +193,7 @@ struct kernels {
   /// y = rms_norm(x) over one contiguous row; writes rstd if not null.
   template <class T, class W>
   static void rms_norm_row(const T* x, T* y, std::int64_t n, const W* gamma, double eps,
-                           stat_t<T>* rstd, bool /*stream*/ = false, const T* /*next*/ = nullptr,
-                           bool /*piped*/ = false) noexcept {
+                           stat_t<T>* rstd) noexcept {
     const row_stats st = detail::rms_norm_stats(x, 1, n, eps);
     for (std::int64_t i = 0; i < n; ++i) {
       const double xhat = widen(x[i]) * st.scale * st.rstd_apply;
@@ -205,10 +205,7 @@ struct kernels {
   /// dx of layer_norm for one row, and dgamma/dbeta partials accumulated into dg/db (if not null).
   template <class T, class W>
   static void layer_norm_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma,
-                                      double mean, double rstd, stat_t<T>* dg, stat_t<T>* db,
-                                      const T* /*next_x*/ = nullptr, const T* /*next_dy*/ = nullptr,
-                                      bool /*stream*/ = false, bool /*piped*/ = false, double /*next_mean*/ = 0,
-                                      double /*next_rstd*/ = 0) noexcept {
+                                      double mean, double rstd, stat_t<T>* dg, stat_t<T>* db) noexcept {
     double sum_g = 0, sum_gx = 0;
     for (std::int64_t i = 0; i < n; ++i) {
       const double xhat = (widen(x[i]) - mean) * rstd;
@@ -230,9 +227,7 @@ struct kernels {
   /// dx of rms_norm for one row, and dgamma partials accumulated into dg (if not null).
   template <class T, class W>
   static void rms_norm_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma,
-                                    double rstd, stat_t<T>* dg, const T* /*next_x*/ = nullptr,
-                                    const T* /*next_dy*/ = nullptr, bool /*stream*/ = false, bool /*piped*/ = false,
-                                    double /*next_rstd*/ = 0) noexcept {
+                                    double rstd, stat_t<T>* dg) noexcept {
     double sum_gx = 0;
     for (std::int64_t i = 0; i < n; ++i) {
       const double xhat = widen(x[i]) * rstd;
@@ -260,22 +255,21 @@ struct kernels {
     }
   }
 
-  /// dst = src over n elements (`stream`: a hint for the SIMD sets).
+  /// dst = src over n elements.
   template <class T>
-  static void copy_row(const T* src, T* dst, std::int64_t n, bool /*stream*/, const T* /*next*/ = nullptr) noexcept {
+  static void copy_row(const T* src, T* dst, std::int64_t n) noexcept {
     for (std::int64_t i = 0; i < n; ++i) dst[i] = src[i];
   }
 
   /// The fused add & norm of one row for large outputs: s built in buf (a row), normalized into y,
-  /// then copied to s. (The SIMD sets also start the next row here; buf holds two rows.)
+  /// then copied to s.
   template <bool Rms, class T, class W>
   static void add_norm_row(const T* x, const T* res, const W* bias_in, T* s, T* y, std::int64_t n, const W* gamma,
-                           const W* beta, double eps, stat_t<T>* mean, stat_t<T>* rstd, const T* /*next_x*/,
-                           const T* /*next_res*/, T* buf) noexcept {
+                           const W* beta, double eps, stat_t<T>* mean, stat_t<T>* rstd, T* buf) noexcept {
     add_row(x, res, bias_in, buf, n);
     if constexpr (Rms) rms_norm_row(buf, y, n, gamma, eps, rstd);
     else layer_norm_row(buf, y, n, gamma, beta, eps, mean, rstd);
-    copy_row(buf, s, n, true);
+    copy_row(buf, s, n);
   }
 
   // ---- pieces of a row: a huge row is cut into fixed chunks whose moments are merged in order ----

@@ -21,16 +21,17 @@
 
 struct kernels {
   static constexpr const char* name = LNORM_SIMD_NAME;
+  // Row kernels take the worker's pipeline (kernels/pipeline.hpp), a store kind and the next row.
+  static constexpr bool pipelined = true;
   // Next rows up to this size are prefetched into L1, longer ones into L2 (see prefetch_row).
   static constexpr std::int64_t kPrefetchL1Bytes = 16384;
-  // 16-bit rows: in the pipelined sweep the next row is also prefetched (into L2) this far ahead of
-  // its statistics, which keeps more of it in flight; measured faster for 16-bit rows, slower for
-  // float32 ones (whose sweep is shorter per byte).
-  static constexpr std::int64_t kPipedPrefetchBytes = 2048;
 
  private:
   template <class T>
   using V = vec<calc_t<T>>;
+  template <class T>
+  using pipeline = detail::row_pipeline<T>;
+  using carried_sums = detail::carried_sums;
 
   // Whether normalize_pair (and add_row) work in split order: bfloat16 rows whose weights (or bias_in),
   // if any, are bfloat16.
@@ -297,7 +298,7 @@ struct kernels {
   template <bool G, bool B, bool S, bool Stream, bool Rms, class T, class W>
   static void normalize_row_piped(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
                                   calc_t<T> c, calc_t<T> r, std::int64_t head, const T* nx,
-                                  row_sums<T, Rms>& sums) noexcept {
+                                  row_sums<T, Rms>& sums, std::int64_t pf) noexcept {
     using R = typename V<T>::reg;
     row_sums<T, Rms> acc = sums;  // a local copy stays in registers (the stores to y may alias sums)
     constexpr std::int64_t L = V<T>::lanes;
@@ -307,7 +308,7 @@ struct kernels {
       normalize_chunk<G, B, S>(x + j, y + j, head - j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
     j = head;
     for (; i + 4 * L <= n; i += 4 * L) {
-      prefetch_ahead(nx, i);
+      prefetch_ahead(nx + i, pf);
       acc.step(nx + i);
       for (int u = 0; u < 2 && j + 2 * L <= n; ++u, j += 2 * L)
         normalize_pair<G, B, S, Stream>(x + j, y + j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
@@ -325,7 +326,7 @@ struct kernels {
   template <bool Rms, class T, class W>
   static void normalize_row_piped_any(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
                                       calc_t<T> c, calc_t<T> r, bool stream, const T* nx,
-                                      row_sums<T, Rms>& acc) noexcept {
+                                      row_sums<T, Rms>& acc, std::int64_t pf) noexcept {
     // Full vectors are stored from a cache-line boundary on, streamed or not: a store split across
     // two lines costs as much as two.
     const std::int64_t aligned = stream_head(y);
@@ -334,33 +335,9 @@ struct kernels {
     if (stream && lined) fetch_tail_line(y, n);
     with_affine(gamma, beta, [&](auto g, auto b) {
       constexpr bool G = decltype(g)::value, B = decltype(b)::value, S = !Rms;
-      if (stream && lined) normalize_row_piped<G, B, S, true>(x, y, n, gamma, beta, m0, c, r, head, nx, acc);
-      else normalize_row_piped<G, B, S, false>(x, y, n, gamma, beta, m0, c, r, head, nx, acc);
+      if (stream && lined) normalize_row_piped<G, B, S, true>(x, y, n, gamma, beta, m0, c, r, head, nx, acc, pf);
+      else normalize_row_piped<G, B, S, false>(x, y, n, gamma, beta, m0, c, r, head, nx, acc, pf);
     });
-  }
-
-  // The sums of the row a pipelined call normalizes next, left by the call before it on this thread
-  // (consumed, and cleared, by the very next call: for_each_row hands a worker's rows in order).
-  template <class T>
-  struct carry {
-    const T* row;
-    std::int64_t n;
-    bool rms;
-    calc_t<T> m0, sd, sq;
-  };
-  template <class T>
-  static carry<T>& carried() noexcept {
-    static thread_local carry<T> c{};
-    return c;
-  }
-  // Whether this thread's carry holds row x's sums (clears it either way).
-  template <class T>
-  static bool take_carry(const T* x, std::int64_t n, bool rms, carry<T>& out) noexcept {
-    carry<T>& c = carried<T>();
-    const bool hit = c.row == x && c.n == n && c.rms == rms;
-    out = c;
-    c.row = nullptr;
-    return hit;
   }
 
   // Calls f(std::bool_constant<G>, std::bool_constant<B>) for which of gamma and beta are given.
@@ -398,15 +375,16 @@ struct kernels {
     prefetch_row(next, i / 2 + lanes, n);
   }
 
-  // The pipelined sweep's prefetch (see kPipedPrefetchBytes) of the 4 vectors at i: 16-bit rows only.
-  // Past the row's end it touches the row after, or nothing mapped: prefetches never fault.
+  // The pipelined sweep's prefetch (the pipeline's distance, pf bytes; lnorm/policy.hpp) of the 4 vectors
+  // at p: the lines pf bytes past them, into L2. More of the next row is then in flight than the
+  // hardware prefetcher keeps. Past the row's end it touches the row after, or nothing mapped:
+  // prefetches never fault.
   template <class T>
-  LNORM_VEC_INLINE static void prefetch_ahead(const T* nx, std::int64_t i) noexcept {
-    if constexpr (sizeof(T) == 2) {
-      const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(nx + i) + kPipedPrefetchBytes;
-      __builtin_prefetch(reinterpret_cast<const void*>(at), 0, 2);
-      __builtin_prefetch(reinterpret_cast<const void*>(at + 64), 0, 2);
-    }
+  LNORM_VEC_INLINE static void prefetch_ahead(const T* p, std::int64_t pf) noexcept {
+    if (pf <= 0) return;
+    constexpr std::uintptr_t step = 4 * static_cast<std::uintptr_t>(V<T>::lanes) * sizeof(T);
+    const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(p) + static_cast<std::uintptr_t>(pf);
+    for (std::uintptr_t o = 0; o < step; o += 64) __builtin_prefetch(reinterpret_cast<const void*>(at + o), 0, 2);
   }
 
   template <class T>
@@ -419,22 +397,23 @@ struct kernels {
  public:
   // ---- rows ---------------------------------------------------------------------------------
 
-  // `piped` (the rows layout of lnorm.hpp): the statistics of `next` are summed during this row's
-  // normalizing sweep and handed to the call for `next` (see carry), so x is read from memory once,
-  // in one continuous stream, and memory never idles between a row's two sweeps. The sums are the
-  // ones a sweep of their own would give, bit for bit: results do not depend on where rows start.
-  // A piped call with `next` leaves its streaming stores unfenced: the thread must go on to `next`,
-  // and the chain's last call (no `next`) issues the one fence for all of them.
+  // With a pipeline (the rows layout of lnorm.hpp; kernels/pipeline.hpp): the statistics of `next`
+  // are summed during this row's normalizing sweep and left in the pipeline for the call for `next`,
+  // so x is read from memory once, in one continuous stream, and memory never idles between a row's
+  // two sweeps. The sums are the ones a sweep of their own would give, bit for bit: results do not
+  // depend on where rows start. A piped call with `next` leaves its streaming stores unfenced: the
+  // worker must go on to `next`, and the chain's last call (no `next`) issues the one fence for all.
   template <class T, class W>
   static void layer_norm_row(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, double eps,
                              stat_t<T>* mean, stat_t<T>* rstd, bool stream = false, const T* next = nullptr,
-                             bool piped = false) noexcept {
+                             pipeline<T>* pipe = nullptr) noexcept {
     using E = calc_t<T>;
     E m0, c, var;
-    carry<T> in;
-    if (piped && take_carry(x, n, false, in)) {
-      m0 = in.m0;
-      finish_moments(x, n, in.sd, in.sq, m0, c, var);
+    typename pipeline<T>::sums in;
+    const bool piped = pipe != nullptr;
+    if (piped && pipe->take(carried_sums::forward, x, nullptr, n, true, in)) {
+      m0 = in.shift;
+      finish_moments(x, n, in.s1, in.s2, m0, c, var);
     } else {
       row_moments(x, n, m0, c, var, next);
     }
@@ -448,8 +427,8 @@ struct kernels {
     if (piped && next) {
       const E shift = row_shift(next, n);
       row_sums<T, false> acc(shift);
-      normalize_row_piped_any(x, y, n, gamma, beta, m0, c, r, stream, next, acc);
-      carried<T>() = {next, n, false, shift, acc.sum_d(), acc.sum_q()};
+      normalize_row_piped_any(x, y, n, gamma, beta, m0, c, r, stream, next, acc, pipe->prefetch);
+      pipe->leave({carried_sums::forward, next, nullptr, n, true, 0, shift, acc.sum_d(), acc.sum_q()});
     } else {
       normalize_row_any(x, y, n, gamma, beta, m0, c, r, stream, next);
       if (stream) V<T>::fence();  // the end of a piped chain
@@ -460,11 +439,12 @@ struct kernels {
 
   template <class T, class W>
   static void rms_norm_row(const T* x, T* y, std::int64_t n, const W* gamma, double eps, stat_t<T>* rstd,
-                           bool stream = false, const T* next = nullptr, bool piped = false) noexcept {
+                           bool stream = false, const T* next = nullptr, pipeline<T>* pipe = nullptr) noexcept {
     using E = calc_t<T>;
     E ms;
-    carry<T> in;
-    if (piped && take_carry(x, n, true, in)) ms = in.sq / static_cast<E>(n);
+    typename pipeline<T>::sums in;
+    const bool piped = pipe != nullptr;
+    if (piped && pipe->take(carried_sums::forward, x, nullptr, n, false, in)) ms = in.s2 / static_cast<E>(n);
     else row_mean_square(x, n, ms, next);
     if (!stats_ok(E(0), E(0), ms, eps)) {
       scalar::kernels::rms_norm_row(x, y, n, gamma, eps, rstd);
@@ -476,8 +456,8 @@ struct kernels {
     const W* no_beta = nullptr;
     if (piped && next) {
       row_sums<T, true> acc(E(0));
-      normalize_row_piped_any(x, y, n, gamma, no_beta, E(0), E(0), r, stream, next, acc);
-      carried<T>() = {next, n, true, E(0), E(0), acc.sum_q()};
+      normalize_row_piped_any(x, y, n, gamma, no_beta, E(0), E(0), r, stream, next, acc, pipe->prefetch);
+      pipe->leave({carried_sums::forward, next, nullptr, n, false, 0, E(0), E(0), acc.sum_q()});
     } else {
       normalize_row_any<true>(x, y, n, gamma, no_beta, E(0), E(0), r, stream, next);
       if (stream) V<T>::fence();  // the end of a piped chain
@@ -485,21 +465,21 @@ struct kernels {
     if (rstd) *rstd = static_cast<stat_t<T>>(1.0 / std::sqrt(ve));
   }
 
-  // With `piped`, next_mean/next_rstd are the next row's statistics (see backward_row).
+  // With a pipeline, next_mean/next_rstd are the next row's statistics (see backward_row).
   template <class T, class W>
   static void layer_norm_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma,
                                       double mean, double rstd, stat_t<T>* dg, stat_t<T>* db,
                                       const T* next_x = nullptr, const T* next_dy = nullptr, bool stream = false,
-                                      bool piped = false, double next_mean = 0, double next_rstd = 0) noexcept {
-    backward_row<false>(x, dy, dx, n, gamma, mean, rstd, dg, db, next_x, next_dy, stream, piped, next_mean, next_rstd);
+                                      pipeline<T>* pipe = nullptr, double next_mean = 0, double next_rstd = 0) noexcept {
+    backward_row<false>(x, dy, dx, n, gamma, mean, rstd, dg, db, next_x, next_dy, stream, pipe, next_mean, next_rstd);
   }
 
   template <class T, class W>
   static void rms_norm_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double rstd,
                                     stat_t<T>* dg, const T* next_x = nullptr, const T* next_dy = nullptr,
-                                    bool stream = false, bool piped = false, double next_rstd = 0) noexcept {
+                                    bool stream = false, pipeline<T>* pipe = nullptr, double next_rstd = 0) noexcept {
     backward_row<true>(x, dy, dx, n, gamma, 0.0, rstd, dg, static_cast<stat_t<T>*>(nullptr), next_x, next_dy, stream,
-                       piped, 0.0, next_rstd);
+                       pipe, 0.0, next_rstd);
   }
 
   /// dst = src over n elements; with `stream`, full vectors past an aligning head are stored
@@ -564,30 +544,30 @@ struct kernels {
   // The fused add & norm of one row for large outputs: s = x + bias_in + residual is built in a row
   // buffer (buf: two rows of n, this row's s and the next's), the norm of s streams to y and s itself
   // streams to `s`; memory sees two reads and two writes. With `next_x`/`next_res` (the rows layout's
-  // next row, handled next by this thread), the next row's s is built, and its statistics summed,
-  // during this row's output sweep, as the pipelined layer_norm_row does (bit-identical sums).
+  // next row, handled next by this worker, and a pipeline), the next row's s is built in the other
+  // half of buf, and its statistics summed, during this row's output sweep, as the pipelined
+  // layer_norm_row does (bit-identical sums); the pipeline tells the next call which half holds it.
   template <bool Rms, class T, class W>
   static void add_norm_row(const T* x, const T* res, const W* bias_in, T* s, T* y, std::int64_t n, const W* gamma,
                            const W* beta, double eps, stat_t<T>* mean, stat_t<T>* rstd, const T* next_x,
-                           const T* next_res, T* buf) noexcept {
+                           const T* next_res, T* buf, pipeline<T>* pipe = nullptr) noexcept {
     using E = calc_t<T>;
-    add_carry<T>& cr = add_carried<T>();
+    typename pipeline<T>::sums cr;
     T* cur = buf;
     E m0 = E(0), c = E(0), var;
-    if (cr.x == x && cr.res == res && cr.n == n && cr.rms == Rms && cr.buf == buf) {
+    if (pipe && pipe->take(carried_sums::add, x, res, n, !Rms, cr)) {
       cur = buf + cr.half * n;
       if constexpr (Rms) {
-        var = cr.sq / static_cast<E>(n);
+        var = cr.s2 / static_cast<E>(n);
       } else {
-        m0 = cr.m0;
-        finish_moments(cur, n, cr.sd, cr.sq, m0, c, var);
+        m0 = cr.shift;
+        finish_moments(cur, n, cr.s1, cr.s2, m0, c, var);
       }
     } else {
       add_row(x, res, bias_in, cur, n);
       if constexpr (Rms) row_mean_square(cur, n, var);
       else row_moments(cur, n, m0, c, var);
     }
-    cr.x = nullptr;
     if (!stats_ok(m0, c, var, eps)) {
       if constexpr (Rms) scalar::kernels::rms_norm_row(cur, y, n, gamma, eps, rstd);
       else scalar::kernels::layer_norm_row(cur, y, n, gamma, beta, eps, mean, rstd);
@@ -599,7 +579,7 @@ struct kernels {
     const E r = static_cast<E>(rstd_apply(ve));
     if (Rms) beta = nullptr;
     const std::int64_t head = stream_head(y);
-    if (next_x && next_res && n >= 4 * V<T>::lanes && head >= 0 && head == stream_head(s)) {
+    if (pipe && next_x && next_res && n >= 4 * V<T>::lanes && head >= 0 && head == stream_head(s)) {
       fetch_tail_line(y, n);
       fetch_tail_line(s, n);
       T* nxt = buf + (cur == buf ? n : 0);
@@ -607,9 +587,10 @@ struct kernels {
       row_sums<T, Rms> acc(shift);
       with_affine(gamma, beta, [&](auto g, auto b) {
         add_norm_piped<decltype(g)::value, decltype(b)::value, !Rms>(cur, s, y, n, gamma, beta, m0, c, r, head, next_x,
-                                                                next_res, bias_in, nxt, acc);
+                                                                next_res, bias_in, nxt, acc, pipe->prefetch);
       });
-      cr = {next_x, next_res, buf, n, Rms, cur == buf ? std::int64_t{1} : std::int64_t{0}, shift, acc.sum_d(), acc.sum_q()};
+      pipe->leave({carried_sums::add, next_x, next_res, n, !Rms, cur == buf ? std::int64_t{1} : std::int64_t{0}, shift,
+                   acc.sum_d(), acc.sum_q()});
     } else {
       normalize_row_any<Rms>(cur, y, n, gamma, beta, m0, c, r, true, next_x);
       copy_row(cur, s, n, true, next_res);
@@ -620,21 +601,6 @@ struct kernels {
   }
 
  private:
-  template <class T>
-  struct add_carry {
-    const T* x;
-    const T* res;
-    const T* buf;
-    std::int64_t n;
-    bool rms;
-    std::int64_t half;
-    calc_t<T> m0, sd, sq;
-  };
-  template <class T>
-  static add_carry<T>& add_carried() noexcept {
-    static thread_local add_carry<T> c{};
-    return c;
-  }
 
   // The shift row_moments would take for the row s = x + bias_in + residual: the mean of its first
   // vector, rounded to T as s is.
@@ -651,7 +617,7 @@ struct kernels {
   template <bool G, bool B, bool S, bool Rms, class T, class W>
   static void add_norm_piped(const T* cur, T* s, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
                              calc_t<T> c, calc_t<T> r, std::int64_t head, const T* nx, const T* nres,
-                             const W* bias_in, T* nxt, row_sums<T, Rms>& sums) noexcept {
+                             const W* bias_in, T* nxt, row_sums<T, Rms>& sums, std::int64_t pf) noexcept {
     using R = typename V<T>::reg;
     constexpr std::int64_t L = V<T>::lanes;
     row_sums<T, Rms> acc = sums;  // in registers (the stores may alias sums)
@@ -671,8 +637,8 @@ struct kernels {
     for (; j < head; j += L) out_plain(j, head - j < L ? head - j : L);
     j = head;
     for (; i + 4 * L <= n; i += 4 * L) {
-      prefetch_ahead(nx, i);
-      prefetch_ahead(nres, i);
+      prefetch_ahead(nx + i, pf);
+      prefetch_ahead(nres + i, pf);
       add_row(nx + i, nres + i, bias_in ? bias_in + i : bias_in, nxt + i, 4 * L);
       acc.step(nxt + i);
       for (int u = 0; u < 2 && j + 2 * L <= n; ++u, j += 2 * L) out_pair(j);
@@ -785,20 +751,6 @@ struct kernels {
     }
   }
 
-  // The backward's sums of the row a pipelined call handles next (see backward_row).
-  template <class T>
-  struct backward_carry {
-    const T* x;
-    const T* dy;
-    std::int64_t n;
-    bool rms;
-    calc_t<T> sg, sx;
-  };
-  template <class T>
-  static backward_carry<T>& backward_carried() noexcept {
-    static thread_local backward_carry<T> c{};
-    return c;
-  }
 
   template <bool Rms, bool Stream, class T, class W>
   LNORM_VEC_INLINE static void apply_pair(const T* x, const T* dy, T* dx, const W* gamma, typename V<T>::reg vm, typename V<T>::reg vr,
@@ -859,18 +811,18 @@ struct kernels {
   template <bool Rms, class T, class W>
   static void backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean_d,
                            double rstd_d, stat_t<T>* dg, stat_t<T>* db, const T* next_x, const T* next_dy,
-                           bool stream = false, bool piped = false, double next_mean = 0,
+                           bool stream = false, pipeline<T>* pipe = nullptr, double next_mean = 0,
                            double next_rstd = 0) noexcept {
     using E = calc_t<T>;
     E sg, sx;
-    backward_carry<T>& cr = backward_carried<T>();
-    if (piped && cr.x == x && cr.dy == dy && cr.n == n && cr.rms == Rms) {
-      sg = cr.sg;
-      sx = cr.sx;
+    typename pipeline<T>::sums cr;
+    const bool piped = pipe != nullptr;
+    if (piped && pipe->take(carried_sums::backward, x, dy, n, !Rms, cr)) {
+      sg = cr.s1;
+      sx = cr.s2;
     } else {
       backward_row_sums<Rms>(x, dy, n, gamma, mean_d, rstd_d, dg, db, sg, sx);
     }
-    cr.x = nullptr;
     const E c1 = sg / static_cast<E>(n), c2 = sx / static_cast<E>(n);
     if (!(piped && next_x && next_dy)) {
       if (!stream) {
@@ -892,7 +844,7 @@ struct kernels {
       else
         backward_row_piped<Rms, false>(x, dy, dx, n, gamma, mean_d, rstd_d, c1, c2, head, next_x, next_dy, next_mean,
                                        next_rstd, dg, db, nsg, nsx);
-      cr = {next_x, next_dy, n, Rms, nsg, nsx};
+      pipe->leave({carried_sums::backward, next_x, next_dy, n, !Rms, 0, E(0), nsg, nsx});
       return;
     }
     // Streamed, not piped (the last row of a block).

@@ -1,0 +1,50 @@
+// lnorm/kernels/pipeline.hpp: the row pipeline, what a worker's row kernels hand from one row to the
+// next. In the rows layout a worker takes its rows in order, and the SIMD kernels sum the statistics
+// of the next row during the output sweep of this one, so memory streams through both at once. Those
+// sums travel in a row_pipeline that the worker owns (one per block of rows, on its stack) and passes
+// to every row call of the block, with the block's store kind and prefetch distance. A kernel called
+// without one (nullptr) neither takes sums nor leaves any, and fences its own streaming stores.
+#pragma once
+
+#include <cstdint>
+
+#include "../reference.hpp"
+
+namespace lnorm {
+namespace detail {
+
+// Which sweep left the carried sums: the forward's (x - shift and its square, or x^2), the fused add's
+// (the same, of s = x + bias + residual, built in the worker's row buffer half `half`), or the
+// backward's (sum g*dy and sum g*dy*xhat).
+enum class carried_sums : int { none = 0, forward, add, backward };
+
+template <class T>
+struct row_pipeline {
+  using E = calc_t<T>;
+
+  bool stream = false;        // full vectors of the output stored non-temporally
+  std::int64_t prefetch = 0;  // bytes past the next row's statistics sweep to prefetch (0: none)
+
+  // The sums of the row (a, b) of n elements, left by the sweep of the row before it.
+  struct sums {
+    carried_sums kind = carried_sums::none;
+    const void* a = nullptr;  // x (forward, backward, add)
+    const void* b = nullptr;  // residual (add), dy (backward)
+    std::int64_t n = 0;
+    bool centered = false;  // LayerNorm's (shifted) sums, or RMSNorm's
+    std::int64_t half = 0;  // add: which half of the row buffer holds the row's s
+    E shift{}, s1{}, s2{};
+  } carried;
+
+  // Whether the carried sums are those of this row; they are cleared either way (each is for the very
+  // next call only).
+  bool take(carried_sums kind, const void* a, const void* b, std::int64_t n, bool centered, sums& out) noexcept {
+    out = carried;
+    carried.kind = carried_sums::none;
+    return out.kind == kind && out.a == a && out.b == b && out.n == n && out.centered == centered;
+  }
+  void leave(const sums& s) noexcept { carried = s; }
+};
+
+}  // namespace detail
+}  // namespace lnorm

@@ -1,0 +1,113 @@
+// lnorm/policy.hpp: how the kernels write and prefetch on this CPU. Large outputs (they would not stay
+// in cache) may be written with streaming (non-temporal) stores, which skip the read of every output
+// line that a plain store costs, and the pipelined row sweep may prefetch the next row some bytes ahead
+// of its statistics. What pays off differs between CPUs, so each choice comes from a table by vendor
+// and family, filled from measurements (bench/kernels.cpp, bench/bench.py), and can be overridden:
+//
+//   LNORM_STORES=plain|streaming|auto   the store kind of large outputs, every element size
+//   LNORM_PREFETCH=<bytes>              the pipelined sweep's prefetch distance (0: none; at most 65536)
+//
+// "auto" (or a value that cannot be used) keeps the table's choice; the Python package warns about a
+// value that cannot be used.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "dispatch.hpp"
+
+namespace lnorm {
+
+/// The CPU policy lnorm's kernels follow (see policy()).
+struct cpu_policy {
+  bool stream_4byte = false;  // float32 outputs of at least stream_min_bytes: streaming stores
+  bool stream_2byte = true;   // float16/bfloat16 outputs likewise (float64: always plain)
+  std::int64_t stream_min_bytes = std::int64_t{16} << 20;
+  int prefetch_4byte = 0;     // float32 rows: the pipelined sweep's prefetch distance in bytes
+  int prefetch_2byte = 2048;  // 16-bit rows likewise
+  const char* source = "default";  // the table row, or "LNORM_STORES"/"LNORM_PREFETCH" where overridden
+
+  bool streams(std::size_t elem) const noexcept { return elem == 4 ? stream_4byte : elem == 2 ? stream_2byte : false; }
+  int prefetch(std::size_t elem) const noexcept { return elem == 4 ? prefetch_4byte : elem == 2 ? prefetch_2byte : 0; }
+};
+
+namespace detail {
+
+struct cpu_id {
+  char vendor[13] = {};
+  unsigned family = 0, model = 0;
+};
+
+inline cpu_id identify_cpu() noexcept {
+  cpu_id id;
+#if defined(LNORM_X86)
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid(0, &a, &b, &c, &d)) {
+    std::memcpy(id.vendor, &b, 4);
+    std::memcpy(id.vendor + 4, &d, 4);
+    std::memcpy(id.vendor + 8, &c, 4);
+  }
+  if (__get_cpuid(1, &a, &b, &c, &d)) {
+    const unsigned base = (a >> 8) & 0xf, ext = (a >> 20) & 0xff;
+    id.family = base == 0xf ? base + ext : base;
+    id.model = ((a >> 4) & 0xf) | (base == 0xf || base == 0x6 ? ((a >> 16) & 0xf) << 4 : 0);
+  }
+#endif
+  return id;
+}
+
+// The table: one row per CPU class measured. A CPU no row names gets the first row's choices (the ones
+// measured first, on an Intel Xeon).
+//   Intel (Xeon Cascade Lake, AVX-512): float32 keeps up with plain stores (streaming ones stalled its
+//     sweep, -10 %); 16-bit outputs gain 10-20 % from streaming; a 2 KiB prefetch helps 16-bit rows.
+//   AMD Zen (family 0x17 and later; measured on Zen 4): a streaming copy moves 1.7-2x the bytes of a
+//     plain one at any element size, so every large output streams; the float32 sweep gains from the
+//     2 KiB prefetch too.
+inline cpu_policy table_policy(const cpu_id& id) noexcept {
+  cpu_policy p;
+  p.source = "Intel and other CPUs";
+  if (std::strcmp(id.vendor, "AuthenticAMD") == 0 && id.family >= 0x17) {
+    p.stream_4byte = true;
+    p.stream_2byte = true;
+    p.prefetch_4byte = 2048;
+    p.prefetch_2byte = 2048;
+    p.source = "AMD Zen";
+  }
+  return p;
+}
+
+// A byte count from the environment in [0, 65536], else -1 (ignored).
+inline int env_prefetch(const char* name) noexcept {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return -1;
+  char* end = nullptr;
+  const long long n = std::strtoll(v, &end, 10);
+  return (end && *end == '\0' && n >= 0 && n <= 65536) ? static_cast<int>(n) : -1;
+}
+
+inline cpu_policy initial_policy() noexcept {
+  cpu_policy p = table_policy(identify_cpu());
+  if (const char* s = std::getenv("LNORM_STORES")) {
+    if (std::strcmp(s, "plain") == 0 || std::strcmp(s, "streaming") == 0) {
+      p.stream_4byte = p.stream_2byte = std::strcmp(s, "streaming") == 0;
+      p.source = "LNORM_STORES";
+    }
+  }
+  if (int pf = env_prefetch("LNORM_PREFETCH"); pf >= 0) {
+    p.prefetch_4byte = p.prefetch_2byte = pf;
+    p.source = p.source == nullptr || std::strcmp(p.source, "LNORM_STORES") != 0 ? "LNORM_PREFETCH" : "LNORM_STORES, LNORM_PREFETCH";
+  }
+  return p;
+}
+
+}  // namespace detail
+
+/// The policy in use: chosen once, at first use, from the CPU table and LNORM_STORES/LNORM_PREFETCH.
+///   std::printf("%s\n", lnorm::policy().source);
+inline const cpu_policy& policy() noexcept {
+  static const cpu_policy p = detail::initial_policy();
+  return p;
+}
+
+}  // namespace lnorm

@@ -1,0 +1,138 @@
+"""The per-CPU store and prefetch policy (lnorm/policy.hpp): the table's choice for this CPU, the
+LNORM_STORES / LNORM_PREFETCH overrides, and that no choice changes a single bit of any result."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import lnorm
+
+
+def _cpuinfo():
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if ":" in line:
+                    k, v = line.split(":", 1)
+                    fields.setdefault(k.strip(), v.strip())
+    except OSError:
+        pass
+    return fields
+
+
+def _run(env_extra, code):
+    env = {k: v for k, v in os.environ.items() if k not in ("LNORM_STORES", "LNORM_PREFETCH")}
+    env.update(env_extra)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_policy_fields():
+    p = lnorm.config()["policy"]
+    assert set(p) == {"stream_float32", "stream_16bit", "stream_min_bytes", "prefetch_float32", "prefetch_16bit",
+                      "source"}
+    assert p["stream_min_bytes"] > 0
+    assert 0 <= p["prefetch_float32"] <= 65536 and 0 <= p["prefetch_16bit"] <= 65536
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/cpuinfo")
+def test_policy_follows_the_cpu_table():
+    if any(os.environ.get(v) for v in ("LNORM_STORES", "LNORM_PREFETCH")):
+        pytest.skip("overridden by the environment")
+    info = _cpuinfo()
+    if "vendor_id" not in info:
+        pytest.skip("not an x86 /proc/cpuinfo")
+    p = lnorm.config()["policy"]
+    zen = info["vendor_id"] == "AuthenticAMD" and int(info.get("cpu family", "0")) >= 0x17
+    assert p["source"] == ("AMD Zen" if zen else "Intel and other CPUs")
+    assert p["stream_float32"] is zen  # Intel: float32 keeps plain stores
+    assert p["stream_16bit"] is True
+
+
+@pytest.mark.parametrize("env, expect", [
+    ({"LNORM_STORES": "plain"}, {"stream_float32": False, "stream_16bit": False, "source": "LNORM_STORES"}),
+    ({"LNORM_STORES": "streaming"}, {"stream_float32": True, "stream_16bit": True, "source": "LNORM_STORES"}),
+    ({"LNORM_PREFETCH": "0"}, {"prefetch_float32": 0, "prefetch_16bit": 0, "source": "LNORM_PREFETCH"}),
+    ({"LNORM_STORES": "plain", "LNORM_PREFETCH": "4096"},
+     {"stream_float32": False, "prefetch_16bit": 4096, "source": "LNORM_STORES, LNORM_PREFETCH"}),
+])
+def test_policy_environment_overrides(env, expect):
+    out = _run(env, "import json, lnorm; print(json.dumps(lnorm.config()['policy']))")
+    p = json.loads(out.stdout)
+    for k, v in expect.items():
+        assert p[k] == v, (k, p)
+
+
+@pytest.mark.parametrize("var, value", [("LNORM_STORES", "fast"), ("LNORM_STORES", "Plain"),
+                                        ("LNORM_PREFETCH", "-1"), ("LNORM_PREFETCH", "65537"),
+                                        ("LNORM_PREFETCH", "2k")])
+def test_policy_environment_unusable_values_warn_and_are_ignored(var, value):
+    code = ("import json, warnings\nwarnings.simplefilter('always')\n"
+            "with warnings.catch_warnings(record=True) as w:\n    import lnorm\n"
+            "print(json.dumps([[str(x.message) for x in w if x.category is RuntimeWarning], lnorm.config()['policy']]))")
+    messages, p = json.loads(_run({var: value}, code).stdout)
+    assert any(m.startswith(f"{var}=") for m in messages), messages
+    base = json.loads(_run({}, "import json, lnorm; print(json.dumps(lnorm.config()['policy']))").stdout)
+    assert p == base
+
+
+# Every op on outputs over the streaming threshold (16 MiB), odd widths (a head before the aligned
+# stores, a tail after), run under each policy in its own process: the bytes of every output must be
+# the same under all of them, and right.
+_SAME_BITS = r"""
+import hashlib, json, sys
+import ml_dtypes
+import numpy as np
+import lnorm
+out = {}
+rng = np.random.default_rng(20261206)
+for dtype, rows, cols in (("float32", 2051, 2049), ("float16", 4101, 2053), ("bfloat16", 4099, 2051)):
+    dt = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    x = (rng.standard_normal((rows, cols)) * 3 + 5).astype(dt)
+    r = rng.standard_normal((rows, cols)).astype(dt)
+    dy = rng.standard_normal((rows, cols)).astype(dt)
+    w = rng.standard_normal(cols).astype(dt)
+    b = rng.standard_normal(cols).astype(dt)
+    for threads in (1, 2):
+        lnorm.set_num_threads(threads)
+        h = hashlib.sha256()
+        y = np.empty_like(x)
+        lnorm.layer_norm(x, w, b, eps=1e-5, out=y)
+        h.update(y.tobytes())
+        ref = (x.astype(np.float64) - x.astype(np.float64).mean(-1, keepdims=True))
+        ref = ref / np.sqrt(x.astype(np.float64).var(-1, keepdims=True) + 1e-5) * w.astype(np.float64) + b.astype(np.float64)
+        tol = 1e-4 if dtype == "float32" else 2e-2
+        assert np.allclose(y.astype(np.float64), ref, rtol=tol, atol=tol * 4), dtype
+        lnorm.rms_norm(x, w, eps=1e-6, out=y)
+        h.update(y.tobytes())
+        y2, s = lnorm.add_layer_norm(x, r, w, b, eps=1e-5)
+        h.update(y2.tobytes()); h.update(s.tobytes())
+        y3, s3 = lnorm.add_rms_norm(x, r, w, eps=1e-6)
+        h.update(y3.tobytes()); h.update(s3.tobytes())
+        _, mean, rstd = lnorm.layer_norm(x, w, b, eps=1e-5, return_stats=True)
+        dx, dw, db = lnorm.layer_norm_backward(dy, x, mean, rstd, w)
+        h.update(dx.tobytes()); h.update(np.asarray(dw).tobytes()); h.update(np.asarray(db).tobytes())
+        out[f"{dtype}/{threads}"] = h.hexdigest()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_policy_never_changes_results():
+    runs = [_run(env, _SAME_BITS) for env in (
+        {"LNORM_STORES": "plain", "LNORM_PREFETCH": "0"},
+        {"LNORM_STORES": "streaming", "LNORM_PREFETCH": "0"},
+        {"LNORM_STORES": "streaming", "LNORM_PREFETCH": "4096"},
+        {"LNORM_STORES": "plain", "LNORM_PREFETCH": "640"},
+        {},
+    )]
+    digests = [json.loads(r.stdout) for r in runs]
+    for d in digests[1:]:
+        assert d == digests[0]
+    for dtype in ("float32", "float16", "bfloat16"):
+        assert digests[0][f"{dtype}/1"] == digests[0][f"{dtype}/2"]
