@@ -1,10 +1,15 @@
 """The copy-limit goals alone, measured closely: lnorm's `layer_norm` and `rms_norm` with `out=`
-against `np.copyto` of the same bytes, float32, float16 and bfloat16, over many interleaved rounds.
+against the copy limit of the same bytes, float32, float16 and bfloat16, over many interleaved rounds.
+
+The copy limit is the fastest of lnorm's native copies of the same bytes on the same threads
+(lnorm/copy.hpp through lnorm._lnorm.copy_rows: plain vector stores, streaming stores, memcpy), as in
+bench.py; np.copyto (one thread) is reported beside it for reference only.
 
 bench.py times every contender of a case 7 times; on a shared machine a goal that sits a few per cent
 from its line can land either side of it from one run to the next. This script times only these
-ratios, each round as copy, norm, copy (a pause between calls, the copy taken as the mean of the
-two around the norm), and reports the median ratio with its interquartile range.
+ratios, each round as copies, norm, copies (a pause between calls; each copy taken as the mean of its
+two runs around the norm, the limit as the fastest of them), and reports the median ratio with its
+interquartile range.
 
     python bench/copy_ratio.py                  # 8192x4096, 1 and 2 threads, 31 rounds
     python bench/copy_ratio.py --threads 1 --rounds 61
@@ -17,6 +22,7 @@ import time
 import numpy as np
 
 import lnorm
+from lnorm._limit import COPY_KINDS, copy_rows, cpu_description
 
 try:
     import ml_dtypes
@@ -33,20 +39,28 @@ def timed(fn, pause):
 
 
 def ratios(x, weight, bias, rounds, pause):
-    """Per-round copy time / norm time for layer_norm and rms_norm (out=)."""
+    """Per round, copy-limit time / norm time for layer_norm and rms_norm (out=), and np.copyto's time /
+    norm time; with how often each native copy was the limit."""
     y, copy = np.empty_like(x), np.empty_like(x)
     calls = {
         "layer_norm": lambda: lnorm.layer_norm(x, weight, bias, out=y),
         "rms_norm": lambda: lnorm.rms_norm(x, weight, out=y),
     }
-    result = {op: [] for op in calls}
+    copies = {kind: (lambda kind=kind: copy_rows(x, copy, kind)) for kind in COPY_KINDS}
+    copies["np.copyto"] = lambda: np.copyto(copy, x)
+    result = {op: {"limit": [], "np.copyto": []} for op in calls}
+    fastest = dict.fromkeys(COPY_KINDS, 0)
     for _ in range(rounds):
         for op, call in calls.items():
-            before = timed(lambda: np.copyto(copy, x), pause)
+            before = {name: timed(fn, pause) for name, fn in copies.items()}
             norm = timed(call, pause)
-            after = timed(lambda: np.copyto(copy, x), pause)
-            result[op].append((before + after) / 2 / norm)
-    return result
+            after = {name: timed(fn, pause) for name, fn in copies.items()}
+            mean = {name: (before[name] + after[name]) / 2 for name in copies}
+            limit = min(COPY_KINDS, key=mean.get)
+            fastest[limit] += 1
+            result[op]["limit"].append(mean[limit] / norm)
+            result[op]["np.copyto"].append(mean["np.copyto"] / norm)
+    return result, fastest
 
 
 def summary(values):
@@ -66,8 +80,10 @@ def main():
 
     rng = np.random.default_rng(args.seed)
     dtypes = [np.float32, np.float16] + ([ml_dtypes.bfloat16] if ml_dtypes is not None else [])
-    print(f"lnorm {lnorm.__version__} [{lnorm.config()['isa']}], {args.rows}x{args.cols}, "
-          f"{args.rounds} rounds; norm out= / np.copyto (goal >= 0.90)")
+    print(f"lnorm {lnorm.__version__} [{lnorm.config()['isa']}], {args.rows}x{args.cols}, {args.rounds} rounds; "
+          f"CPU {cpu_description()}")
+    print("copy-limit time / norm out= time (goal >= 0.90; the limit: the fastest of copy_rows "
+          + ", ".join(COPY_KINDS) + " on the same threads); np.copyto's for reference")
     for threads in (int(t) for t in args.threads.split(",")):
         lnorm.set_num_threads(threads)
         for dtype in dtypes:
@@ -75,9 +91,11 @@ def main():
             x = (rng.standard_normal((args.rows, args.cols)) + 3 * rng.standard_normal((args.rows, 1))).astype(dtype)
             weight = (1 + 0.1 * rng.standard_normal(args.cols)).astype(dtype)
             bias = rng.standard_normal(args.cols).astype(dtype)
-            measured = ratios(x, weight, bias, args.rounds, args.pause_ms / 1e3)
+            measured, fastest = ratios(x, weight, bias, args.rounds, args.pause_ms / 1e3)
             print(f"{threads} thread{'s' * (threads > 1)}, {np.dtype(dtype).name:8s}: "
-                  + "; ".join(f"{op} {summary(v)}" for op, v in measured.items()), flush=True)
+                  + "; ".join(f"{op} {summary(v['limit'])} (np.copyto {statistics.median(v['np.copyto']):.3f})"
+                              for op, v in measured.items())
+                  + "; limit copy " + ", ".join(f"{k} {n}x" for k, n in fastest.items() if n), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 // types float32/float64/float16, and bfloat16 passed by Python as a uint16 view), the N-d calls of
 // lnorm.hpp out, the GIL released around them. Argument checking with friendly messages lives in
 // python/lnorm; this layer re-checks what would be unsafe and turns a failed status into ValueError.
+// copy_rows (private: bench/bench.py and python -m lnorm) is the copy of the same bytes that lnorm's
+// calls are measured against, lnorm/copy.hpp on lnorm's threads; it checks its own arguments.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -15,6 +17,8 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include <lnorm/copy.hpp>
 
 #include "_lnorm_calls.hpp"
 #include "_released_gil.hpp"
@@ -428,6 +432,154 @@ void check_aliasing(const std::vector<std::pair<std::string, nb::tuple>>& output
   }
 }
 
+// ---- copy_rows: the copies lnorm's benchmarks set its calls against (lnorm/copy.hpp) -----------
+
+// One NumPy array of any dtype as rows of bytes: `rows` rows of `row_bytes` contiguous bytes, row r at
+// data() + r * ld (ld in bytes, any sign). The buffer is asked for without a format, so dtypes that
+// export none (ml_dtypes.bfloat16) come in as bytes too. Checks what copy_rows needs, naming `name`.
+class byte_rows {
+ public:
+  byte_rows(nb::handle a, const char* name, bool writable)
+      : name_(name), held_(ndarray_named(a, name_), PyBUF_STRIDES | (writable ? PyBUF_WRITABLE : 0)) {
+    if (!held_.ok) {
+      if (writable && !nb::cast<bool>(a.attr("flags").attr("writeable")))
+        throw std::invalid_argument(name_ + ": is read-only (flags.writeable is False)");
+      throw std::invalid_argument(name_ + ": its memory cannot be read as a strided buffer");
+    }
+    const Py_buffer& b = held_.b;
+    if (b.ndim < 1) throw std::invalid_argument(name_ + ": must have at least one dimension");
+    itemsize = b.itemsize;
+    cols = b.shape[b.ndim - 1];
+    for (int d = 0; d < b.ndim - 1; ++d) rows *= b.shape[d];
+    row_bytes = cols * itemsize;
+    ld = row_bytes;
+    if (rows > 0 && cols > 0) check_layout();
+    shape_[0] = rows;
+    shape_[1] = row_bytes;
+    strides_[0] = ld;
+  }
+
+  void* data() const { return held_.b.buf; }
+  const Py_buffer& buffer() const { return held_.b; }
+  // The array as lnorm's aliasing rule sees it: rows x row_bytes bytes.
+  lnorm::array_view bytes() const { return {held_.b.buf, 2, shape_, strides_, 1}; }
+
+  std::int64_t rows = 1, cols = 0, itemsize = 1, row_bytes = 0, ld = 0;
+
+ private:
+  // A Py_buffer, released when its owner goes (also when the owner's constructor throws).
+  struct held_buffer {
+    Py_buffer b{};
+    bool ok = false;
+    held_buffer(nb::handle a, int flags) : ok(PyObject_GetBuffer(a.ptr(), &b, flags) == 0) {
+      if (!ok) PyErr_Clear();
+    }
+    ~held_buffer() {
+      if (ok) PyBuffer_Release(&b);
+    }
+    held_buffer(const held_buffer&) = delete;
+    held_buffer& operator=(const held_buffer&) = delete;
+  };
+
+  static nb::handle ndarray_named(nb::handle a, const std::string& name) {
+    const int is = PyObject_IsInstance(a.ptr(), reinterpret_cast<PyObject*>(fast().ndarray));
+    if (is < 0) throw nb::python_error();
+    if (!is) {
+      const nb::handle type(reinterpret_cast<PyObject*>(Py_TYPE(a.ptr())));
+      throw nb::type_error((name + ": expected a numpy.ndarray, got " + nb::cast<std::string>(type.attr("__name__"))).c_str());
+    }
+    return a;
+  }
+
+  // The last axis contiguous; the rows (all leading axes together) one evenly strided sequence: the
+  // innermost leading axis of size > 1 gives the row stride, each outer one steps over all rows inside it.
+  void check_layout() {
+    const Py_buffer& b = held_.b;
+    const int last = b.ndim - 1;
+    if (cols > 1 && b.strides[last] != itemsize)
+      throw std::invalid_argument(name_ + ": the last axis must be contiguous (stride " + std::to_string(b.strides[last]) +
+                                  " bytes, itemsize " + std::to_string(itemsize) + ")");
+    bool first = true;
+    std::int64_t expect = 0;
+    for (int d = last - 1; d >= 0; --d) {
+      if (b.shape[d] == 1) continue;
+      if (first) {
+        ld = b.strides[d];
+        first = false;
+      } else if (b.strides[d] != expect) {
+        throw std::invalid_argument(name_ + ": its rows are not evenly strided (axis " + std::to_string(d) +
+                                    " has stride " + std::to_string(b.strides[d]) + " bytes, " +
+                                    std::to_string(expect) + " expected)");
+      }
+      expect = b.strides[d] * b.shape[d];
+    }
+  }
+
+  std::string name_;
+  held_buffer held_;
+  std::int64_t shape_[2] = {}, strides_[2] = {0, 1};
+};
+
+// str(obj), for a message.
+std::string text(nb::handle obj) { return nb::str(obj).c_str(); }
+
+lnorm::store_kind store_kind_from(nb::handle kind) {
+  if (!PyUnicode_Check(kind.ptr())) throw nb::type_error("kind: expected a str ('plain', 'streaming' or 'memcpy')");
+  const std::string k = nb::cast<std::string>(kind);
+  if (k == "plain") return lnorm::store_kind::plain;
+  if (k == "streaming") return lnorm::store_kind::streaming;
+  if (k == "memcpy") return lnorm::store_kind::memcpy;
+  throw std::invalid_argument("kind: expected 'plain', 'streaming' or 'memcpy', got '" + k + "'");
+}
+
+// An element of N bytes: copy_rows<T> only moves T's bytes, and sizing T as the dtype's item splits
+// the rows among threads as lnorm's calls on that dtype split them (by element count).
+template <std::size_t N>
+struct item_bytes {
+  unsigned char b[N];
+};
+
+template <class F>
+void with_item(std::int64_t itemsize, F&& f) {
+  switch (itemsize) {
+    case 1: return f(item_bytes<1>{});
+    case 2: return f(item_bytes<2>{});
+    case 4: return f(item_bytes<4>{});
+    case 8: return f(item_bytes<8>{});
+    case 16: return f(item_bytes<16>{});
+    default: return f(item_bytes<1>{});  // other sizes: bytes (a split by bytes, not elements)
+  }
+}
+
+// dst[...] = src[...] with lnorm::copy_rows on lnorm's threads: the benchmarks' limit. src and dst:
+// NumPy arrays of one dtype (any, bfloat16 included: bytes are copied) and shape; the last axis
+// contiguous, the rows (all leading axes) evenly strided; dst writable and apart from src.
+void copy_rows(nb::handle src_, nb::handle dst_, nb::handle kind_) {
+  byte_rows src(src_, "src", false), dst(dst_, "dst", true);
+  const nb::object src_dtype = src_.attr("dtype"), dst_dtype = dst_.attr("dtype");
+  if (!src_dtype.equal(dst_dtype))
+    throw nb::type_error(("dst: dtype " + text(dst_dtype) + " does not match src's " + text(src_dtype)).c_str());
+  const Py_buffer &s = src.buffer(), &d = dst.buffer();
+  bool same_shape = s.ndim == d.ndim;
+  for (int i = 0; same_shape && i < s.ndim; ++i) same_shape = s.shape[i] == d.shape[i];
+  if (!same_shape)
+    throw std::invalid_argument("dst: shape " + text(dst_.attr("shape")) + " does not match src's " +
+                                text(src_.attr("shape")));
+  const lnorm::store_kind kind = store_kind_from(kind_);
+  if (src.rows == 0 || src.cols == 0) return;
+  if (lnorm::has_internal_overlap(dst.bytes())) throw std::invalid_argument("dst: its rows overlap each other");
+  if (lnorm::arrays_overlap(src.bytes(), dst.bytes())) throw std::invalid_argument("dst: overlaps src");
+  const std::int64_t n = src.itemsize;
+  const bool whole_items = src.ld % n == 0 && dst.ld % n == 0;  // else bytes (an odd stride of a field view)
+  with_item(whole_items ? n : 1, [&](auto t) {
+    using T = decltype(t);
+    const std::int64_t k = static_cast<std::int64_t>(sizeof(T));
+    lnorm_py::released_gil release;
+    lnorm::copy_rows(static_cast<const T*>(src.data()), src.ld / k, static_cast<T*>(dst.data()), dst.ld / k, src.rows,
+                     src.row_bytes / k, kind);
+  });
+}
+
 lnorm::isa isa_from(const std::string& name) {
   lnorm::isa i;
   if (!lnorm::parse_isa(name.c_str(), i)) throw std::invalid_argument("isa: expected scalar, avx2, avx512 or neon");
@@ -459,6 +611,14 @@ NB_MODULE(_lnorm, m) {
         nb::arg("rstd").none(), nb::arg("weight").none(), nb::arg("max_bytes"),
         "the backward of fast_forward's calls; None when the call does not fit.");
 
+  // Any object comes in (None, another dtype, a bad kind): copy_rows raises the errors that name it.
+  m.def("copy_rows", &copy_rows, nb::arg("src").none(), nb::arg("dst").none(), nb::arg("kind").none(),
+        nb::sig("def copy_rows(src: numpy.ndarray, dst: numpy.ndarray, kind: typing.Literal['plain', 'streaming', "
+                "'memcpy']) -> None"),
+        "dst[...] = src[...] with lnorm::copy_rows on lnorm's threads (kind: 'plain', 'streaming' or 'memcpy' "
+        "stores): the copy of the same bytes that the benchmarks set lnorm's calls against. Arrays of one dtype "
+        "(any; bytes are copied) and shape, last axis contiguous, rows evenly strided, dst writable and apart from "
+        "src.");
   m.def("check_aliasing", &check_aliasing, nb::arg("outputs"), nb::arg("inputs"), nb::arg("exact_ok"),
         "The core's aliasing rule on (name, (address, shape, byte strides, itemsize)) arrays: ValueError naming the "
         "output that overlaps itself, an input (other than exactly one of its exact_ok pairs) or another output.");

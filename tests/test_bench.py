@@ -42,6 +42,12 @@ def test_quick_run_writes_verified_results(tmp_path):
     assert "Verification: passed" in results_md
     assert "--quick" in results_md  # the command is recorded
     assert "## Headline" in results_md and "## Hidden-size sweep" in results_md
+    # Ratios against the copy limit (the fastest native copy), never against np.copyto; the CPU named.
+    from lnorm._limit import cpu_info
+
+    assert "of the copy limit" in results_md and "| / limit |" in results_md, results_md[:3000]
+    assert "of `np.copyto`" not in results_md and "/ copy |" not in results_md
+    assert f"CPU: {cpu_info()['model name']}" in results_md and "timed at 1 thread, 2 threads" in results_md
 
     with open(tmp_path / "gbps_vs_hidden.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -53,6 +59,13 @@ def test_quick_run_writes_verified_results(tmp_path):
 
     timed_isas = {r["isa"] for r in rows if r["library"] == "lnorm" and r["op"] == "layer_norm"}
     assert timed_isas == set(lnorm.available_isas())
+    cases = {(r["section"], r["dtype"], r["rows"], r["cols"], r["threads"]) for r in rows}
+    for case in cases:  # every case timed each native copy and np.copyto, at its own thread count
+        copies = {r["variant"] for r in rows if r["library"] == "lnorm.copy_rows" and r["op"] == "copy"
+                  and (r["section"], r["dtype"], r["rows"], r["cols"], r["threads"]) == case}
+        assert copies == {"plain", "streaming", "memcpy"}, case
+        assert any(r["library"] == "numpy.copyto" and (r["section"], r["dtype"], r["rows"], r["cols"], r["threads"]) == case
+                   for r in rows), case
     assert {int(r["threads"]) for r in rows} == {1, 2}
     for r in rows:
         assert float(r["max_rel_error"]) < 0.05, r
@@ -77,6 +90,31 @@ def test_verification_rejects_a_wrong_result(bench):
                                  outputs=lambda: {"y": np.full_like(inputs.x, np.nan)}, bytes_moved=1)
     with pytest.raises(bench.VerificationError):
         bench.verify_contender(nan_result, reference, tolerance)
+
+
+def test_copy_limit_is_the_fastest_native_copy(bench):
+    """The limit is the fastest native copy of the case (by median), whatever np.copyto does; ratios to
+    "the limit" are paired against that copy's repetitions."""
+    def row(library, op, variant, seconds, threads=1):
+        return bench.Row("goal", "float32", 4, 8, threads, library, op, "", variant, 256, 1, 0.0, seconds)
+
+    rows = [row("lnorm.copy_rows", "copy", "plain", [3.0, 3.0, 3.0]),
+            row("lnorm.copy_rows", "copy", "streaming", [2.0, 2.5, 1.0]),
+            row("lnorm.copy_rows", "copy", "memcpy", [4.0, 4.0, 4.0]),
+            row("numpy.copyto", "copy", "out", [0.5, 0.5, 0.5]),  # faster, but not a native copy
+            row("lnorm.copy_rows", "copy", "memcpy", [0.1, 0.1, 0.1], threads=2),  # another thread count
+            bench.Row("goal", "float32", 4, 8, 1, "lnorm", "layer_norm", bench.DEFAULT_ISA, "out", 256, 1, 0.0,
+                      [4.0, 5.0, 2.0])]
+    results = bench.Results(rows)
+    limit = results.copy_limit("goal", (4, 8), 1)
+    assert (limit.library, limit.variant) == ("lnorm.copy_rows", "streaming")
+    assert [bench.copy_name(r) for r in results.copies("goal", (4, 8), 1)] == [
+        "copy_rows plain", "copy_rows streaming", "copy_rows memcpy", "np.copyto"]
+    assert results.copy_limit("goal", (4, 8), 1, op="copy x2") is None
+    plan = bench.make_plan(True, 1, 1.0, 0.0)
+    plan.goal_shapes = [(4, 8)]
+    report = bench.Report(results, plan, [1])
+    assert report.copy_ratio("layer_norm", (4, 8), 1) == 0.5  # median of 2/4, 2.5/5, 1/2
 
 
 def test_paired_ratio_and_geomean(bench):

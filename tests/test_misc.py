@@ -438,6 +438,13 @@ def test_main_self_check():
     out = r.stdout.lower()
     assert "self-check" in out or "self check" in out, r.stdout[-2000:]
     assert "ok" in out or "pass" in out, r.stdout[-2000:]
+    # The timing table: lnorm against the fastest native copy of the same bytes, the CPU named.
+    from lnorm._limit import cpu_info
+
+    assert "/ limit" in r.stdout and "copyto GB/s" in r.stdout, r.stdout[-2000:]
+    assert cpu_info()["model name"] in r.stdout, r.stdout[-2000:]
+    rows = [line.split() for line in r.stdout.splitlines() if line.strip().startswith("32x1024")]
+    assert len(rows) == 1 and rows[0][4] in ("(plain)", "(streaming)", "(memcpy)"), r.stdout[-2000:]
 
 
 def _cmakedir():

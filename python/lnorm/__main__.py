@@ -1,4 +1,5 @@
-"""``python -m lnorm``: a self-check against a float64 NumPy reference, then a short timing table.
+"""``python -m lnorm``: a self-check against a float64 NumPy reference, then a short timing table (lnorm
+against the fastest native copy of the same bytes at the same thread count, the CPU named).
 
 ``python -m lnorm --cmakedir`` prints the folder holding lnormConfig.cmake (for ``-Dlnorm_DIR``);
 ``--includedir`` the folder holding lnorm/lnorm.hpp.
@@ -13,6 +14,7 @@ import time
 import numpy as np
 
 import lnorm
+from lnorm._limit import COPY_KINDS, copy_rows, cpu_description
 
 
 def _reference(x, axes, weight, bias, eps, rms):
@@ -95,34 +97,43 @@ def _median_time(fn, repeat: int, number: int) -> float:
 
 
 def timing_table(quick: bool = False) -> None:
-    """lnorm against np.copyto of the same bytes and a NumPy expression, float32, out= given."""
+    """layer_norm (float32, out=) against the copy limit: the fastest copy of the same bytes at the same
+    thread count (lnorm/copy.hpp with plain, streaming or memcpy stores), with np.copyto and a NumPy
+    expression for reference. All of a shape's contenders run interleaved, 5 rounds; medians."""
     rng = np.random.default_rng(1)
     shapes = [(1, 768), (32, 1024), (4096, 768), (2048, 4096)]
     if quick:
         shapes = shapes[:2]
-    print(f"\ntiming (float32, out=, {lnorm.get_num_threads()} threads, isa {lnorm.config()['isa']}; "
-          "GB/s counts bytes read + written; medians):")
-    header = f"{'shape':>12} {'lnorm us':>10} {'GB/s':>7} {'copy GB/s':>10} {'of copy':>8} {'numpy us':>10} {'speedup':>8}"
-    print(header)
+    threads = lnorm.get_num_threads()
+    print(f"\ntiming: layer_norm float32 out=, {threads} thread{'s' * (threads > 1)}, isa {lnorm.config()['isa']}, "
+          f"CPU {cpu_description()}")
+    print("/ limit: the time of the fastest copy of the same bytes on the same threads (plain or streaming stores,\n"
+          "memcpy) over lnorm's; np.copyto (one thread) for reference. GB/s: (bytes read + written) / time; medians.")
+    print(f"{'shape':>10} {'lnorm us':>9} {'GB/s':>7} {'limit GB/s':>11} {'(copy)':>11} {'/ limit':>7} "
+          f"{'copyto GB/s':>11} {'numpy us':>9} {'speedup':>7}")
     for shape in shapes:
         x = rng.standard_normal(shape, dtype=np.float32)
-        y = np.empty_like(x)
+        y, dst = np.empty_like(x), np.empty_like(x)
         w = rng.standard_normal(shape[-1], dtype=np.float32)
         b = rng.standard_normal(shape[-1], dtype=np.float32)
         nbytes = 2 * x.nbytes
         number = max(1, int(2e7 // x.size))
-        repeat = 5
-        # Interleave the three so that machine noise hits all of them alike.
-        samples = {"ln": [], "copy": [], "np": []}
-        for _ in range(repeat):
-            samples["ln"].append(_median_time(lambda: lnorm.layer_norm(x, w, b, out=y), 1, number))
-            samples["copy"].append(_median_time(lambda: np.copyto(y, x), 1, number))
-            samples["np"].append(_median_time(
-                lambda: (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * w + b,
-                1, max(1, number // 4)))
-        t_ln, t_copy, t_np = (float(np.median(samples[k])) for k in ("ln", "copy", "np"))
-        print(f"{'x'.join(map(str, shape)):>12} {t_ln * 1e6:10.1f} {nbytes / t_ln / 1e9:7.2f} "
-              f"{nbytes / t_copy / 1e9:10.2f} {t_copy / t_ln:8.2f} {t_np * 1e6:10.1f} {t_np / t_ln:7.1f}x")
+        calls = {"lnorm": (lambda: lnorm.layer_norm(x, w, b, out=y), number),
+                 "np.copyto": (lambda: np.copyto(dst, x), number),
+                 "numpy": (lambda: (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * w + b,
+                           max(1, number // 4))}
+        for kind in COPY_KINDS:
+            calls[kind] = (lambda kind=kind: copy_rows(x, dst, kind), number)
+        # Interleave them all, so that machine noise hits each alike.
+        samples = {name: [] for name in calls}
+        for _ in range(5):
+            for name, (fn, n) in calls.items():
+                samples[name].append(_median_time(fn, 1, n))
+        t = {name: float(np.median(v)) for name, v in samples.items()}
+        limit = min(COPY_KINDS, key=t.get)
+        print(f"{'x'.join(map(str, shape)):>10} {t['lnorm'] * 1e6:9.1f} {nbytes / t['lnorm'] / 1e9:7.2f} "
+              f"{nbytes / t[limit] / 1e9:11.2f} {'(' + limit + ')':>11} {t[limit] / t['lnorm']:7.2f} "
+              f"{nbytes / t['np.copyto'] / 1e9:11.2f} {t['numpy'] * 1e6:9.1f} {t['numpy'] / t['lnorm']:6.1f}x")
 
 
 def main(argv=None) -> int:
