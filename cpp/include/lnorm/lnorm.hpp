@@ -29,6 +29,7 @@
 #include "policy.hpp"
 #include "reference.hpp"
 #include "rules.hpp"
+#include "kernels/family.hpp"
 #include "kernels/pipeline.hpp"
 #include "kernels/avx2.hpp"
 #include "kernels/avx512.hpp"
@@ -436,22 +437,25 @@ inline void reduce_partials(const P* partials, std::int64_t chunks, std::int64_t
 
 // ---- The operations, written once over any kernel set K --------------------------------------
 
-// A row of LayerNorm (RMSNorm with Rms) on kernel set K: the SIMD sets' row kernels take the store
-// kind, the next row and the worker's pipeline (null: the row alone); the scalar set's, the row alone.
-template <class K, bool Rms, class T, class W>
-inline void norm_row(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, double eps, stat_t<T>* mean,
-                     stat_t<T>* rstd, bool stream, const T* next, row_pipeline<T>* pipe) noexcept {
-  if constexpr (K::pipelined) {
-    if constexpr (Rms) K::template rms_norm_row<T, W>(x, y, n, gamma, eps, rstd, stream, next, pipe);
-    else K::template layer_norm_row<T, W>(x, y, n, gamma, beta, eps, mean, rstd, stream, next, pipe);
-  } else {
-    if constexpr (Rms) K::template rms_norm_row<T, W>(x, y, n, gamma, eps, rstd);
-    else K::template layer_norm_row<T, W>(x, y, n, gamma, beta, eps, mean, rstd);
-  }
+// The norm descriptor of the public calls' `rms` flag (kernels/family.hpp): f(layer_norm_kind{}) or
+// f(rms_norm_kind{}). Past this point which norm runs is a type, not a flag.
+template <class F>
+inline status with_norm(bool rms, F&& f) noexcept {
+  return rms ? f(rms_norm_kind{}) : f(layer_norm_kind{});
 }
 
-template <class K, class T, class W>
-struct layer_norm_op {
+// A row of norm N on kernel set K: the SIMD sets' row kernels take the store kind, the next row and
+// the worker's pipeline (null: the row alone); the scalar set's, the row alone.
+template <class K, class N, class T, class W>
+inline void norm_row(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, double eps, stat_t<T>* mean,
+                     stat_t<T>* rstd, bool stream, const T* next, row_pipeline<T>* pipe) noexcept {
+  if constexpr (K::pipelined) K::template norm_row<N, T, W>(x, y, n, gamma, beta, eps, mean, rstd, stream, next, pipe);
+  else K::template norm_row<N, T, W>(x, y, n, gamma, beta, eps, mean, rstd);
+}
+
+// The norm N of x into y: arrays x | y. (RMSNorm: beta and mean null.)
+template <class K, class T, class W, class N>
+struct norm_op {
   using partial_t = stat_t<T>;  // dgamma/dbeta partial sums
   static constexpr int n_in = 1, n_arrays = 2;  // x | y
   static constexpr int partial_size = 0;
@@ -462,34 +466,14 @@ struct layer_norm_op {
   bool stream;
   std::int64_t scratch_rows() const noexcept { return 0; }
   void row(T* const* p, T* const* next, std::int64_t r, partial_t*, T*, row_pipeline<T>* pipe) const noexcept {
-    norm_row<K, false>(p[0], p[1], n, gamma, beta, eps, mean ? mean + r : nullptr, rstd ? rstd + r : nullptr, stream,
-                       next[0], pipe);
+    norm_row<K, N>(p[0], p[1], n, gamma, beta, eps, mean ? mean + r : nullptr, rstd ? rstd + r : nullptr, stream,
+                   next[0], pipe);
   }
   void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t*) const noexcept {
-    K::template layer_norm_cols<T, W>(p[0], s[0], p[1], s[1], n, w, gamma, beta, eps, mean ? mean + r0 : nullptr,
-                                      rstd ? rstd + r0 : nullptr);
-  }
-  std::int64_t partial_elements(std::int64_t) const noexcept { return 0; }
-  void finish(partial_t*, std::int64_t, std::int64_t) const noexcept {}
-};
-
-template <class K, class T, class W>
-struct rms_norm_op {
-  using partial_t = stat_t<T>;  // dgamma/dbeta partial sums
-  static constexpr int n_in = 1, n_arrays = 2;  // x | y
-  static constexpr int partial_size = 0;
-  const W* gamma;
-  double eps;
-  stat_t<T>* rstd;
-  std::int64_t n;
-  bool stream;
-  std::int64_t scratch_rows() const noexcept { return 0; }
-  void row(T* const* p, T* const* next, std::int64_t r, partial_t*, T*, row_pipeline<T>* pipe) const noexcept {
-    norm_row<K, true>(p[0], p[1], n, gamma, static_cast<const W*>(nullptr), eps, static_cast<stat_t<T>*>(nullptr),
-                      rstd ? rstd + r : nullptr, stream, next[0], pipe);
-  }
-  void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t*) const noexcept {
-    K::template rms_norm_cols<T, W>(p[0], s[0], p[1], s[1], n, w, gamma, eps, rstd ? rstd + r0 : nullptr);
+    if constexpr (N::centered)
+      K::template layer_norm_cols<T, W>(p[0], s[0], p[1], s[1], n, w, gamma, beta, eps, mean ? mean + r0 : nullptr,
+                                        rstd ? rstd + r0 : nullptr);
+    else K::template rms_norm_cols<T, W>(p[0], s[0], p[1], s[1], n, w, gamma, eps, rstd ? rstd + r0 : nullptr);
   }
   std::int64_t partial_elements(std::int64_t) const noexcept { return 0; }
   void finish(partial_t*, std::int64_t, std::int64_t) const noexcept {}
@@ -498,7 +482,7 @@ struct rms_norm_op {
 // s = x + bias_in + residual, then the norm of s: arrays x, residual | s, y. Large outputs: s is built
 // in a worker's row buffers (two: this row's and the next's, which K::add_norm_row builds while this
 // row's y and s stream out), so memory sees two reads and two writes, as a copy of the same bytes would.
-template <class K, class T, class W, bool Rms>
+template <class K, class T, class W, class N>
 struct add_norm_op {
   using partial_t = stat_t<T>;  // dgamma/dbeta partial sums
   static constexpr int n_in = 2, n_arrays = 4;
@@ -510,24 +494,24 @@ struct add_norm_op {
   bool stream;
   std::int64_t scratch_rows() const noexcept { return stream ? 2 : 0; }
   void row(T* const* p, T* const* next, std::int64_t r, partial_t*, T* buf, row_pipeline<T>* pipe) const noexcept {
-    stat_t<T>* m = Rms || !mean ? nullptr : mean + r;
+    stat_t<T>* m = !N::centered || !mean ? nullptr : mean + r;
     if (stream && buf) {
       if constexpr (K::pipelined)
-        K::template add_norm_row<Rms, T, W>(p[0], p[1], bias_in, p[2], p[3], n, gamma, beta, eps, m,
-                                            rstd ? rstd + r : nullptr, next[0], next[1], buf, pipe);
+        K::template add_norm_row<N, T, W>(p[0], p[1], bias_in, p[2], p[3], n, gamma, beta, eps, m,
+                                          rstd ? rstd + r : nullptr, next[0], next[1], buf, pipe);
       else
-        K::template add_norm_row<Rms, T, W>(p[0], p[1], bias_in, p[2], p[3], n, gamma, beta, eps, m,
-                                            rstd ? rstd + r : nullptr, buf);
+        K::template add_norm_row<N, T, W>(p[0], p[1], bias_in, p[2], p[3], n, gamma, beta, eps, m,
+                                          rstd ? rstd + r : nullptr, buf);
       return;
     }
     // The norm of s into y, prefetching `next` (the next row's x) on the way.
     K::template add_row<T, W>(p[0], p[1], bias_in, p[2], n);
-    norm_row<K, Rms>(p[2], p[3], n, gamma, beta, eps, m, rstd ? rstd + r : nullptr, false, next[0],
-                     static_cast<row_pipeline<T>*>(nullptr));
+    norm_row<K, N>(p[2], p[3], n, gamma, beta, eps, m, rstd ? rstd + r : nullptr, false, next[0],
+                   static_cast<row_pipeline<T>*>(nullptr));
   }
   void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t*) const noexcept {
     K::template add_cols<T, W>(p[0], s[0], p[1], s[1], bias_in, p[2], s[2], n, w);
-    if constexpr (Rms)
+    if constexpr (!N::centered)
       K::template rms_norm_cols<T, W>(p[2], s[2], p[3], s[3], n, w, gamma, eps, rstd ? rstd + r0 : nullptr);
     else
       K::template layer_norm_cols<T, W>(p[2], s[2], p[3], s[3], n, w, gamma, beta, eps,
@@ -538,7 +522,7 @@ struct add_norm_op {
 };
 
 // Backward: arrays x, dy | dx. Partials per chunk: dgamma then (LayerNorm) dbeta, n each.
-template <class K, class T, class W, bool Rms>
+template <class K, class T, class W, class N>
 struct norm_backward_op {
   using partial_t = stat_t<T>;  // dgamma/dbeta partial sums
   static constexpr int n_in = 2, n_arrays = 3;
@@ -552,30 +536,26 @@ struct norm_backward_op {
   // Pipelined: the next row (r + 1, handled next by this worker) starts during this one.
   void row(T* const* p, T* const* next, std::int64_t r, partial_t* part, T*, row_pipeline<T>* pipe) const noexcept {
     const bool more = next[0] != nullptr && pipe != nullptr;
-    if constexpr (!K::pipelined) {
-      if constexpr (Rms) K::template rms_norm_backward_row<T, W>(p[0], p[1], p[2], n, gamma, rstd[r], part);
-      else K::template layer_norm_backward_row<T, W>(p[0], p[1], p[2], n, gamma, mean[r], rstd[r], part, part + n);
-    } else if constexpr (Rms) {
-      K::template rms_norm_backward_row<T, W>(p[0], p[1], p[2], n, gamma, rstd[r], part, next[0], next[1], stream, pipe,
-                                              more ? static_cast<double>(rstd[r + 1]) : 0.0);
-    } else {
-      K::template layer_norm_backward_row<T, W>(p[0], p[1], p[2], n, gamma, mean[r], rstd[r], part, part + n, next[0],
-                                                next[1], stream, pipe, more ? static_cast<double>(mean[r + 1]) : 0.0,
-                                                more ? static_cast<double>(rstd[r + 1]) : 0.0);
-    }
+    const double m = N::centered ? static_cast<double>(mean[r]) : 0.0;
+    stat_t<T>* db = N::centered ? part + n : nullptr;
+    if constexpr (K::pipelined)
+      K::template norm_backward_row<N, T, W>(p[0], p[1], p[2], n, gamma, m, rstd[r], part, db, next[0], next[1], stream,
+                                             pipe, more && N::centered ? static_cast<double>(mean[r + 1]) : 0.0,
+                                             more ? static_cast<double>(rstd[r + 1]) : 0.0);
+    else K::template norm_backward_row<N, T, W>(p[0], p[1], p[2], n, gamma, m, rstd[r], part, db);
   }
   void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t* part) const noexcept {
-    if constexpr (Rms)
+    if constexpr (!N::centered)
       K::template rms_norm_backward_cols<T, W>(p[0], s[0], p[1], s[1], p[2], s[2], n, w, gamma, rstd + r0, part);
     else
       K::template layer_norm_backward_cols<T, W>(p[0], s[0], p[1], s[1], p[2], s[2], n, w, gamma, mean + r0,
                                                  rstd + r0, part, part + n);
   }
-  std::int64_t partial_elements(std::int64_t cols) const noexcept { return Rms ? cols : 2 * cols; }
+  std::int64_t partial_elements(std::int64_t cols) const noexcept { return N::centered ? 2 * cols : cols; }
   void finish(partial_t* partials, std::int64_t chunks, std::int64_t cols) const noexcept {
     const std::int64_t stride = partial_elements(cols);
     reduce_partials(partials, chunks, stride, cols, dgamma);
-    if (!Rms) reduce_partials(partials + cols, chunks, stride, cols, dbeta);
+    if constexpr (N::centered) reduce_partials(partials + cols, chunks, stride, cols, dbeta);
     else if (dbeta)  // RMSNorm has no beta: zero, as on every path (each path's own: a refused call writes nothing)
       for (std::int64_t c = 0; c < cols; ++c) dbeta[c] = narrow<W>(0.0);
   }
@@ -655,7 +635,7 @@ inline bool split_stats_ok(double mean, double var, double eps) noexcept {
   return std::isfinite(mean) && std::isfinite(var) && (var >= 1e-23 || eps >= 1e-12);
 }
 
-template <class K, class T, class W, bool Rms>
+template <class K, class T, class W, class N>
 inline status split_rows_forward(const layout& L, T* x, T* y, const W* gamma, const W* beta, double eps,
                                  stat_t<T>* mean, stat_t<T>* rstd, bool stream, const workspace* ws,
                                  const team& tm) noexcept {
@@ -669,7 +649,7 @@ inline status split_rows_forward(const layout& L, T* x, T* y, const W* gamma, co
   auto chunk_moments = [&](const T* xr, double* m, double* m2, std::int64_t k0, std::int64_t k1) {
     for (std::int64_t k = k0; k < k1; ++k) {
       const std::int64_t len = std::min(kSplitChunk, cols - k * kSplitChunk);
-      if (Rms) {
+      if constexpr (!N::centered) {
         m[k] = 0;
         K::template sum_squares<T>(xr + k * kSplitChunk, len, m2[k]);
       } else {
@@ -680,7 +660,7 @@ inline status split_rows_forward(const layout& L, T* x, T* y, const W* gamma, co
   // One row: merged statistics, then (if they can be trusted) chunks [k0, k1) normalized.
   auto row_stats = [&](std::int64_t r, double* m, double* m2, double& row_mean, double& r_apply) -> bool {
     double var = 0;
-    if (Rms) {
+    if constexpr (!N::centered) {
       row_mean = 0;
       for (std::int64_t k = 0; k < chunks; ++k) var += m2[k];
       var /= static_cast<double>(cols);
@@ -702,7 +682,7 @@ inline status split_rows_forward(const layout& L, T* x, T* y, const W* gamma, co
   };
   // Statistics the float chunks cannot give (overflow, Inf/NaN, underflow): the whole-row kernel.
   auto whole_row = [&](std::int64_t r, const T* xr, T* yr) {
-    norm_row<K, Rms>(xr, yr, cols, gamma, beta, eps, mean ? mean + r : nullptr, rstd ? rstd + r : nullptr, stream,
+    norm_row<K, N>(xr, yr, cols, gamma, beta, eps, mean ? mean + r : nullptr, rstd ? rstd + r : nullptr, stream,
                      static_cast<const T*>(nullptr), static_cast<row_pipeline<T>*>(nullptr));
   };
   if (L.rows >= workers) {
@@ -730,7 +710,7 @@ inline status split_rows_forward(const layout& L, T* x, T* y, const W* gamma, co
   return {};
 }
 
-template <class K, class T, class W, bool Rms>
+template <class K, class T, class W, class N>
 inline status split_rows_backward(const layout& L, T* x, T* dy, T* dx, const W* gamma, const stat_t<T>* mean,
                                   const stat_t<T>* rstd, W* dgamma, W* dbeta, const workspace* ws, const team& tm) noexcept {
   const std::int64_t cols = L.cols, chunks = split_chunks(L);
@@ -743,30 +723,30 @@ inline status split_rows_backward(const layout& L, T* x, T* dy, T* dx, const W* 
   double* const sums = sc.doubles;
   std::fill_n(partial, 2 * cols, stat_t<T>(0));
   stat_t<T>* dg = dgamma ? partial : nullptr;
-  stat_t<T>* db = (dbeta && !Rms) ? partial + cols : nullptr;
+  stat_t<T>* db = (dbeta && N::centered) ? partial + cols : nullptr;
   for_each_row(L, 0, L.rows, [&](std::int64_t r, const std::int64_t* off, const std::int64_t*) {
-    const double m = Rms ? 0.0 : static_cast<double>(mean[r]), rs = static_cast<double>(rstd[r]);
+    const double m = N::centered ? static_cast<double>(mean[r]) : 0.0, rs = static_cast<double>(rstd[r]);
     parallel_for_on(tm, chunks, workers, [&](std::int64_t k0, std::int64_t k1, int) {
       for (std::int64_t k = k0; k < k1; ++k) {
         const std::int64_t o = k * kSplitChunk, len = std::min(kSplitChunk, cols - o);
-        K::template backward_sums<T, W>(Rms, x + off[0] + o, dy + off[1] + o, len, gamma ? gamma + o : gamma, m, rs,
+        K::template backward_sums<N, T, W>(x + off[0] + o, dy + off[1] + o, len, gamma ? gamma + o : gamma, m, rs,
                                         dg ? dg + o : dg, db ? db + o : db, sums[2 * k], sums[2 * k + 1]);
       }
     });
     double sg = 0, sgx = 0;
     for (std::int64_t k = 0; k < chunks; ++k) sg += sums[2 * k], sgx += sums[2 * k + 1];
-    const double c1 = Rms ? 0.0 : sg / static_cast<double>(cols), c2 = sgx / static_cast<double>(cols);
+    const double c1 = N::centered ? sg / static_cast<double>(cols) : 0.0, c2 = sgx / static_cast<double>(cols);
     parallel_for_on(tm, chunks, workers, [&](std::int64_t k0, std::int64_t k1, int) {
       for (std::int64_t k = k0; k < k1; ++k) {
         const std::int64_t o = k * kSplitChunk, len = std::min(kSplitChunk, cols - o);
-        K::template backward_apply<T, W>(Rms, x + off[0] + o, dy + off[1] + o, dx + off[2] + o, len,
+        K::template backward_apply<N, T, W>(x + off[0] + o, dy + off[1] + o, dx + off[2] + o, len,
                                          gamma ? gamma + o : gamma, m, rs, c1, c2);
       }
     });
   });
   for (std::int64_t c = 0; c < cols; ++c) {
     if (dgamma) dgamma[c] = narrow<W>(static_cast<double>(partial[c]));
-    if (dbeta) dbeta[c] = Rms ? narrow<W>(0.0) : narrow<W>(static_cast<double>(partial[cols + c]));
+    if (dbeta) dbeta[c] = N::centered ? narrow<W>(static_cast<double>(partial[cols + c])) : narrow<W>(0.0);
   }
   return {};
 }
@@ -865,19 +845,18 @@ struct row_layout {
 // ---- The scratch of each N-d call, for its layout on `threads` threads: one formula for the call and
 // ---- its *_workspace_size query, so that the two agree by construction.
 
-template <class T, bool Rms>
+template <class T, class N>
 inline scratch_plan norm_plan(const layout& L, int threads) noexcept {
   if (L.rows == 0) return {};
   if (splits_rows(L)) return split_forward_plan(L, threads);
-  if constexpr (Rms) return execute_plan<T>(L, rms_norm_op<scalar::kernels, T, T>{}, threads);
-  else return execute_plan<T>(L, layer_norm_op<scalar::kernels, T, T>{}, threads);
+  return execute_plan<T>(L, norm_op<scalar::kernels, T, T, N>{}, threads);
 }
 
 // `stream`: whether the call streams its outputs (the query assumes it may, the larger need).
 template <class T>
 inline scratch_plan add_norm_plan(const layout& L, bool stream, int threads) noexcept {
   if (L.rows == 0) return {};
-  add_norm_op<scalar::kernels, T, T, false> op{};
+  add_norm_op<scalar::kernels, T, T, layer_norm_kind> op{};
   op.stream = stream;
   return execute_plan<T>(L, op, threads);
 }
@@ -886,8 +865,8 @@ template <class T>
 inline scratch_plan norm_backward_plan(bool rms, const layout& L, int threads) noexcept {
   if (L.rows == 0) return {};
   if (splits_rows(L)) return split_backward_plan<T>(L);
-  if (rms) return execute_plan<T>(L, norm_backward_op<scalar::kernels, T, T, true>{}, threads);
-  return execute_plan<T>(L, norm_backward_op<scalar::kernels, T, T, false>{}, threads);
+  if (rms) return execute_plan<T>(L, norm_backward_op<scalar::kernels, T, T, rms_norm_kind>{}, threads);
+  return execute_plan<T>(L, norm_backward_op<scalar::kernels, T, T, layer_norm_kind>{}, threads);
 }
 
 // The layout of a query's problem; false for a problem the call would refuse for its shape or strides
@@ -942,9 +921,9 @@ inline int query_threads(int num_threads) noexcept {
 //   lnorm::try_layer_norm_nd<float>(4, shape, norm, {x, st}, {y, st}, g, b, 1e-6, nullptr, nullptr);
 
 namespace detail {
-// LayerNorm (Rms false) or RMSNorm (Rms true, beta and mean null) over an N-d strided tensor: the one
-// body of try_layer_norm_nd and try_rms_norm_nd.
-template <class T, class W, bool Rms>
+// Norm N (LayerNorm, or RMSNorm with beta and mean null) over an N-d strided tensor: the one body of
+// try_layer_norm_nd and try_rms_norm_nd.
+template <class T, class W, class N>
 status norm_nd(int ndim, const std::int64_t* shape, const bool* normalized, strided x, strided y, const W* gamma,
                const W* beta, double eps, stat_t<T>* mean, stat_t<T>* rstd, const workspace* ws) noexcept {
   using rules::arg;
@@ -969,9 +948,8 @@ status norm_nd(int ndim, const std::int64_t* shape, const bool* normalized, stri
   const team tm = current_team();
   return with_kernels([&](auto k) {
     using K = decltype(k);
-    if (splits_rows(L)) return split_rows_forward<K, T, W, Rms>(L, base[0], base[1], gamma, beta, eps, mean, rstd, stream, ws, tm);
-    if constexpr (Rms) return execute(L, base, rms_norm_op<K, T, W>{gamma, eps, rstd, L.cols, stream}, ws, tm);
-    else return execute(L, base, layer_norm_op<K, T, W>{gamma, beta, eps, mean, rstd, L.cols, stream}, ws, tm);
+    if (splits_rows(L)) return split_rows_forward<K, T, W, N>(L, base[0], base[1], gamma, beta, eps, mean, rstd, stream, ws, tm);
+    return execute(L, base, norm_op<K, T, W, N>{gamma, beta, eps, mean, rstd, L.cols, stream}, ws, tm);
   });
 }
 }  // namespace detail
@@ -982,7 +960,7 @@ template <class T, class W = T>
 status try_layer_norm_nd(int ndim, const std::int64_t* shape, const bool* normalized, strided x, strided y,
                          const detail::identity_t<W>* gamma, const detail::identity_t<W>* beta, double eps,
                          stat_t<T>* mean, stat_t<T>* rstd, const workspace* ws = nullptr) noexcept {
-  return detail::norm_nd<T, W, false>(ndim, shape, normalized, x, y, gamma, beta, eps, mean, rstd, ws);
+  return detail::norm_nd<T, W, detail::layer_norm_kind>(ndim, shape, normalized, x, y, gamma, beta, eps, mean, rstd, ws);
 }
 
 /// RMSNorm over the normalized axes of an N-d strided tensor; returns a status. y may be x.
@@ -991,8 +969,8 @@ template <class T, class W = T>
 status try_rms_norm_nd(int ndim, const std::int64_t* shape, const bool* normalized, strided x, strided y,
                        const detail::identity_t<W>* gamma, double eps, stat_t<T>* rstd,
                        const workspace* ws = nullptr) noexcept {
-  return detail::norm_nd<T, W, true>(ndim, shape, normalized, x, y, gamma, static_cast<const W*>(nullptr), eps,
-                                     static_cast<stat_t<T>*>(nullptr), rstd, ws);
+  return detail::norm_nd<T, W, detail::rms_norm_kind>(ndim, shape, normalized, x, y, gamma, static_cast<const W*>(nullptr),
+                                                      eps, static_cast<stat_t<T>*>(nullptr), rstd, ws);
 }
 
 /// s = x + bias_in + residual (rounded to T), y = layer_norm(s) (rms_norm(s) with `rms`; beta and mean
@@ -1036,11 +1014,11 @@ status try_add_norm_nd(bool rms, int ndim, const std::int64_t* shape, const bool
   const detail::team tm = detail::current_team();
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
-    if (rms)
-      return detail::execute(L, base, detail::add_norm_op<K, T, W, true>{bias_in, gamma, beta, eps, mean, rstd, L.cols, stream},
+    return detail::with_norm(rms, [&](auto kind) {
+      using N = decltype(kind);
+      return detail::execute(L, base, detail::add_norm_op<K, T, W, N>{bias_in, gamma, beta, eps, mean, rstd, L.cols, stream},
                              ws, tm);
-    return detail::execute(L, base, detail::add_norm_op<K, T, W, false>{bias_in, gamma, beta, eps, mean, rstd, L.cols, stream},
-                           ws, tm);
+    });
   });
 }
 
@@ -1085,18 +1063,14 @@ status try_norm_backward_nd(bool rms, int ndim, const std::int64_t* shape, const
   const bool stream = detail::streams(L, dx.data, x.data, sizeof(T));
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
-    if (detail::splits_rows(L)) {
-      if (rms)
-        return detail::split_rows_backward<K, T, W, true>(L, base[0], base[1], base[2], gamma, mean, rstd, dgamma, dbeta,
-                                                          ws, tm);
-      return detail::split_rows_backward<K, T, W, false>(L, base[0], base[1], base[2], gamma, mean, rstd, dgamma, dbeta,
-                                                         ws, tm);
-    }
-    if (rms)
-      return detail::execute(L, base, detail::norm_backward_op<K, T, W, true>{gamma, mean, rstd, dgamma, dbeta, L.cols, stream}, ws,
-                             tm);
-    return detail::execute(L, base, detail::norm_backward_op<K, T, W, false>{gamma, mean, rstd, dgamma, dbeta, L.cols, stream}, ws,
-                           tm);
+    return detail::with_norm(rms, [&](auto kind) {
+      using N = decltype(kind);
+      if (detail::splits_rows(L))
+        return detail::split_rows_backward<K, T, W, N>(L, base[0], base[1], base[2], gamma, mean, rstd, dgamma, dbeta, ws,
+                                                       tm);
+      return detail::execute(L, base, detail::norm_backward_op<K, T, W, N>{gamma, mean, rstd, dgamma, dbeta, L.cols, stream},
+                             ws, tm);
+    });
   });
 }
 
@@ -1119,7 +1093,7 @@ std::size_t layer_norm_workspace_size(int ndim, const std::int64_t* shape, const
   const std::int64_t* st[2] = {x_strides, y_strides};
   detail::layout L;
   if (!detail::query_layout(L, ndim, shape, normalized, 2, st, sizeof(T))) return 0;
-  return detail::norm_plan<T, false>(L, detail::query_threads(num_threads)).bytes();
+  return detail::norm_plan<T, detail::layer_norm_kind>(L, detail::query_threads(num_threads)).bytes();
 }
 
 /// Bytes of workspace try_rms_norm_nd needs.
@@ -1131,7 +1105,7 @@ std::size_t rms_norm_workspace_size(int ndim, const std::int64_t* shape, const b
   const std::int64_t* st[2] = {x_strides, y_strides};
   detail::layout L;
   if (!detail::query_layout(L, ndim, shape, normalized, 2, st, sizeof(T))) return 0;
-  return detail::norm_plan<T, true>(L, detail::query_threads(num_threads)).bytes();
+  return detail::norm_plan<T, detail::rms_norm_kind>(L, detail::query_threads(num_threads)).bytes();
 }
 
 /// Bytes of workspace try_add_norm_nd needs (LayerNorm or RMSNorm alike): a row buffer per thread when
@@ -1225,7 +1199,7 @@ status layer_norm_rows(const T* x, std::int64_t ld_x, T* y, std::int64_t ld_y, s
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
     for (std::int64_t r = 0; r < rows; ++r)
-      detail::norm_row<K, false>(x + r * ld_x, y + r * ld_y, cols, gamma, beta, eps, mean ? mean + r : nullptr,
+      detail::norm_row<K, detail::layer_norm_kind>(x + r * ld_x, y + r * ld_y, cols, gamma, beta, eps, mean ? mean + r : nullptr,
                                  rstd ? rstd + r : nullptr, false, static_cast<const T*>(nullptr),
                                  static_cast<detail::row_pipeline<T>*>(nullptr));
     detail::note_region(1, 1);
@@ -1253,7 +1227,7 @@ status rms_norm_rows(const T* x, std::int64_t ld_x, T* y, std::int64_t ld_y, std
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
     for (std::int64_t r = 0; r < rows; ++r)
-      detail::norm_row<K, true>(x + r * ld_x, y + r * ld_y, cols, gamma, static_cast<const W*>(nullptr), eps,
+      detail::norm_row<K, detail::rms_norm_kind>(x + r * ld_x, y + r * ld_y, cols, gamma, static_cast<const W*>(nullptr), eps,
                                 static_cast<stat_t<T>*>(nullptr), rstd ? rstd + r : nullptr, false,
                                 static_cast<const T*>(nullptr), static_cast<detail::row_pipeline<T>*>(nullptr));
     detail::note_region(1, 1);
@@ -1294,18 +1268,18 @@ status add_norm_rows(bool rms, const T* x, std::int64_t ld_x, const T* residual,
   if (rows == 0) return {};
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
-    for (std::int64_t r = 0; r < rows; ++r) {
-      T* sr = s + r * ld_s;
-      K::template add_row<T, W>(x + r * ld_x, residual + r * ld_r, bias_in, sr, cols);
-      const T* no_next = nullptr;
-      detail::row_pipeline<T>* no_pipe = nullptr;
-      if (rms) detail::norm_row<K, true>(sr, y + r * ld_y, cols, gamma, beta, eps, mean, rstd ? rstd + r : nullptr, false, no_next, no_pipe);
-      else
-        detail::norm_row<K, false>(sr, y + r * ld_y, cols, gamma, beta, eps, mean ? mean + r : nullptr,
-                                   rstd ? rstd + r : nullptr, false, no_next, no_pipe);
-    }
-    detail::note_region(1, 1);
-    return status{};
+    return detail::with_norm(rms, [&](auto kind) {
+      using N = decltype(kind);
+      for (std::int64_t r = 0; r < rows; ++r) {
+        T* sr = s + r * ld_s;
+        K::template add_row<T, W>(x + r * ld_x, residual + r * ld_r, bias_in, sr, cols);
+        detail::norm_row<K, N>(sr, y + r * ld_y, cols, gamma, beta, eps, mean ? mean + r : nullptr,
+                               rstd ? rstd + r : nullptr, false, static_cast<const T*>(nullptr),
+                               static_cast<detail::row_pipeline<T>*>(nullptr));
+      }
+      detail::note_region(1, 1);
+      return status{};
+    });
   });
 }
 
@@ -1338,16 +1312,22 @@ status norm_backward_rows(bool rms, const T* dy, std::int64_t ld_dy, const T* x,
   if (rows == 0) return {};
   return detail::with_kernels([&](auto k) {
     using K = decltype(k);
-    for (std::int64_t r = 0; r < rows; ++r) {
-      if (rms)
-        K::template rms_norm_backward_row<T, W>(x + r * ld_x, dy + r * ld_dy, dx + r * ld_dx, cols, gamma, rstd[r],
-                                                dgamma);
-      else
-        K::template layer_norm_backward_row<T, W>(x + r * ld_x, dy + r * ld_dy, dx + r * ld_dx, cols, gamma, mean[r],
-                                                  rstd[r], dgamma, dbeta);
-    }
-    detail::note_region(1, 1);
-    return status{};
+    return detail::with_norm(rms, [&](auto kind) {
+      using N = decltype(kind);
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const double m = N::centered ? static_cast<double>(mean[r]) : 0.0;
+        if constexpr (K::pipelined)
+          K::template norm_backward_row<N, T, W>(x + r * ld_x, dy + r * ld_dy, dx + r * ld_dx, cols, gamma, m, rstd[r],
+                                                 dgamma, dbeta, static_cast<const T*>(nullptr),
+                                                 static_cast<const T*>(nullptr), false,
+                                                 static_cast<detail::row_pipeline<T>*>(nullptr), 0.0, 0.0);
+        else
+          K::template norm_backward_row<N, T, W>(x + r * ld_x, dy + r * ld_dy, dx + r * ld_dx, cols, gamma, m, rstd[r],
+                                                 dgamma, dbeta);
+      }
+      detail::note_region(1, 1);
+      return status{};
+    });
   });
 }
 

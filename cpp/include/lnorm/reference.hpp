@@ -202,6 +202,23 @@ struct kernels {
     if (rstd) *rstd = static_cast<stat_t<T>>(st.rstd);
   }
 
+  /// The row of norm N (kernels/family.hpp): LayerNorm's when N is centered, else RMSNorm's (beta and
+  /// mean unused).
+  template <class N, class T, class W>
+  static void norm_row(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, double eps, stat_t<T>* mean,
+                       stat_t<T>* rstd) noexcept {
+    if constexpr (N::centered) layer_norm_row(x, y, n, gamma, beta, eps, mean, rstd);
+    else rms_norm_row(x, y, n, gamma, eps, rstd);
+  }
+
+  /// The backward of norm N's row (mean and db unused when N is not centered).
+  template <class N, class T, class W>
+  static void norm_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean,
+                                double rstd, stat_t<T>* dg, stat_t<T>* db) noexcept {
+    if constexpr (N::centered) layer_norm_backward_row(x, dy, dx, n, gamma, mean, rstd, dg, db);
+    else rms_norm_backward_row(x, dy, dx, n, gamma, rstd, dg);
+  }
+
   /// dx of layer_norm for one row, and dgamma/dbeta partials accumulated into dg/db (if not null).
   template <class T, class W>
   static void layer_norm_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma,
@@ -263,12 +280,11 @@ struct kernels {
 
   /// The fused add & norm of one row for large outputs: s built in buf (a row), normalized into y,
   /// then copied to s.
-  template <bool Rms, class T, class W>
+  template <class N, class T, class W>
   static void add_norm_row(const T* x, const T* res, const W* bias_in, T* s, T* y, std::int64_t n, const W* gamma,
                            const W* beta, double eps, stat_t<T>* mean, stat_t<T>* rstd, T* buf) noexcept {
     add_row(x, res, bias_in, buf, n);
-    if constexpr (Rms) rms_norm_row(buf, y, n, gamma, eps, rstd);
-    else layer_norm_row(buf, y, n, gamma, beta, eps, mean, rstd);
+    norm_row<N>(buf, y, n, gamma, beta, eps, mean, rstd);
     copy_row(buf, s, n);
   }
 
@@ -300,12 +316,12 @@ struct kernels {
 
   /// The backward's row sums over n elements, sum(g*dy) and sum(g*dy*xhat), and this piece's
   /// dgamma/dbeta partials (RMSNorm: mean = 0, db unused).
-  template <class T, class W>
-  static void backward_sums(bool rms, const T* x, const T* dy, std::int64_t n, const W* gamma, double mean, double rstd,
+  template <class N, class T, class W>
+  static void backward_sums(const T* x, const T* dy, std::int64_t n, const W* gamma, double mean, double rstd,
                             stat_t<T>* dg, stat_t<T>* db, double& sum_g, double& sum_gx) noexcept {
     sum_g = sum_gx = 0;
     for (std::int64_t i = 0; i < n; ++i) {
-      const double xhat = (widen(x[i]) - (rms ? 0.0 : mean)) * rstd;
+      const double xhat = (widen(x[i]) - (N::centered ? mean : 0.0)) * rstd;
       const double d = widen(dy[i]);
       const double gd = d * detail::weight_at(gamma, i, 1.0);
       sum_g += gd;
@@ -317,11 +333,11 @@ struct kernels {
 
   /// dx = rstd * (g*dy - c1 - xhat*c2) over n elements, c1 = mean(g*dy) (0 for RMSNorm),
   /// c2 = mean(g*dy*xhat) over the whole row.
-  template <class T, class W>
-  static void backward_apply(bool rms, const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean,
+  template <class N, class T, class W>
+  static void backward_apply(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean,
                              double rstd, double c1, double c2) noexcept {
     for (std::int64_t i = 0; i < n; ++i) {
-      const double xhat = (widen(x[i]) - (rms ? 0.0 : mean)) * rstd;
+      const double xhat = (widen(x[i]) - (N::centered ? mean : 0.0)) * rstd;
       const double gd = widen(dy[i]) * detail::weight_at(gamma, i, 1.0);
       dx[i] = narrow<T>(rstd * (gd - c1 - xhat * c2));
     }

@@ -8,6 +8,7 @@
 
 #include "../dispatch.hpp"
 #include "../reference.hpp"
+#include "family.hpp"
 #include "pipeline.hpp"
 
 #if defined(LNORM_HAVE_AVX2_KERNELS)

@@ -9,6 +9,7 @@
 
 #include "../dispatch.hpp"
 #include "../reference.hpp"
+#include "family.hpp"
 #include "pipeline.hpp"
 
 #if defined(LNORM_HAVE_NEON_KERNELS)

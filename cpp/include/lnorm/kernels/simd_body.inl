@@ -31,6 +31,8 @@ struct kernels {
   using V = vec<calc_t<T>>;
   template <class T>
   using pipeline = detail::row_pipeline<T>;
+  using layer_norm_kind = detail::layer_norm_kind;
+  using rms_norm_kind = detail::rms_norm_kind;
   using carried_sums = detail::carried_sums;
 
   // Whether normalize_pair (and add_row) work in split order: bfloat16 rows whose weights (or bias_in),
@@ -42,7 +44,7 @@ struct kernels {
   // (4 accumulator pairs: FP add latency 4, 2 ports), whichever sweep drives it: a sweep of its own
   // (shifted_sums, row_mean_square) or the normalizing sweep of the row before (the pipelined row
   // path), so both give bit-identical sums. LayerNorm: d = x - shift and d^2; RMSNorm: x^2 only.
-  template <class T, bool Rms>
+  template <class T, class N>
   struct row_sums {
     using E = calc_t<T>;
     using R = typename V<T>::reg;
@@ -63,7 +65,7 @@ struct kernels {
         c = V<T>::load(x + 2 * L);
         e = V<T>::load(x + 3 * L);
       }
-      if constexpr (!Rms) {
+      if constexpr (N::centered) {
         a = V<T>::sub(a, vk);
         b = V<T>::sub(b, vk);
         c = V<T>::sub(c, vk);
@@ -82,7 +84,7 @@ struct kernels {
     LNORM_VEC_INLINE void tail(const T* x, std::int64_t k) noexcept {
       for (std::int64_t i = 0; i < k; i += L) {
         R a = V<T>::load_n(x + i, k - i);
-        if constexpr (!Rms) {
+        if constexpr (N::centered) {
           a = V<T>::head(V<T>::sub(a, vk), k - i);
           d0 = V<T>::add(d0, a);
         }
@@ -98,7 +100,7 @@ struct kernels {
   static void shifted_sums(const T* x, std::int64_t n, calc_t<T> shift, calc_t<T>& sum_d, calc_t<T>& sum_q,
                            const T* next = nullptr) noexcept {
     constexpr std::int64_t L = V<T>::lanes;
-    row_sums<T, false> acc(shift);
+    row_sums<T, layer_norm_kind> acc(shift);
     std::int64_t i = 0;
     for (; i + 4 * L <= n; i += 4 * L) {
       prefetch_first_half(next, i, L, n);
@@ -149,7 +151,7 @@ struct kernels {
   template <class T>
   static void row_mean_square(const T* x, std::int64_t n, calc_t<T>& ms, const T* next = nullptr) noexcept {
     constexpr std::int64_t L = V<T>::lanes;
-    row_sums<T, true> acc(calc_t<T>(0));
+    row_sums<T, rms_norm_kind> acc(calc_t<T>(0));
     std::int64_t i = 0;
     for (; i + 4 * L <= n; i += 4 * L) {
       prefetch_first_half(next, i, L, n);
@@ -295,12 +297,12 @@ struct kernels {
   // normalize_row, while the row sums of nx (the next row, n elements, read from memory) accumulate
   // into acc in their fixed order: the next row's statistics sweep rides along with this row's
   // normalizing sweep, so memory streams through both at once (the pipelined row path).
-  template <bool G, bool B, bool S, bool Stream, bool Rms, class T, class W>
+  template <bool G, bool B, bool S, bool Stream, class N, class T, class W>
   static void normalize_row_piped(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
                                   calc_t<T> c, calc_t<T> r, std::int64_t head, const T* nx,
-                                  row_sums<T, Rms>& sums, std::int64_t pf) noexcept {
+                                  row_sums<T, N>& sums, std::int64_t pf) noexcept {
     using R = typename V<T>::reg;
-    row_sums<T, Rms> acc = sums;  // a local copy stays in registers (the stores to y may alias sums)
+    row_sums<T, N> acc = sums;  // a local copy stays in registers (the stores to y may alias sums)
     constexpr std::int64_t L = V<T>::lanes;
     const R vm = V<T>::set1(m0), vc = V<T>::set1(offset_term<S>(m0, c, r)), vr = V<T>::set1(r);
     std::int64_t j = 0, i = 0;
@@ -323,10 +325,10 @@ struct kernels {
     sums = acc;
   }
 
-  template <bool Rms, class T, class W>
+  template <class N, class T, class W>
   static void normalize_row_piped_any(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
                                       calc_t<T> c, calc_t<T> r, bool stream, const T* nx,
-                                      row_sums<T, Rms>& acc, std::int64_t pf) noexcept {
+                                      row_sums<T, N>& acc, std::int64_t pf) noexcept {
     // Full vectors are stored from a cache-line boundary on, streamed or not: a store split across
     // two lines costs as much as two.
     const std::int64_t aligned = stream_head(y);
@@ -334,7 +336,7 @@ struct kernels {
     const std::int64_t head = lined ? aligned : 0;
     if (stream && lined) fetch_tail_line(y, n);
     with_affine(gamma, beta, [&](auto g, auto b) {
-      constexpr bool G = decltype(g)::value, B = decltype(b)::value, S = !Rms;
+      constexpr bool G = decltype(g)::value, B = decltype(b)::value, S = N::centered;
       if (stream && lined) normalize_row_piped<G, B, S, true>(x, y, n, gamma, beta, m0, c, r, head, nx, acc, pf);
       else normalize_row_piped<G, B, S, false>(x, y, n, gamma, beta, m0, c, r, head, nx, acc, pf);
     });
@@ -356,11 +358,11 @@ struct kernels {
     return S ? -(c * r) : -((m0 + c) * r);
   }
 
-  template <bool Rms = false, class T, class W>
+  template <class N = layer_norm_kind, class T, class W>
   static void normalize_row_any(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
                                 calc_t<T> c, calc_t<T> r, bool stream, const T* next = nullptr) noexcept {
     with_affine(gamma, beta, [&](auto g, auto b) {
-      normalize_row<decltype(g)::value, decltype(b)::value, !Rms>(x, y, n, gamma, beta, m0, c, r, stream, next);
+      normalize_row<decltype(g)::value, decltype(b)::value, N::centered>(x, y, n, gamma, beta, m0, c, r, stream, next);
     });
   }
 
@@ -426,7 +428,7 @@ struct kernels {
     const E r = static_cast<E>(rstd_apply(ve));
     if (piped && next) {
       const E shift = row_shift(next, n);
-      row_sums<T, false> acc(shift);
+      row_sums<T, layer_norm_kind> acc(shift);
       normalize_row_piped_any(x, y, n, gamma, beta, m0, c, r, stream, next, acc, pipe->prefetch);
       pipe->leave({carried_sums::forward, next, nullptr, n, true, 0, shift, acc.sum_d(), acc.sum_q()});
     } else {
@@ -455,31 +457,34 @@ struct kernels {
     const E r = static_cast<E>(rstd_apply(ve));
     const W* no_beta = nullptr;
     if (piped && next) {
-      row_sums<T, true> acc(E(0));
+      row_sums<T, rms_norm_kind> acc(E(0));
       normalize_row_piped_any(x, y, n, gamma, no_beta, E(0), E(0), r, stream, next, acc, pipe->prefetch);
       pipe->leave({carried_sums::forward, next, nullptr, n, false, 0, E(0), E(0), acc.sum_q()});
     } else {
-      normalize_row_any<true>(x, y, n, gamma, no_beta, E(0), E(0), r, stream, next);
+      normalize_row_any<rms_norm_kind>(x, y, n, gamma, no_beta, E(0), E(0), r, stream, next);
       if (stream) V<T>::fence();  // the end of a piped chain
     }
     if (rstd) *rstd = static_cast<stat_t<T>>(1.0 / std::sqrt(ve));
   }
 
-  // With a pipeline, next_mean/next_rstd are the next row's statistics (see backward_row).
-  template <class T, class W>
-  static void layer_norm_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma,
-                                      double mean, double rstd, stat_t<T>* dg, stat_t<T>* db,
-                                      const T* next_x = nullptr, const T* next_dy = nullptr, bool stream = false,
-                                      pipeline<T>* pipe = nullptr, double next_mean = 0, double next_rstd = 0) noexcept {
-    backward_row<false>(x, dy, dx, n, gamma, mean, rstd, dg, db, next_x, next_dy, stream, pipe, next_mean, next_rstd);
+  // The row of norm N (family.hpp): what lnorm.hpp's ops call.
+  template <class N, class T, class W>
+  static void norm_row(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, double eps, stat_t<T>* mean,
+                       stat_t<T>* rstd, bool stream, const T* next, pipeline<T>* pipe) noexcept {
+    static_assert(N::weights == detail::weights_by::element, "row kernels index weights per element");
+    if constexpr (N::centered) layer_norm_row<T, W>(x, y, n, gamma, beta, eps, mean, rstd, stream, next, pipe);
+    else rms_norm_row<T, W>(x, y, n, gamma, eps, rstd, stream, next, pipe);
   }
 
-  template <class T, class W>
-  static void rms_norm_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double rstd,
-                                    stat_t<T>* dg, const T* next_x = nullptr, const T* next_dy = nullptr,
-                                    bool stream = false, pipeline<T>* pipe = nullptr, double next_rstd = 0) noexcept {
-    backward_row<true>(x, dy, dx, n, gamma, 0.0, rstd, dg, static_cast<stat_t<T>*>(nullptr), next_x, next_dy, stream,
-                       pipe, 0.0, next_rstd);
+  // The backward of norm N's row; with a pipeline, next_mean/next_rstd are the next row's statistics
+  // (see backward_row). mean and db are unused when N is not centered.
+  template <class N, class T, class W>
+  static void norm_backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean,
+                                double rstd, stat_t<T>* dg, stat_t<T>* db, const T* next_x, const T* next_dy,
+                                bool stream, pipeline<T>* pipe, double next_mean, double next_rstd) noexcept {
+    static_assert(N::weights == detail::weights_by::element, "row kernels index weights per element");
+    backward_row<N>(x, dy, dx, n, gamma, N::centered ? mean : 0.0, rstd, dg, N::centered ? db : nullptr, next_x, next_dy,
+                    stream, pipe, N::centered ? next_mean : 0.0, next_rstd);
   }
 
   /// dst = src over n elements; with `stream`, full vectors past an aligning head are stored
@@ -547,7 +552,7 @@ struct kernels {
   // next row, handled next by this worker, and a pipeline), the next row's s is built in the other
   // half of buf, and its statistics summed, during this row's output sweep, as the pipelined
   // layer_norm_row does (bit-identical sums); the pipeline tells the next call which half holds it.
-  template <bool Rms, class T, class W>
+  template <class N, class T, class W>
   static void add_norm_row(const T* x, const T* res, const W* bias_in, T* s, T* y, std::int64_t n, const W* gamma,
                            const W* beta, double eps, stat_t<T>* mean, stat_t<T>* rstd, const T* next_x,
                            const T* next_res, T* buf, pipeline<T>* pipe = nullptr) noexcept {
@@ -555,9 +560,9 @@ struct kernels {
     typename pipeline<T>::sums cr;
     T* cur = buf;
     E m0 = E(0), c = E(0), var;
-    if (pipe && pipe->take(carried_sums::add, x, res, n, !Rms, cr)) {
+    if (pipe && pipe->take(carried_sums::add, x, res, n, N::centered, cr)) {
       cur = buf + cr.half * n;
-      if constexpr (Rms) {
+      if constexpr (!N::centered) {
         var = cr.s2 / static_cast<E>(n);
       } else {
         m0 = cr.shift;
@@ -565,11 +570,11 @@ struct kernels {
       }
     } else {
       add_row(x, res, bias_in, cur, n);
-      if constexpr (Rms) row_mean_square(cur, n, var);
+      if constexpr (!N::centered) row_mean_square(cur, n, var);
       else row_moments(cur, n, m0, c, var);
     }
     if (!stats_ok(m0, c, var, eps)) {
-      if constexpr (Rms) scalar::kernels::rms_norm_row(cur, y, n, gamma, eps, rstd);
+      if constexpr (!N::centered) scalar::kernels::rms_norm_row(cur, y, n, gamma, eps, rstd);
       else scalar::kernels::layer_norm_row(cur, y, n, gamma, beta, eps, mean, rstd);
       copy_row(cur, s, n, true);
       V<T>::fence();  // the rows before may have streamed, unfenced
@@ -577,26 +582,26 @@ struct kernels {
     }
     const double ve = static_cast<double>(var) + eps;
     const E r = static_cast<E>(rstd_apply(ve));
-    if (Rms) beta = nullptr;
+    if constexpr (!N::centered) beta = nullptr;
     const std::int64_t head = stream_head(y);
     if (pipe && next_x && next_res && n >= 4 * V<T>::lanes && head >= 0 && head == stream_head(s)) {
       fetch_tail_line(y, n);
       fetch_tail_line(s, n);
       T* nxt = buf + (cur == buf ? n : 0);
-      const E shift = Rms ? E(0) : added_shift(next_x, next_res, bias_in, n);
-      row_sums<T, Rms> acc(shift);
+      const E shift = !N::centered ? E(0) : added_shift(next_x, next_res, bias_in, n);
+      row_sums<T, N> acc(shift);
       with_affine(gamma, beta, [&](auto g, auto b) {
-        add_norm_piped<decltype(g)::value, decltype(b)::value, !Rms>(cur, s, y, n, gamma, beta, m0, c, r, head, next_x,
+        add_norm_piped<decltype(g)::value, decltype(b)::value, N::centered>(cur, s, y, n, gamma, beta, m0, c, r, head, next_x,
                                                                 next_res, bias_in, nxt, acc, pipe->prefetch);
       });
-      pipe->leave({carried_sums::add, next_x, next_res, n, !Rms, cur == buf ? std::int64_t{1} : std::int64_t{0}, shift,
+      pipe->leave({carried_sums::add, next_x, next_res, n, N::centered, cur == buf ? std::int64_t{1} : std::int64_t{0}, shift,
                    acc.sum_d(), acc.sum_q()});
     } else {
-      normalize_row_any<Rms>(cur, y, n, gamma, beta, m0, c, r, true, next_x);
+      normalize_row_any<N>(cur, y, n, gamma, beta, m0, c, r, true, next_x);
       copy_row(cur, s, n, true, next_res);
       V<T>::fence();  // the end of a piped chain
     }
-    if (!Rms && mean) *mean = static_cast<stat_t<T>>(static_cast<double>(m0) + static_cast<double>(c));
+    if (N::centered && mean) *mean = static_cast<stat_t<T>>(static_cast<double>(m0) + static_cast<double>(c));
     if (rstd) *rstd = static_cast<stat_t<T>>(1.0 / std::sqrt(ve));
   }
 
@@ -614,13 +619,13 @@ struct kernels {
 
   // The output sweep of add_norm_row: y = norm(cur) and s = cur, both streamed past a common aligning
   // head, while the next row's s is built in nxt and its sums accumulate in row_sums order.
-  template <bool G, bool B, bool S, bool Rms, class T, class W>
+  template <bool G, bool B, bool S, class N, class T, class W>
   static void add_norm_piped(const T* cur, T* s, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
                              calc_t<T> c, calc_t<T> r, std::int64_t head, const T* nx, const T* nres,
-                             const W* bias_in, T* nxt, row_sums<T, Rms>& sums, std::int64_t pf) noexcept {
+                             const W* bias_in, T* nxt, row_sums<T, N>& sums, std::int64_t pf) noexcept {
     using R = typename V<T>::reg;
     constexpr std::int64_t L = V<T>::lanes;
-    row_sums<T, Rms> acc = sums;  // in registers (the stores may alias sums)
+    row_sums<T, N> acc = sums;  // in registers (the stores may alias sums)
     const R vm = V<T>::set1(m0), vc = V<T>::set1(offset_term<S>(m0, c, r)), vr = V<T>::set1(r);
     const auto out_plain = [&](std::int64_t j, std::int64_t k) {  // k elements at j, plain stores
       normalize_chunk<G, B, S>(cur + j, y + j, k, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
@@ -654,7 +659,7 @@ struct kernels {
  private:
   // k elements (a full vector if k >= lanes) of the backward's first sweep: sg += g*dy,
   // sx += g*dy*xhat, and this row's share of the dgamma/dbeta partials.
-  template <bool Rms, class T, class W>
+  template <class N, class T, class W>
   LNORM_VEC_INLINE static void backward_chunk(const T* x, const T* dy, std::int64_t k, const W* gamma, typename V<T>::reg vm,
                             typename V<T>::reg vr, stat_t<T>* dg, stat_t<T>* db, typename V<T>::reg& sg,
                             typename V<T>::reg& sx) noexcept {
@@ -663,9 +668,9 @@ struct kernels {
     const bool full = k >= V<T>::lanes;
     const R xv = full ? V<T>::load(x) : V<T>::load_n(x, k);
     const R d = full ? V<T>::load(dy) : V<T>::load_n(dy, k);
-    const R xh = V<T>::head(Rms ? V<T>::mul(xv, vr) : V<T>::mul(V<T>::sub(xv, vm), vr), k);
+    const R xh = V<T>::head(!N::centered ? V<T>::mul(xv, vr) : V<T>::mul(V<T>::sub(xv, vm), vr), k);
     const R gd = gamma ? V<T>::mul(d, full ? VW::load(gamma) : VW::load_n(gamma, k)) : d;
-    if (!Rms) sg = V<T>::add(sg, gd);
+    if constexpr (N::centered) sg = V<T>::add(sg, gd);
     sx = V<T>::fma(gd, xh, sx);
     if (dg) {
       const R p = V<T>::fma(d, xh, full ? VW::load(dg) : VW::load_n(dg, k));
@@ -680,7 +685,7 @@ struct kernels {
   }
 
   // First sweep of the backward: sg = sum(g*dy), sx = sum(g*dy*xhat); dg += dy*xhat; db += dy.
-  template <bool Rms, class T, class W>
+  template <class N, class T, class W>
   static void backward_row_sums(const T* x, const T* dy, std::int64_t n, const W* gamma, double mean_d, double rstd_d,
                                 stat_t<T>* dg, stat_t<T>* db, calc_t<T>& sg, calc_t<T>& sx) noexcept {
     using E = calc_t<T>;
@@ -690,18 +695,18 @@ struct kernels {
     R sg0 = V<T>::zero(), sg1 = V<T>::zero(), sx0 = V<T>::zero(), sx1 = V<T>::zero();
     std::int64_t i = 0;
     for (; i + 2 * L <= n; i += 2 * L) {
-      backward_chunk<Rms>(x + i, dy + i, L, gamma ? gamma + i : gamma, vm, vr, dg ? dg + i : dg, db ? db + i : db, sg0, sx0);
-      backward_chunk<Rms>(x + i + L, dy + i + L, L, gamma ? gamma + i + L : gamma, vm, vr, dg ? dg + i + L : dg,
+      backward_chunk<N>(x + i, dy + i, L, gamma ? gamma + i : gamma, vm, vr, dg ? dg + i : dg, db ? db + i : db, sg0, sx0);
+      backward_chunk<N>(x + i + L, dy + i + L, L, gamma ? gamma + i + L : gamma, vm, vr, dg ? dg + i + L : dg,
                          db ? db + i + L : db, sg1, sx1);
     }
     for (; i < n; i += L)
-      backward_chunk<Rms>(x + i, dy + i, n - i, gamma ? gamma + i : gamma, vm, vr, dg ? dg + i : dg, db ? db + i : db, sg0, sx0);
-    sg = Rms ? E(0) : V<T>::sum(V<T>::add(sg0, sg1));
+      backward_chunk<N>(x + i, dy + i, n - i, gamma ? gamma + i : gamma, vm, vr, dg ? dg + i : dg, db ? db + i : db, sg0, sx0);
+    sg = !N::centered ? E(0) : V<T>::sum(V<T>::add(sg0, sg1));
     sx = V<T>::sum(V<T>::add(sx0, sx1));
   }
 
   // dx = rstd * ((g*dy - c1) - xhat * c2) for k elements (a full vector if k >= lanes).
-  template <bool Rms, class T, class W>
+  template <class N, class T, class W>
   LNORM_VEC_INLINE static typename V<T>::reg backward_value(const T* x, const T* dy, std::int64_t k, const W* gamma,
                                            typename V<T>::reg vm, typename V<T>::reg vr, typename V<T>::reg c1,
                                            typename V<T>::reg c2) noexcept {
@@ -710,32 +715,32 @@ struct kernels {
     const bool full = k >= V<T>::lanes;
     const R xv = full ? V<T>::load(x) : V<T>::load_n(x, k);
     const R d = full ? V<T>::load(dy) : V<T>::load_n(dy, k);
-    const R xh = Rms ? V<T>::mul(xv, vr) : V<T>::mul(V<T>::sub(xv, vm), vr);
+    const R xh = !N::centered ? V<T>::mul(xv, vr) : V<T>::mul(V<T>::sub(xv, vm), vr);
     const R gd = gamma ? V<T>::mul(d, full ? VW::load(gamma) : VW::load_n(gamma, k)) : d;
     return V<T>::mul(vr, V<T>::sub(V<T>::sub(gd, c1), V<T>::mul(xh, c2)));
   }
 
   // k elements of the second sweep, stored (plainly: k < lanes, or not Stream) or streamed.
-  template <bool Rms, bool Stream = false, class T, class W>
+  template <class N, bool Stream = false, class T, class W>
   LNORM_VEC_INLINE static void backward_apply_chunk(const T* x, const T* dy, T* dx, std::int64_t k, const W* gamma,
                                    typename V<T>::reg vm, typename V<T>::reg vr, typename V<T>::reg c1,
                                    typename V<T>::reg c2) noexcept {
-    const auto t = backward_value<Rms>(x, dy, k, gamma, vm, vr, c1, c2);
+    const auto t = backward_value<N>(x, dy, k, gamma, vm, vr, c1, c2);
     if (k < V<T>::lanes) V<T>::store_n(dx, t, k);
     else if constexpr (Stream) V<T>::stream(dx, t);
     else V<T>::store(dx, t);
   }
 
   // Two full vectors of the second sweep, dx streamed as one pair (aligned to 2 * lanes * sizeof(T)).
-  template <bool Rms, class T, class W>
+  template <class N, class T, class W>
   LNORM_VEC_INLINE static void backward_apply_pair(const T* x, const T* dy, T* dx, const W* gamma, typename V<T>::reg vm,
                                   typename V<T>::reg vr, typename V<T>::reg c1, typename V<T>::reg c2) noexcept {
     constexpr std::int64_t L = V<T>::lanes;
-    V<T>::stream2(dx, backward_value<Rms>(x, dy, L, gamma, vm, vr, c1, c2),
-                  backward_value<Rms>(x + L, dy + L, L, gamma ? gamma + L : gamma, vm, vr, c1, c2));
+    V<T>::stream2(dx, backward_value<N>(x, dy, L, gamma, vm, vr, c1, c2),
+                  backward_value<N>(x + L, dy + L, L, gamma ? gamma + L : gamma, vm, vr, c1, c2));
   }
 
-  template <bool Rms, class T, class W>
+  template <class N, class T, class W>
   static void backward_row_apply(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean_d,
                                  double rstd_d, calc_t<T> c1_s, calc_t<T> c2_s, const T* next_x = nullptr,
                                  const T* next_dy = nullptr) noexcept {
@@ -747,26 +752,26 @@ struct kernels {
     for (std::int64_t i = 0; i < n; i += L) {
       prefetch_row(next_x, i, n);
       prefetch_row(next_dy, i, n);
-      backward_apply_chunk<Rms>(x + i, dy + i, dx + i, n - i, gamma ? gamma + i : gamma, vm, vr, c1, c2);
+      backward_apply_chunk<N>(x + i, dy + i, dx + i, n - i, gamma ? gamma + i : gamma, vm, vr, c1, c2);
     }
   }
 
 
-  template <bool Rms, bool Stream, class T, class W>
+  template <class N, bool Stream, class T, class W>
   LNORM_VEC_INLINE static void apply_pair(const T* x, const T* dy, T* dx, const W* gamma, typename V<T>::reg vm, typename V<T>::reg vr,
                          typename V<T>::reg c1, typename V<T>::reg c2) noexcept {
     constexpr std::int64_t L = V<T>::lanes;
     if constexpr (Stream) {
-      backward_apply_pair<Rms>(x, dy, dx, gamma, vm, vr, c1, c2);
+      backward_apply_pair<N>(x, dy, dx, gamma, vm, vr, c1, c2);
     } else {
-      backward_apply_chunk<Rms>(x, dy, dx, L, gamma, vm, vr, c1, c2);
-      backward_apply_chunk<Rms>(x + L, dy + L, dx + L, L, gamma ? gamma + L : gamma, vm, vr, c1, c2);
+      backward_apply_chunk<N>(x, dy, dx, L, gamma, vm, vr, c1, c2);
+      backward_apply_chunk<N>(x + L, dy + L, dx + L, L, gamma ? gamma + L : gamma, vm, vr, c1, c2);
     }
   }
 
   // The second sweep of this row, while the first sweep of the next row (nx, ndy, with its own mean
   // and rstd) runs along in backward_row_sums' order (bit-identical sums and dgamma/dbeta partials).
-  template <bool Rms, bool Stream, class T, class W>
+  template <class N, bool Stream, class T, class W>
   static void backward_row_piped(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean_d,
                                  double rstd_d, calc_t<T> c1_s, calc_t<T> c2_s, std::int64_t head, const T* nx,
                                  const T* ndy, double nmean_d, double nrstd_d, stat_t<T>* dg, stat_t<T>* db,
@@ -780,27 +785,27 @@ struct kernels {
     R sg0 = V<T>::zero(), sg1 = V<T>::zero(), sx0 = V<T>::zero(), sx1 = V<T>::zero();
     std::int64_t j = 0, i = 0;
     for (; j < head; j += L)
-      backward_apply_chunk<Rms>(x + j, dy + j, dx + j, head - j, gamma ? gamma + j : gamma, vm, vr, c1, c2);
+      backward_apply_chunk<N>(x + j, dy + j, dx + j, head - j, gamma ? gamma + j : gamma, vm, vr, c1, c2);
     j = head;
     for (; i + 2 * L <= n; i += 2 * L) {
-      backward_chunk<Rms>(nx + i, ndy + i, L, gamma ? gamma + i : gamma, nvm, nvr, dg ? dg + i : dg, db ? db + i : db,
+      backward_chunk<N>(nx + i, ndy + i, L, gamma ? gamma + i : gamma, nvm, nvr, dg ? dg + i : dg, db ? db + i : db,
                           sg0, sx0);
-      backward_chunk<Rms>(nx + i + L, ndy + i + L, L, gamma ? gamma + i + L : gamma, nvm, nvr, dg ? dg + i + L : dg,
+      backward_chunk<N>(nx + i + L, ndy + i + L, L, gamma ? gamma + i + L : gamma, nvm, nvr, dg ? dg + i + L : dg,
                           db ? db + i + L : db, sg1, sx1);
       if (j + 2 * L <= n) {
-        apply_pair<Rms, Stream>(x + j, dy + j, dx + j, gamma ? gamma + j : gamma, vm, vr, c1, c2);
+        apply_pair<N, Stream>(x + j, dy + j, dx + j, gamma ? gamma + j : gamma, vm, vr, c1, c2);
         j += 2 * L;
       }
     }
     for (; i < n; i += L)
-      backward_chunk<Rms>(nx + i, ndy + i, n - i, gamma ? gamma + i : gamma, nvm, nvr, dg ? dg + i : dg,
+      backward_chunk<N>(nx + i, ndy + i, n - i, gamma ? gamma + i : gamma, nvm, nvr, dg ? dg + i : dg,
                           db ? db + i : db, sg0, sx0);
     for (; j + 2 * L <= n; j += 2 * L)
-      apply_pair<Rms, Stream>(x + j, dy + j, dx + j, gamma ? gamma + j : gamma, vm, vr, c1, c2);
+      apply_pair<N, Stream>(x + j, dy + j, dx + j, gamma ? gamma + j : gamma, vm, vr, c1, c2);
     // No fence: the thread's last row fences for the chain (see layer_norm_row).
     for (; j < n; j += L)
-      backward_apply_chunk<Rms>(x + j, dy + j, dx + j, n - j, gamma ? gamma + j : gamma, vm, vr, c1, c2);
-    nsg = Rms ? E(0) : V<T>::sum(V<T>::add(sg0, sg1));
+      backward_apply_chunk<N>(x + j, dy + j, dx + j, n - j, gamma ? gamma + j : gamma, vm, vr, c1, c2);
+    nsg = !N::centered ? E(0) : V<T>::sum(V<T>::add(sg0, sg1));
     nsx = V<T>::sum(V<T>::add(sx0, sx1));
   }
 
@@ -808,7 +813,7 @@ struct kernels {
   // `piped` (the rows layout, next row's mean and rstd given): the next row's first sweep runs during
   // this row's second, and its sums are handed to the next call on this thread, so x and dy stream
   // from memory once; with `stream`, dx is stored non-temporally.
-  template <bool Rms, class T, class W>
+  template <class N, class T, class W>
   static void backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean_d,
                            double rstd_d, stat_t<T>* dg, stat_t<T>* db, const T* next_x, const T* next_dy,
                            bool stream = false, pipeline<T>* pipe = nullptr, double next_mean = 0,
@@ -817,16 +822,16 @@ struct kernels {
     E sg, sx;
     typename pipeline<T>::sums cr;
     const bool piped = pipe != nullptr;
-    if (piped && pipe->take(carried_sums::backward, x, dy, n, !Rms, cr)) {
+    if (piped && pipe->take(carried_sums::backward, x, dy, n, N::centered, cr)) {
       sg = cr.s1;
       sx = cr.s2;
     } else {
-      backward_row_sums<Rms>(x, dy, n, gamma, mean_d, rstd_d, dg, db, sg, sx);
+      backward_row_sums<N>(x, dy, n, gamma, mean_d, rstd_d, dg, db, sg, sx);
     }
     const E c1 = sg / static_cast<E>(n), c2 = sx / static_cast<E>(n);
     if (!(piped && next_x && next_dy)) {
       if (!stream) {
-        backward_row_apply<Rms>(x, dy, dx, n, gamma, mean_d, rstd_d, c1, c2, next_x, next_dy);
+        backward_row_apply<N>(x, dy, dx, n, gamma, mean_d, rstd_d, c1, c2, next_x, next_dy);
         return;
       }
     }
@@ -839,12 +844,12 @@ struct kernels {
     if (piped && next_x && next_dy) {
       E nsg, nsx;
       if (streamed)
-        backward_row_piped<Rms, true>(x, dy, dx, n, gamma, mean_d, rstd_d, c1, c2, head, next_x, next_dy, next_mean,
+        backward_row_piped<N, true>(x, dy, dx, n, gamma, mean_d, rstd_d, c1, c2, head, next_x, next_dy, next_mean,
                                       next_rstd, dg, db, nsg, nsx);
       else
-        backward_row_piped<Rms, false>(x, dy, dx, n, gamma, mean_d, rstd_d, c1, c2, head, next_x, next_dy, next_mean,
+        backward_row_piped<N, false>(x, dy, dx, n, gamma, mean_d, rstd_d, c1, c2, head, next_x, next_dy, next_mean,
                                        next_rstd, dg, db, nsg, nsx);
-      pipe->leave({carried_sums::backward, next_x, next_dy, n, !Rms, 0, E(0), nsg, nsx});
+      pipe->leave({carried_sums::backward, next_x, next_dy, n, N::centered, 0, E(0), nsg, nsx});
       return;
     }
     // Streamed, not piped (the last row of a block).
@@ -855,12 +860,12 @@ struct kernels {
     std::int64_t j = 0;
     if (streamed) {
       for (; j < head; j += L)
-        backward_apply_chunk<Rms>(x + j, dy + j, dx + j, head - j, gamma ? gamma + j : gamma, vm, vr, v1, v2);
+        backward_apply_chunk<N>(x + j, dy + j, dx + j, head - j, gamma ? gamma + j : gamma, vm, vr, v1, v2);
       for (j = head; j + 2 * L <= n; j += 2 * L)
-        backward_apply_pair<Rms>(x + j, dy + j, dx + j, gamma ? gamma + j : gamma, vm, vr, v1, v2);
+        backward_apply_pair<N>(x + j, dy + j, dx + j, gamma ? gamma + j : gamma, vm, vr, v1, v2);
     }
     for (; j < n; j += L)
-      backward_apply_chunk<Rms>(x + j, dy + j, dx + j, n - j, gamma ? gamma + j : gamma, vm, vr, v1, v2);
+      backward_apply_chunk<N>(x + j, dy + j, dx + j, n - j, gamma ? gamma + j : gamma, vm, vr, v1, v2);
     V<T>::fence();  // this row's streaming stores, and those of the piped rows before it
   }
 
@@ -891,21 +896,19 @@ struct kernels {
     if (stream) V<T>::fence();
   }
 
-  template <class T, class W>
-  static void backward_sums(bool rms, const T* x, const T* dy, std::int64_t n, const W* gamma, double mean, double rstd,
+  template <class N, class T, class W>
+  static void backward_sums(const T* x, const T* dy, std::int64_t n, const W* gamma, double mean, double rstd,
                             stat_t<T>* dg, stat_t<T>* db, double& sum_g, double& sum_gx) noexcept {
     calc_t<T> sg, sx;
-    if (rms) backward_row_sums<true>(x, dy, n, gamma, mean, rstd, dg, db, sg, sx);
-    else backward_row_sums<false>(x, dy, n, gamma, mean, rstd, dg, db, sg, sx);
+    backward_row_sums<N>(x, dy, n, gamma, mean, rstd, dg, db, sg, sx);
     sum_g = sg;
     sum_gx = sx;
   }
 
-  template <class T, class W>
-  static void backward_apply(bool rms, const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean,
+  template <class N, class T, class W>
+  static void backward_apply(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean,
                              double rstd, double c1, double c2) noexcept {
-    if (rms) backward_row_apply<true>(x, dy, dx, n, gamma, mean, rstd, static_cast<calc_t<T>>(c1), static_cast<calc_t<T>>(c2));
-    else backward_row_apply<false>(x, dy, dx, n, gamma, mean, rstd, static_cast<calc_t<T>>(c1), static_cast<calc_t<T>>(c2));
+    backward_row_apply<N>(x, dy, dx, n, gamma, mean, rstd, static_cast<calc_t<T>>(c1), static_cast<calc_t<T>>(c2));
   }
 
   // ---- column tiles (non-trailing axes): lanes are unit-stride, the normalized axis strides ------
@@ -1055,14 +1058,14 @@ struct kernels {
                                        std::int64_t dxs, std::int64_t n, std::int64_t width, const W* gamma,
                                        const stat_t<T>* mean, const stat_t<T>* rstd, stat_t<T>* dg,
                                        stat_t<T>* db) noexcept {
-    backward_cols<false>(x, xs, dy, dys, dx, dxs, n, width, gamma, mean, rstd, dg, db);
+    backward_cols<layer_norm_kind>(x, xs, dy, dys, dx, dxs, n, width, gamma, mean, rstd, dg, db);
   }
 
   template <class T, class W>
   static void rms_norm_backward_cols(const T* x, std::int64_t xs, const T* dy, std::int64_t dys, T* dx,
                                      std::int64_t dxs, std::int64_t n, std::int64_t width, const W* gamma,
                                      const stat_t<T>* rstd, stat_t<T>* dg) noexcept {
-    backward_cols<true>(x, xs, dy, dys, dx, dxs, n, width, gamma, static_cast<const stat_t<T>*>(nullptr), rstd, dg,
+    backward_cols<rms_norm_kind>(x, xs, dy, dys, dx, dxs, n, width, gamma, static_cast<const stat_t<T>*>(nullptr), rstd, dg,
                         static_cast<stat_t<T>*>(nullptr));
   }
 
@@ -1086,7 +1089,7 @@ struct kernels {
   }
 
  private:
-  template <bool Rms, class T, class W>
+  template <class N, class T, class W>
   static void backward_cols(const T* x, std::int64_t xs, const T* dy, std::int64_t dys, T* dx, std::int64_t dxs,
                             std::int64_t n, std::int64_t width, const W* gamma, const stat_t<T>* mean,
                             const stat_t<T>* rstd, stat_t<T>* dg, stat_t<T>* db) noexcept {
@@ -1100,7 +1103,7 @@ struct kernels {
       m[j] = r[j] = sg[j] = sx[j] = V<T>::zero();
     }
     for (std::int64_t j = 0; j < nr; ++j) {
-      if (!Rms) m[j] = VS::load_n(mean + j * L, width - j * L);
+      if constexpr (N::centered) m[j] = VS::load_n(mean + j * L, width - j * L);
       r[j] = VS::load_n(rstd + j * L, width - j * L);
     }
     for (std::int64_t c = 0; c < n; ++c) {
@@ -1109,9 +1112,9 @@ struct kernels {
       for (std::int64_t j = 0; j < nr; ++j) {
         const std::int64_t k = width - j * L;
         const R xv = V<T>::load_n(x + c * xs + j * L, k), d = V<T>::load_n(dy + c * dys + j * L, k);
-        const R xh = V<T>::head(Rms ? V<T>::mul(xv, r[j]) : V<T>::mul(V<T>::sub(xv, m[j]), r[j]), k);
+        const R xh = V<T>::head(!N::centered ? V<T>::mul(xv, r[j]) : V<T>::mul(V<T>::sub(xv, m[j]), r[j]), k);
         const R gd = V<T>::mul(d, g);
-        if (!Rms) sg[j] = V<T>::add(sg[j], gd);
+        if constexpr (N::centered) sg[j] = V<T>::add(sg[j], gd);
         sx[j] = V<T>::fma(gd, xh, sx[j]);
         pg = V<T>::fma(d, xh, pg);
         pb = V<T>::add(pb, d);
@@ -1129,7 +1132,7 @@ struct kernels {
       for (std::int64_t j = 0; j < nr; ++j) {
         const std::int64_t k = width - j * L;
         const R xv = V<T>::load_n(x + c * xs + j * L, k), d = V<T>::load_n(dy + c * dys + j * L, k);
-        const R xh = Rms ? V<T>::mul(xv, r[j]) : V<T>::mul(V<T>::sub(xv, m[j]), r[j]);
+        const R xh = !N::centered ? V<T>::mul(xv, r[j]) : V<T>::mul(V<T>::sub(xv, m[j]), r[j]);
         const R t = V<T>::mul(r[j], V<T>::sub(V<T>::sub(V<T>::mul(d, g), sg[j]), V<T>::mul(xh, sx[j])));
         if (k >= L) V<T>::store(dx + c * dxs + j * L, t);
         else V<T>::store_n(dx + c * dxs + j * L, t, k);
