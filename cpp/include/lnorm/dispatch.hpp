@@ -30,8 +30,10 @@
 // trip through memory for its vectors, per vector (seen with GCC at -O2 and -O3 on 16-bit rows).
 #if defined(__GNUC__) || defined(__clang__)
 #define LNORM_VEC_INLINE __attribute__((always_inline)) inline
+#define LNORM_LAMBDA_INLINE __attribute__((always_inline))  // after a lambda's parameter list
 #else
 #define LNORM_VEC_INLINE inline
+#define LNORM_LAMBDA_INLINE
 #endif
 
 namespace lnorm {
