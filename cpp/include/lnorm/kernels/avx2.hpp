@@ -173,4 +173,12 @@ struct vec<double> {
 #pragma GCC pop_options
 #endif
 
+#else
+
+namespace lnorm {
+namespace avx2 {
+using kernels = not_built<isa::avx2>;  // not in this build (LNORM_HAVE_AVX2_KERNELS)
+}  // namespace avx2
+}  // namespace lnorm
+
 #endif

@@ -202,4 +202,12 @@ struct vec<double> {
 #pragma GCC pop_options
 #endif
 
+#else
+
+namespace lnorm {
+namespace avx512 {
+using kernels = not_built<isa::avx512>;  // not in this build (LNORM_HAVE_AVX512_KERNELS)
+}  // namespace avx512
+}  // namespace lnorm
+
 #endif

@@ -151,4 +151,12 @@ struct vec<double> {
 #pragma GCC pop_options
 #endif
 
+#else
+
+namespace lnorm {
+namespace neon {
+using kernels = not_built<isa::neon>;  // not in this build (LNORM_HAVE_NEON_KERNELS)
+}  // namespace neon
+}  // namespace lnorm
+
 #endif
