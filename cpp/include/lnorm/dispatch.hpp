@@ -83,10 +83,11 @@ constexpr bool same_text(const char* a, const char* b) noexcept {
 
 /// Every kernel set, worst first: the one list that names them. best_isa() takes the last row this
 /// build and CPU can run (rows of different architectures never compete: only one can run). Adding a
-/// kernel set: its header in kernels/ (see avx2.hpp: a vec<float> and vec<double>, then
-/// simd_body.inl; in the #else branch, `using kernels = not_built<isa::...>`), an `isa` value, a
-/// LNORM_HAVE_<ISA>_KERNELS condition above, a row here at its rank, and its kernels in lnorm.hpp's
-/// detail::kernel_set_list (same order as these rows; a static_assert there says so).
+/// kernel set: its header in kernels/ (see avx2.hpp: a vec<float> and vec<double> as
+/// kernels/vec_interface.inl states, then simd_body.inl; in the #else branch, `using kernels =
+/// not_built<isa::...>`), an `isa` value, a LNORM_HAVE_<ISA>_KERNELS condition above, a row here at
+/// its rank, and its kernels in lnorm.hpp's detail::kernel_set_list (same order as these rows; a
+/// static_assert there says so).
 ///   for (const lnorm::isa_info& k : lnorm::isa_table) std::printf("%s %d\n", k.name, lnorm::isa_available(k.id));
 inline constexpr isa_info isa_table[] = {
     // id, name, compiled in (its LNORM_HAVE_<ISA>_KERNELS), CPU needs (its header's target region)

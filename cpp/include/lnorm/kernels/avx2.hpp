@@ -159,6 +159,7 @@ struct vec<double> {
   }
 };
 
+#include "vec_interface.inl"
 #define LNORM_SIMD_NAME "avx2"
 #include "simd_body.inl"
 #undef LNORM_SIMD_NAME

@@ -140,6 +140,7 @@ struct vec<double> {
   LNORM_VEC_INLINE static double sum(reg v) noexcept { return vaddvq_f64(v); }
 };
 
+#include "vec_interface.inl"
 #define LNORM_SIMD_NAME "neon"
 #include "simd_body.inl"
 #undef LNORM_SIMD_NAME
