@@ -87,7 +87,7 @@ constexpr bool same_text(const char* a, const char* b) noexcept {
 /// kernels/vec_interface.inl states, then simd_body.inl; in the #else branch, `using kernels =
 /// not_built<isa::...>`), an `isa` value, a LNORM_HAVE_<ISA>_KERNELS condition above, a row here at
 /// its rank, and its kernels in lnorm.hpp's detail::kernel_set_list (same order as these rows; a
-/// static_assert there says so).
+/// static_assert there says so). Python reads the names from here (_lnorm.isa_names()).
 ///   for (const lnorm::isa_info& k : lnorm::isa_table) std::printf("%s %d\n", k.name, lnorm::isa_available(k.id));
 inline constexpr isa_info isa_table[] = {
     // id, name, compiled in (its LNORM_HAVE_<ISA>_KERNELS), CPU needs (its header's target region)
