@@ -189,8 +189,8 @@ int main(int argc, char** argv) {
   };
 
   std::vector<lnorm::isa> isas;
-  for (lnorm::isa i : {lnorm::isa::scalar, lnorm::isa::avx2, lnorm::isa::avx512, lnorm::isa::neon})
-    if (lnorm::isa_available(i)) isas.push_back(i);
+  for (const lnorm::isa_info& k : lnorm::isa_table)
+    if (lnorm::isa_available(k.id)) isas.push_back(k.id);
   // results[isa][case]
   std::vector<std::vector<std::vector<double>>> results(isas.size(), std::vector<std::vector<double>>(cases.size()));
   for (int round = 0; round < rounds; ++round) {
