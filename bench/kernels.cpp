@@ -4,6 +4,7 @@
 //   cmake -S . -B build/bench -DLNORM_BENCH=ON -DCMAKE_BUILD_TYPE=Release && cmake --build build/bench
 //   build/bench/lnorm_bench_kernels                      # in cache: 16 x 4096, repeated, 1 thread
 //   build/bench/lnorm_bench_kernels 8192 1024 2          # rows cols threads: out of cache
+//   build/bench/lnorm_bench_kernels 8192 1024 1 7 avx512 # rounds, and only these kernel sets
 //
 // A kernel's bytes: LayerNorm and RMSNorm read x and write y (a copy of x); add & norm reads x and
 // residual and writes s and y (a copy of twice the bytes); the backward reads x and dy and writes dx
@@ -152,7 +153,7 @@ int main(int argc, char** argv) {
   const int threads = argc > 3 ? std::atoi(argv[3]) : 1;
   const int rounds = argc > 4 ? std::atoi(argv[4]) : 7;
   if (rows <= 0 || cols <= 0 || threads <= 0 || rounds <= 0) {
-    std::fprintf(stderr, "usage: %s [rows cols threads rounds]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s [rows cols threads rounds isa,isa,...]\n", argv[0]);
     return 2;
   }
   lnorm::set_num_threads(threads);
@@ -189,8 +190,10 @@ int main(int argc, char** argv) {
   };
 
   std::vector<lnorm::isa> isas;
-  for (lnorm::isa i : {lnorm::isa::scalar, lnorm::isa::avx2, lnorm::isa::avx512, lnorm::isa::neon})
-    if (lnorm::isa_available(i)) isas.push_back(i);
+  const std::string only = argc > 5 ? argv[5] : "";  // a comma-separated list of kernel sets, else all
+  for (const lnorm::isa_info& k : lnorm::isa_table)
+    if (lnorm::isa_available(k.id) && (only.empty() || ("," + only + ",").find(std::string(",") + k.name + ",") != std::string::npos))
+      isas.push_back(k.id);
   // results[isa][case]
   std::vector<std::vector<std::vector<double>>> results(isas.size(), std::vector<std::vector<double>>(cases.size()));
   for (int round = 0; round < rounds; ++round) {

@@ -12,6 +12,7 @@
 #include <nanobind/stl/vector.h>
 
 #include <cstdint>
+#include <iterator>
 #include <limits>
 #include <optional>
 #include <stdexcept>
@@ -582,8 +583,12 @@ void copy_rows(nb::handle src_, nb::handle dst_, nb::handle kind_) {
 
 lnorm::isa isa_from(const std::string& name) {
   lnorm::isa i;
-  if (!lnorm::parse_isa(name.c_str(), i)) throw std::invalid_argument("isa: expected scalar, avx2, avx512 or neon");
-  return i;
+  if (lnorm::parse_isa(name.c_str(), i)) return i;
+  std::string expected = "isa: expected ";  // "scalar, avx2, avx512 or neon", from lnorm::isa_table
+  const std::size_t n = std::size(lnorm::isa_table);
+  for (std::size_t k = 0; k < n; ++k)
+    expected += std::string(k == 0 ? "" : k + 1 == n ? " or " : ", ") + lnorm::isa_table[k].name;
+  throw std::invalid_argument(expected);
 }
 
 }  // namespace
@@ -632,6 +637,11 @@ NB_MODULE(_lnorm, m) {
   m.def("in_main_interpreter", &lnorm_py::in_main_interpreter, "Whether this is the main interpreter.");
   lnorm_py::install_gate_fork_handler();
 
+  m.def("isa_names", [] {
+    nb::list names;
+    for (const lnorm::isa_info& k : lnorm::isa_table) names.append(std::string(k.name));
+    return names;
+  }, "Every kernel set's name, worst first (lnorm::isa_table's rows), whether or not this build or CPU has it.");
   m.def("active_isa", [] { return std::string(lnorm::active_isa()); });
   m.def("set_isa", [](const std::string& name) { return lnorm::set_isa(isa_from(name)); }, nb::arg("name"));
   m.def("isa_compiled", [](const std::string& name) { return lnorm::isa_compiled(isa_from(name)); }, nb::arg("name"));

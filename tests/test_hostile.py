@@ -880,7 +880,7 @@ def _every_path(x, dy, w, b):
             ("huge_row", lambda: lnorm.layer_norm(x, axis=(0, 1)))]
 
 
-@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512", "neon"])
+@pytest.mark.parametrize("isa", _lnorm.isa_names())
 def test_the_forced_kernel_set_is_the_one_that_runs(isa, rng, restore_settings):
     """set_isa(isa): every native entry reports (from the kernels it really called, not from the
     setting) that isa's kernels ran."""

@@ -23,6 +23,7 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS_DIR)
 PUBLIC = ["layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward", "add_layer_norm",
           "add_rms_norm", "LayerNorm", "RMSNorm", "set_num_threads", "get_num_threads", "config"]
+# The kernel set names API.md promises (config()["isa"], LNORM_ISA, active_isa()); lnorm may add more.
 ISAS = ("scalar", "avx2", "avx512", "neon")
 
 
@@ -47,6 +48,20 @@ def test_public_names():
         assert callable(obj), name
         assert obj.__doc__ and obj.__doc__.strip(), f"{name} has no docstring"
     assert set(PUBLIC) <= set(getattr(lnorm, "__all__", PUBLIC))
+
+
+def test_kernel_set_names_come_from_the_native_table():
+    """lnorm.set_isa, available_isas() and the LNORM_ISA check read the kernel sets from the native
+    table (lnorm::isa_table, through _lnorm.isa_names()): every name API.md promises is there,
+    scalar first, and available_isas() keeps the table's order (worst first)."""
+    from lnorm import _config, _lnorm
+    names = tuple(_lnorm.isa_names())
+    assert _config.ISAS == names
+    assert set(ISAS) <= set(names) and names[0] == "scalar" and len(set(names)) == len(names)
+    available = lnorm.available_isas()
+    assert available == [n for n in names if n in available] and available[0] == "scalar"
+    with pytest.raises(ValueError, match=re.escape(f"isa: expected {', '.join(names[:-1])} or {names[-1]}")):
+        _lnorm.isa_compiled("sse2")
 
 
 def test_config():

@@ -34,8 +34,8 @@ inline std::vector<isa>& tested_isas() {
   static std::vector<isa> sets = [] {
     const char* only = std::getenv("LNORM_TEST_ISAS");
     std::vector<isa> v;
-    for (isa i : {isa::scalar, isa::avx2, isa::avx512, isa::neon})
-      if (lnorm::isa_available(i) && (!only || listed(only, lnorm::isa_name(i)))) v.push_back(i);
+    for (const lnorm::isa_info& k : lnorm::isa_table)
+      if (lnorm::isa_available(k.id) && (!only || listed(only, k.name))) v.push_back(k.id);
     return v;
   }();
   return sets;

@@ -980,7 +980,8 @@ void check_huge_eps_type(const char* type) {
     std::int64_t rows, cols;
     bool columns;  // normalize axis 0 (the columns layout)
   };
-  for (isa i : {isa::scalar, isa::avx2, isa::avx512, isa::neon}) {
+  for (const lnorm::isa_info& k : lnorm::isa_table) {
+    const isa i = k.id;
     if (!lnorm::set_isa(i)) continue;
     for (const shape2 sh : {shape2{7, 300, false}, shape2{300, 40, true}, shape2{2, 65541, false}}) {
       for (double eps : {1e300, DBL_MAX}) {
@@ -1246,7 +1247,8 @@ void check_last_call() {
   // First a layer norm, for the statistics the backward reads.
   lnorm::set_num_threads(1);
   (void)run(entry::nd_layer);
-  for (isa i : {isa::scalar, isa::avx2, isa::avx512, isa::neon}) {
+  for (const lnorm::isa_info& k : lnorm::isa_table) {
+    const isa i = k.id;
     if (!lnorm::isa_available(i)) continue;
     {
       test_case t(std::string("set_isa(") + lnorm::isa_name(i) + ")");

@@ -61,7 +61,25 @@ void check_dispatch(isa initial) {
     LNORM_CHECK(t, !lnorm::isa_available(isa::avx2) && !lnorm::isa_available(isa::avx512), "x86 kernels offered on aarch64");
 #endif
   }
-  for (isa i : {isa::scalar, isa::avx2, isa::avx512, isa::neon}) {
+  {
+    // The table every list of kernel sets comes from, read back through the calls that use it.
+    test_case t("isa_table");
+    isa last_available = isa::scalar;
+    for (const lnorm::isa_info& k : lnorm::isa_table) {
+      isa parsed = isa::scalar;
+      LNORM_CHECK(t, std::strcmp(lnorm::isa_name(k.id), k.name) == 0, "isa_name of the %s row is %s", k.name, lnorm::isa_name(k.id));
+      LNORM_CHECK(t, lnorm::parse_isa(k.name, parsed) && parsed == k.id, "parse_isa(\"%s\") misses its row", k.name);
+      LNORM_CHECK(t, lnorm::isa_named(k.name) == k.id, "isa_named(\"%s\") misses its row", k.name);
+      LNORM_CHECK(t, lnorm::isa_compiled(k.id) == k.compiled, "isa_compiled(%s) is not the row's", k.name);
+      LNORM_CHECK(t, lnorm::cpu_supports(k.id) == ((lnorm::cpu_features() & k.cpu_needs) == k.cpu_needs),
+                  "cpu_supports(%s) is not what the row needs of this CPU", k.name);
+      if (lnorm::isa_available(k.id)) last_available = k.id;
+    }
+    LNORM_CHECK(t, lnorm::best_isa() == last_available, "best_isa() is %s, the last available row %s",
+                lnorm::isa_name(lnorm::best_isa()), lnorm::isa_name(last_available));
+  }
+  for (const lnorm::isa_info& k : lnorm::isa_table) {
+    const isa i = k.id;
     test_case t(std::string("set_isa(") + lnorm::isa_name(i) + ")");
     const isa before = lnorm::current_isa();
     const bool taken = lnorm::set_isa(i);

@@ -19,7 +19,7 @@ from ._checks import check_count, env_choice, env_count  # noqa: E402
 
 __version__ = _lnorm.version
 
-ISAS = ("scalar", "avx2", "avx512", "neon")
+ISAS = tuple(_lnorm.isa_names())  # every kernel set, worst first: lnorm::isa_table (dispatch.hpp)
 
 
 def available_isas() -> list:

@@ -31,6 +31,8 @@
 #include "rules.hpp"
 #include "kernels/family.hpp"
 #include "kernels/pipeline.hpp"
+// The kernel sets: one header each (a set this build does not carry is a not_built<isa> there), all
+// listed once, in isa_table's order, in detail::kernel_set_list below.
 #include "kernels/avx2.hpp"
 #include "kernels/avx512.hpp"
 #include "kernels/neon.hpp"
@@ -561,6 +563,37 @@ struct norm_backward_op {
   }
 };
 
+// ---- The kernel sets as types ---------------------------------------------------------------------
+
+template <class... K>
+struct kernel_sets {};
+
+// Every kernel set's `kernels`, one per isa_table row and in its order (dispatch.hpp: adding a set).
+using kernel_set_list = kernel_sets<scalar::kernels, avx2::kernels, avx512::kernels, neon::kernels>;
+
+// The kernel set a kernels type is: its isa_table row, found by its `name`.
+template <class K>
+inline constexpr isa kernels_isa = isa_named(K::name);
+
+template <class K>
+inline constexpr bool is_not_built = false;
+template <isa I>
+inline constexpr bool is_not_built<not_built<I>> = true;
+
+template <class... K>
+constexpr bool matches_isa_table(kernel_sets<K...>) noexcept {
+  const isa ids[] = {kernels_isa<K>...};
+  const bool named[] = {detail::isa_row(K::name) != nullptr...};
+  const bool built[] = {!is_not_built<K>...};
+  if (sizeof...(K) != sizeof isa_table / sizeof isa_table[0]) return false;
+  for (std::size_t r = 0; r < sizeof...(K); ++r)
+    if (!named[r] || ids[r] != isa_table[r].id || built[r] != isa_table[r].compiled) return false;
+  return true;
+}
+static_assert(matches_isa_table(kernel_set_list{}),
+              "kernel_set_list: one kernels type per isa_table row, in the same order, named as the row, and "
+              "a not_built<isa> exactly where the row's `compiled` is false");
+
 // Runs f on kernel set K, noting K in the calling thread's call_record (last_call).
 template <class K, class F>
 inline status run_on(F& f) noexcept {
@@ -568,21 +601,31 @@ inline status run_on(F& f) noexcept {
   return f(K{});
 }
 
-// Calls f(K{}) with K the kernel set in use (read once): the one place that lists the kernel sets.
+// Runs f on K if K is the kernel set `current` and this build carries it; says whether it did.
+template <class K, class F>
+inline bool run_if_current([[maybe_unused]] isa current, [[maybe_unused]] F& f, [[maybe_unused]] status& s) noexcept {
+  if constexpr (!is_not_built<K>) {
+    if (current != kernels_isa<K>) return false;
+    s = run_on<K>(f);
+    return true;
+  } else {
+    return false;
+  }
+}
+
+template <class F, class... K>
+inline status run_current(kernel_sets<K...>, F& f) noexcept {
+  const isa current = current_isa();
+  status s;
+  if (!(run_if_current<K>(current, f, s) || ...)) s = run_on<scalar::kernels>(f);  // not reached: current runs here
+  return s;
+}
+
+// Calls f(K{}) with K the kernel set in use (read once), for every call: the kernel sets come from
+// kernel_set_list, so f is compiled once per kernel set this build carries.
 template <class F>
 inline status with_kernels(F&& f) noexcept {
-  switch (current_isa()) {
-#if defined(LNORM_HAVE_AVX512_KERNELS)
-    case isa::avx512: return run_on<avx512::kernels>(f);
-#endif
-#if defined(LNORM_HAVE_AVX2_KERNELS)
-    case isa::avx2: return run_on<avx2::kernels>(f);
-#endif
-#if defined(LNORM_HAVE_NEON_KERNELS)
-    case isa::neon: return run_on<neon::kernels>(f);
-#endif
-    default: return run_on<scalar::kernels>(f);
-  }
+  return run_current(kernel_set_list{}, f);
 }
 
 // ---- Huge rows: fixed chunks of a row on several threads ----------------------------------------

@@ -161,6 +161,7 @@ struct vec<double> {
   }
 };
 
+#include "vec_interface.inl"
 #define LNORM_SIMD_NAME "avx2"
 #include "simd_body.inl"
 #undef LNORM_SIMD_NAME
@@ -174,5 +175,13 @@ struct vec<double> {
 #else
 #pragma GCC pop_options
 #endif
+
+#else
+
+namespace lnorm {
+namespace avx2 {
+using kernels = not_built<isa::avx2>;  // not in this build (LNORM_HAVE_AVX2_KERNELS)
+}  // namespace avx2
+}  // namespace lnorm
 
 #endif

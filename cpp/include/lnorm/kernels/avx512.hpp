@@ -189,6 +189,7 @@ struct vec<double> {
   }
 };
 
+#include "vec_interface.inl"
 #define LNORM_SIMD_NAME "avx512"
 #include "simd_body.inl"
 #undef LNORM_SIMD_NAME
@@ -203,5 +204,13 @@ struct vec<double> {
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
 #endif
+
+#else
+
+namespace lnorm {
+namespace avx512 {
+using kernels = not_built<isa::avx512>;  // not in this build (LNORM_HAVE_AVX512_KERNELS)
+}  // namespace avx512
+}  // namespace lnorm
 
 #endif

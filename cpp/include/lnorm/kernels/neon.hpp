@@ -142,6 +142,7 @@ struct vec<double> {
   LNORM_VEC_INLINE static double sum(reg v) noexcept { return vaddvq_f64(v); }
 };
 
+#include "vec_interface.inl"
 #define LNORM_SIMD_NAME "neon"
 #include "simd_body.inl"
 #undef LNORM_SIMD_NAME
@@ -152,5 +153,13 @@ struct vec<double> {
 #if !defined(__clang__)
 #pragma GCC pop_options
 #endif
+
+#else
+
+namespace lnorm {
+namespace neon {
+using kernels = not_built<isa::neon>;  // not in this build (LNORM_HAVE_NEON_KERNELS)
+}  // namespace neon
+}  // namespace lnorm
 
 #endif

@@ -3,15 +3,8 @@
 // function here is compiled separately, and under a distinct name, for each ISA (no ODR clash).
 //
 // Before including, the ISA header defines in its namespace `template <class E> struct vec` for
-// E = float and double, each with:
-//   reg; lanes; zero(); set1(E); load(const X*) and load_n(const X*, n) (widening X to E, zero-filled
-//   past n, n may be <= 0 or >= lanes); store(X*, reg) and store_n(X*, reg, n) (narrowing, round to
-//   nearest even); add, sub, mul, fma(a, b, c) = a*b + c; sum(reg) -> E; head(reg, n) (lanes >= n
-//   zeroed); stream(X*, reg) (a non-temporal store of a full vector to an address aligned to
-//   lanes * sizeof(X), or a plain store where the ISA has none), stream2(X*, a, b) (two vectors, to
-//   an address aligned to 2 * lanes * sizeof(X), as full cache lines where it can) and fence()
-//   (orders those stores).
-// and the macro LNORM_SIMD_NAME.
+// E = float and double, with the members that vec_interface.inl lists (and checks: the header includes
+// it just before this file), and the macro LNORM_SIMD_NAME, its isa_table name.
 //
 // The body is cut by stage, each part included below inside the struct (so each is compiled per ISA
 // with the rest): simd_stats.inl (a row's statistics), simd_rows.inl (the normalizing sweep of a
