@@ -731,7 +731,7 @@ void check_constant_rows(const geometry& geo, op o, double eps, rng& g, int vari
 
 // ---- the suite for one pair of types -----------------------------------------------------------
 
-/// Whether to run the cases above 16 MiB (streaming stores): on unless LNORM_TEST_LARGE=0, which the
+/// Whether to run the cases that stream (over 16 or 32 MiB): on unless LNORM_TEST_LARGE=0, which the
 /// emulated runs set (there the scalar and NEON sets stream with plain stores anyway).
 inline bool large_cases() {
   const char* v = std::getenv("LNORM_TEST_LARGE");
@@ -762,9 +762,10 @@ void test_types(rng& g, bool full) {
   check_problem(random_problem(trailing_rows(17, 4099, 4099, 4099), 1e-5), true);
   if (!full) return;
   check_problem(random_problem(trailing_rows(2, 4 * 16384 + 5, 4 * 16384 + 5, 4 * 16384 + 5), 1e-5), true);
-  // Outputs over 16 MiB, which the SIMD sets write with streaming stores, from a misaligned start.
+  // Outputs large enough for this CPU's policy to stream (lnorm/policy.hpp: 16 or 32 MiB), which the
+  // SIMD sets then write with streaming stores, from a misaligned start.
   if (large_cases() && (tested_isas().size() > 1 || tested_isas()[0] != isa::scalar)) {
-    const std::int64_t cols = 4099, rows = (std::int64_t{16} << 20) / (cols * static_cast<std::int64_t>(sizeof(T))) + 1;
+    const std::int64_t cols = 4099, rows = lnorm::policy().stream_min_bytes / (cols * static_cast<std::int64_t>(sizeof(T))) + 1;
     check_problem(random_problem(trailing_rows(rows, cols, cols, cols, 1), 1e-5), false, {op::layer_norm, op::add_rms_norm},
                   true);
   }

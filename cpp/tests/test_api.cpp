@@ -345,8 +345,9 @@ void check_workspaces(rng& g) {
   check_workspace(make(middle_axis(4, 33, 700)), all);
   // Rows of 65536 and more, cut into chunks: the chunk statistics and partials.
   check_workspace(make(trailing_rows(3, 4 * 16384 + 5, 4 * 16384 + 5, 4 * 16384 + 5)), all);
-  // A fused add whose outputs are 16 MiB or more: s is built in a row buffer per thread.
-  check_workspace(make(trailing_rows(1024, 4099, 4099, 4099)), {call::add_layer_norm, call::add_rms_norm});
+  // A fused add whose outputs stream (32 MiB or more: over every CPU's threshold, lnorm/policy.hpp): s
+  // is built in a row buffer per thread.
+  check_workspace(make(trailing_rows(2100, 4099, 4099, 4099)), {call::add_layer_norm, call::add_rms_norm});
 }
 
 /// Queries: 0 for the forward calls on contiguous rows; per thread for gathers; 0 for a bad problem.

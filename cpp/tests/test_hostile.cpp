@@ -662,7 +662,7 @@ std::vector<nd_layout> in_place_layouts(bool large) {
   v.push_back(make_layout("threaded rows 1024x256", {1024, 256}, {false, true}, {256, 1}));
   v.push_back(make_layout("huge rows 3x65541", {3, 65541}, {false, true}, {65541, 1}));
   v.push_back(make_layout("one huge row 1x200000", {1, 200000}, {false, true}, {200000, 1}));
-  if (large) v.push_back(make_layout("rows 2048x4099 (outputs over 16 MiB)", {2048, 4099}, {false, true}, {4099, 1}));
+  if (large) v.push_back(make_layout("rows 2048x4099 (outputs over 32 MiB)", {2048, 4099}, {false, true}, {4099, 1}));
   return v;
 }
 
