@@ -308,3 +308,22 @@ def test_old_cpu_python():
     assert config["isa"] == "scalar", config
     assert config.get("isas_available", ["scalar"]) == ["scalar"], config
     assert re.search(r"\d+ passed", output) and "failed" not in output, output[-3000:]
+
+
+@pytest.mark.slow
+def test_kernel_microbenchmark_builds_and_reports(tmp_path):
+    """bench/kernels.cpp (-DLNORM_BENCH=ON, the C++ microbenchmark) builds with -Werror and reports
+    every op and dtype for each kernel set this CPU runs, against the copies."""
+    need("cmake", "g++")
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    run(["cmake", "-S", ROOT, "-B", str(tmp_path), *generator, "-DCMAKE_CXX_COMPILER=g++", "-DLNORM_TESTS=OFF",
+         "-DLNORM_PYTHON=OFF", "-DLNORM_BENCH=ON", "-DCMAKE_BUILD_TYPE=Release",
+         "-DCMAKE_CXX_FLAGS=-Wall -Wextra -Werror"], timeout=300)
+    run(["cmake", "--build", str(tmp_path), "--parallel", str(os.cpu_count() or 2)], timeout=900)
+    out = run([str(tmp_path / "lnorm_bench_kernels"), "8", "96", "1", "1"], timeout=300, env=clean_env())
+    assert "vs copy" in out and "model name" not in out
+    isas = [expected_isa()] if IS_X86_64_LINUX else []
+    for op in ("layer_norm", "rms_norm", "add_layer_norm", "layer_norm_backward"):
+        for dtype in ("float32", "float16", "bfloat16"):
+            for isa in ["scalar"] + isas:
+                assert re.search(rf"^{op}\s+{dtype}\s+{isa}\s+[0-9.]+", out, re.MULTILINE), (op, dtype, isa, out[-2000:])
