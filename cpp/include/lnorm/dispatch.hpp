@@ -101,19 +101,23 @@ inline constexpr isa_info isa_table[] = {
 };
 
 namespace detail {
-constexpr const isa_info* isa_row(isa i) noexcept {
-  for (const isa_info& row : isa_table)
-    if (row.id == i) return &row;
-  return nullptr;
+// The index of a kernel set's isa_table row, by id or by name; -1 for none. (Indices, not pointers:
+// GCC's UndefinedBehaviorSanitizer build rejects a test of a pointer into the table in a constant
+// expression.)
+inline constexpr int kIsaRows = static_cast<int>(sizeof isa_table / sizeof isa_table[0]);
+constexpr int isa_row(isa i) noexcept {
+  for (int k = 0; k < kIsaRows; ++k)
+    if (isa_table[k].id == i) return k;
+  return -1;
 }
-constexpr const isa_info* isa_row(const char* name) noexcept {
-  for (const isa_info& row : isa_table)
-    if (same_text(name, row.name)) return &row;
-  return nullptr;
+constexpr int isa_row(const char* name) noexcept {
+  for (int k = 0; k < kIsaRows; ++k)
+    if (same_text(name, isa_table[k].name)) return k;
+  return -1;
 }
 constexpr bool isa_rows_distinct() noexcept {
-  for (const isa_info& row : isa_table)
-    if (isa_row(row.id) != &row || isa_row(row.name) != &row) return false;
+  for (int k = 0; k < kIsaRows; ++k)
+    if (isa_row(isa_table[k].id) != k || isa_row(isa_table[k].name) != k) return false;
   return true;
 }
 }  // namespace detail
@@ -124,30 +128,30 @@ static_assert(detail::isa_rows_distinct(), "isa_table: each kernel set has one r
 
 /// The name of a kernel set: "scalar", "avx2", "avx512" or "neon" (its isa_table row's).
 constexpr const char* isa_name(isa i) noexcept {
-  const isa_info* row = detail::isa_row(i);
-  return row ? row->name : "scalar";
+  const int k = detail::isa_row(i);
+  return k >= 0 ? isa_table[k].name : "scalar";
 }
 
 /// The kernel set a kernels struct names itself (its `name` member), at compile time; scalar for an
 /// unknown name. `static_assert(lnorm::isa_named("avx2") == lnorm::isa::avx2);`
 constexpr isa isa_named(const char* name) noexcept {
-  const isa_info* row = detail::isa_row(name);
-  return row ? row->id : isa::scalar;
+  const int k = detail::isa_row(name);
+  return k >= 0 ? isa_table[k].id : isa::scalar;
 }
 
 /// Parses a kernel set's name ("scalar", "avx2", "avx512" or "neon"); false for anything else.
 inline bool parse_isa(const char* s, isa& out) noexcept {
   if (!s) return false;
-  const isa_info* row = detail::isa_row(s);
-  if (!row) return false;
-  out = row->id;
+  const int k = detail::isa_row(s);
+  if (k < 0) return false;
+  out = isa_table[k].id;
   return true;
 }
 
 /// Whether this build carries the kernel set (scalar always; the others where their headers compile).
 constexpr bool isa_compiled(isa i) noexcept {
-  const isa_info* row = detail::isa_row(i);
-  return row && row->compiled;
+  const int k = detail::isa_row(i);
+  return k >= 0 && isa_table[k].compiled;
 }
 
 namespace detail {
@@ -190,8 +194,8 @@ inline std::uint32_t cpu_features() noexcept {
 /// Whether the CPU (and the OS, for AVX register state) can run the kernel set: has every feature its
 /// isa_table row needs.
 inline bool cpu_supports(isa i) noexcept {
-  const isa_info* row = detail::isa_row(i);
-  return row && (cpu_features() & row->cpu_needs) == row->cpu_needs;
+  const int k = detail::isa_row(i);
+  return k >= 0 && (cpu_features() & isa_table[k].cpu_needs) == isa_table[k].cpu_needs;
 }
 
 /// Whether `i` can run here: compiled in and supported by this CPU.

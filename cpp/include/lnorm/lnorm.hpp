@@ -583,7 +583,7 @@ inline constexpr bool is_not_built<not_built<I>> = true;
 template <class... K>
 constexpr bool matches_isa_table(kernel_sets<K...>) noexcept {
   const isa ids[] = {kernels_isa<K>...};
-  const bool named[] = {detail::isa_row(K::name) != nullptr...};
+  const bool named[] = {detail::isa_row(K::name) >= 0 ...};
   const bool built[] = {!is_not_built<K>...};
   if (sizeof...(K) != sizeof isa_table / sizeof isa_table[0]) return false;
   for (std::size_t r = 0; r < sizeof...(K); ++r)
