@@ -28,8 +28,8 @@ enum class store_kind : int { plain = 0, streaming = 1, memcpy = 2 };
 namespace detail {
 
 #if defined(LNORM_X86)
-// Non-temporal copy of `bytes` from src to dst, dst aligned to 64 bytes: full lines only, the caller
-// does the rest. One variant per register width; the widest the CPU runs is used.
+// Copy of `bytes` (a multiple of 128) from src to dst, dst aligned to 128 bytes, with streaming or
+// plain stores. One variant per register width; the widest the CPU runs is used.
 template <bool Stream>
 __attribute__((target("avx512f"))) inline void copy_lines_avx512(const char* src, char* dst, std::size_t bytes) noexcept {
   for (std::size_t i = 0; i < bytes; i += 128) {
@@ -96,11 +96,9 @@ inline void copy_bytes(const void* src_v, void* dst_v, std::size_t bytes, store_
   std::memcpy(dst, src, bytes);
 }
 
-// The widest vector copy this CPU runs: looked up once (CPUID is slow in a virtual machine: each one
-// traps to the hypervisor, microseconds).
+// The widest vector copy this CPU runs.
 inline int stream_width() noexcept {
-  static const int width = cpu_supports(isa::avx512) ? 512 : cpu_supports(isa::avx2) ? 256 : 128;
-  return width;
+  return cpu_supports(isa::avx512) ? 512 : cpu_supports(isa::avx2) ? 256 : 128;
 }
 
 inline void store_fence() noexcept {

@@ -218,6 +218,16 @@ struct not_built {
 };
 
 namespace detail {
+// An integer environment variable in [low, high], else `fallback` (unset, empty, not an integer or out
+// of range: ignored, as the Python package's warning says; one rule for every LNORM_* number).
+inline long long env_integer(const char* name, long long low, long long high, long long fallback) noexcept {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  const long long n = std::strtoll(v, &end, 10);
+  return (end && *end == '\0' && n >= low && n <= high) ? n : fallback;
+}
+
 inline std::atomic<int>& isa_slot() noexcept {
   static std::atomic<int> slot{-1};
   return slot;

@@ -371,7 +371,6 @@ inline status execute(const layout& L, T* const* base, const Op& op, const works
     if (L.kind == layout_kind::rows) {
       T* buf = scratch_rows > 0 ? row_buffers + slot * scratch_rows * L.cols : nullptr;
       row_pipeline<T> pipe;  // this worker's, for this block of rows
-      pipe.stream = op.stream;
       pipe.prefetch = policy().prefetch(sizeof(T));
       for_each_row(L, t0, t1, [&](std::int64_t r, const std::int64_t* off, const std::int64_t* next_off) {
         T *p[kMaxArrays], *next[kMaxArrays];

@@ -58,11 +58,7 @@ inline int clamp_threads(long long n) noexcept {
 // A thread count from the environment: an integer in [1, kMaxThreads], else 0 (ignored, as the
 // Python package's warning says: one rule for every value that cannot be used).
 inline int env_threads(const char* name) noexcept {
-  const char* v = std::getenv(name);
-  if (!v || !*v) return 0;
-  char* end = nullptr;
-  const long long n = std::strtoll(v, &end, 10);
-  return (end && *end == '\0' && n > 0 && n <= kMaxThreads) ? static_cast<int>(n) : 0;
+  return static_cast<int>(env_integer(name, 1, kMaxThreads, 0));
 }
 
 inline int default_threads() noexcept {

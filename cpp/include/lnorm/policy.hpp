@@ -81,27 +81,14 @@ inline cpu_policy table_policy(const cpu_id& id) noexcept {
   return p;
 }
 
-// A byte count from the environment in [0, 65536], else -1 (ignored).
-inline int env_prefetch(const char* name) noexcept {
-  const char* v = std::getenv(name);
-  if (!v || !*v) return -1;
-  char* end = nullptr;
-  const long long n = std::strtoll(v, &end, 10);
-  return (end && *end == '\0' && n >= 0 && n <= 65536) ? static_cast<int>(n) : -1;
-}
-
 inline cpu_policy initial_policy() noexcept {
   cpu_policy p = table_policy(identify_cpu());
-  if (const char* s = std::getenv("LNORM_STORES")) {
-    if (std::strcmp(s, "plain") == 0 || std::strcmp(s, "streaming") == 0) {
-      p.stream_4byte = p.stream_2byte = std::strcmp(s, "streaming") == 0;
-      p.source = "LNORM_STORES";
-    }
-  }
-  if (int pf = env_prefetch("LNORM_PREFETCH"); pf >= 0) {
-    p.prefetch_4byte = p.prefetch_2byte = pf;
-    p.source = p.source == nullptr || std::strcmp(p.source, "LNORM_STORES") != 0 ? "LNORM_PREFETCH" : "LNORM_STORES, LNORM_PREFETCH";
-  }
+  const char* s = std::getenv("LNORM_STORES");
+  const bool stores = s && (std::strcmp(s, "plain") == 0 || std::strcmp(s, "streaming") == 0);
+  if (stores) p.stream_4byte = p.stream_2byte = std::strcmp(s, "streaming") == 0;
+  const long long pf = env_integer("LNORM_PREFETCH", 0, 65536, -1);
+  if (pf >= 0) p.prefetch_4byte = p.prefetch_2byte = static_cast<int>(pf);
+  if (stores || pf >= 0) p.source = !stores ? "LNORM_PREFETCH" : pf < 0 ? "LNORM_STORES" : "LNORM_STORES, LNORM_PREFETCH";
   return p;
 }
 

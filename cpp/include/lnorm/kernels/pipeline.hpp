@@ -2,7 +2,7 @@
 // next. In the rows layout a worker takes its rows in order, and the SIMD kernels sum the statistics
 // of the next row during the output sweep of this one, so memory streams through both at once. Those
 // sums travel in a row_pipeline that the worker owns (one per block of rows, on its stack) and passes
-// to every row call of the block, with the block's store kind and prefetch distance. A kernel called
+// to every row call of the block, with the block's prefetch distance. A kernel called
 // without one (nullptr) neither takes sums nor leaves any, and fences its own streaming stores.
 #pragma once
 
@@ -22,7 +22,6 @@ template <class T>
 struct row_pipeline {
   using E = calc_t<T>;
 
-  bool stream = false;        // full vectors of the output stored non-temporally
   std::int64_t prefetch = 0;  // bytes past the next row's statistics sweep to prefetch (0: none)
 
   // The sums of the row (a, b) of n elements, left by the sweep of the row before it.
