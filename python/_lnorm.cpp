@@ -47,7 +47,8 @@ elem elem_of(const A& a, const char* name) {
 // C++ parameters (y, s, gamma, ...), the Python functions as out, residual_out, weight, ...
 std::string python_words(const char* message) {
   static const char* const names[][2] = {{"y", "out"},          {"s", "residual_out"}, {"gamma", "weight"},
-                                         {"beta", "bias"},      {"dgamma", "dweight"}, {"dbeta", "dbias"}};
+                                         {"beta", "bias"},      {"dgamma", "dweight"}, {"dbeta", "dbias"},
+                                         {"groups", "num_groups"}};
   std::string out, word;
   auto flush = [&] {
     for (const auto& n : names)
@@ -217,6 +218,63 @@ void norm_backward(bool rms, const in_array& dy_, const in_array& x_, const std:
     lnorm_py::released_gil release;
     s = lnorm_py::norm_backward_call<decltype(t), decltype(wt)>(rms, p.ndim, x.shape, p.normalized, dy.arg(), x.arg(),
                                                                 m, r, g, dx.arg(), dg, db);
+  });
+  raise_for(s);
+}
+
+// The channel norms: GroupNorm (InstanceNorm: groups = C) or, with `batch`, BatchNorm. weight/bias (C,)
+// of x's dtype or float32; running statistics, mean and rstd of the statistics' dtype, contiguous.
+void channel_forward(bool batch, const in_array& x_, const out_array& y_, const std::optional<in_array>& weight,
+                     const std::optional<in_array>& bias, int channel_axis, std::int64_t groups, double eps, int act,
+                     bool training, double momentum, const std::optional<out_array>& running_mean,
+                     const std::optional<out_array>& running_var, const std::optional<out_array>& mean,
+                     const std::optional<out_array>& rstd) {
+  const view x(x_, "x"), y(y_, "out");
+  same_shape(x, y, "out");
+  if (x.ndim < 2) throw std::invalid_argument("x: must have at least two dimensions (batch and channel)");
+  const int ca = channel_axis < 0 ? channel_axis + x.ndim : channel_axis;
+  if (ca < 1 || ca >= x.ndim) throw std::invalid_argument("channel_axis: out of range");
+  const std::int64_t C = x.shape[ca];
+  const std::int64_t units = batch ? C : x.shape[0] * groups;
+  const elem w = weight_elem(weight, bias, x.type), st = stat_elem(x.type);
+  const void* g = checked(weight, "weight", C, x.type, elem::f32);
+  const void* b = checked(bias, "bias", C, w, w);
+  void* rm = const_cast<void*>(checked(running_mean, "running_mean", C, st, st));
+  void* rv = const_cast<void*>(checked(running_var, "running_var", C, st, st));
+  void* m = const_cast<void*>(checked(mean, "mean", units, st, st));
+  void* r = const_cast<void*>(checked(rstd, "rstd", units, st, st));
+  lnorm::status s;
+  with_types(x.type, w, [&](auto t, auto wt) {
+    lnorm_py::released_gil release;
+    s = lnorm_py::channel_forward_call<decltype(t), decltype(wt)>(batch, x.ndim, x.shape, channel_axis, groups, x.arg(),
+                                                                  y.arg(), g, b, eps, act, training, momentum, rm, rv, m, r);
+  });
+  raise_for(s);
+}
+
+void channel_backward(bool batch, const in_array& dy_, const in_array& x_, const in_array& mean, const in_array& rstd,
+                      const std::optional<in_array>& weight, const out_array& dx_,
+                      const std::optional<out_array>& dweight, const std::optional<out_array>& dbias, int channel_axis,
+                      std::int64_t groups) {
+  const view dy(dy_, "dy"), x(x_, "x"), dx(dx_, "dx");
+  same_shape(x, dy, "dy");
+  same_shape(x, dx, "dx");
+  if (x.ndim < 2) throw std::invalid_argument("x: must have at least two dimensions (batch and channel)");
+  const int ca = channel_axis < 0 ? channel_axis + x.ndim : channel_axis;
+  if (ca < 1 || ca >= x.ndim) throw std::invalid_argument("channel_axis: out of range");
+  const std::int64_t C = x.shape[ca];
+  const std::int64_t units = batch ? C : x.shape[0] * groups;
+  const elem w = weight_elem(weight, std::nullopt, x.type), st = stat_elem(x.type);
+  const void* g = checked(weight, "weight", C, x.type, elem::f32);
+  const void* m = checked(std::optional<in_array>(mean), "mean", units, st, st);
+  const void* r = checked(std::optional<in_array>(rstd), "rstd", units, st, st);
+  void* dg = const_cast<void*>(checked(dweight, "dweight", C, w, w));
+  void* db = const_cast<void*>(checked(dbias, "dbias", C, w, w));
+  lnorm::status s;
+  with_types(x.type, w, [&](auto t, auto wt) {
+    lnorm_py::released_gil release;
+    s = lnorm_py::channel_backward_call<decltype(t), decltype(wt)>(batch, x.ndim, x.shape, channel_axis, groups,
+                                                                   dy.arg(), x.arg(), m, r, g, dx.arg(), dg, db);
   });
   raise_for(s);
 }
@@ -608,6 +666,14 @@ NB_MODULE(_lnorm, m) {
         nb::arg("rstd"), nb::arg("weight").none(), nb::arg("dx"), nb::arg("dweight").none(), nb::arg("dbias").none(),
         nb::arg("mask"), "dx (and dweight, dbias) of layer_norm or rms_norm.");
 
+  m.def("channel_forward", &channel_forward, nb::arg("batch"), nb::arg("x"), nb::arg("y"), nb::arg("weight").none(),
+        nb::arg("bias").none(), nb::arg("channel_axis"), nb::arg("groups"), nb::arg("eps"), nb::arg("act"),
+        nb::arg("training"), nb::arg("momentum"), nb::arg("running_mean").none(), nb::arg("running_var").none(),
+        nb::arg("mean").none(), nb::arg("rstd").none(),
+        "GroupNorm (InstanceNorm: groups = C) or, with batch, BatchNorm; arguments checked by python/lnorm.");
+  m.def("channel_backward", &channel_backward, nb::arg("batch"), nb::arg("dy"), nb::arg("x"), nb::arg("mean"),
+        nb::arg("rstd"), nb::arg("weight").none(), nb::arg("dx"), nb::arg("dweight").none(), nb::arg("dbias").none(),
+        nb::arg("channel_axis"), nb::arg("groups"), "Backward of channel_forward (BatchNorm: training mode).");
   m.def("fast_forward", &fast_forward, nb::arg("rms"), nb::arg("x").none(), nb::arg("weight").none(), nb::arg("bias").none(),
         nb::arg("eps").none(), nb::arg("out").none(), nb::arg("max_bytes"), nb::arg("bf16_bits") = false,
         "layer_norm/rms_norm of a C-contiguous array over its last axis, y allocated; None when the call does not fit. "

@@ -39,9 +39,41 @@ lnorm::status norm_backward_call(bool rms, int ndim, const std::int64_t* shape, 
                                            static_cast<W*>(dgamma), static_cast<W*>(dbeta));
 }
 
+// GroupNorm (InstanceNorm: groups = C) or, with `batch`, BatchNorm (training or eval).
+template <class T, class W>
+lnorm::status channel_forward_call(bool batch, int ndim, const std::int64_t* shape, int channel_axis, std::int64_t groups,
+                                   lnorm::strided x, lnorm::strided y, const void* gamma, const void* beta, double eps,
+                                   int act, bool training, double momentum, void* running_mean, void* running_var,
+                                   void* mean, void* rstd) noexcept {
+  using S = lnorm::stat_t<T>;
+  const auto a = static_cast<lnorm::activation>(act);
+  if (batch)
+    return lnorm::try_batch_norm_nd<T, W>(ndim, shape, channel_axis, x, y, static_cast<const W*>(gamma),
+                                          static_cast<const W*>(beta), eps, training, momentum,
+                                          static_cast<S*>(running_mean), static_cast<S*>(running_var), a,
+                                          static_cast<S*>(mean), static_cast<S*>(rstd));
+  return lnorm::try_group_norm_nd<T, W>(ndim, shape, channel_axis, groups, x, y, static_cast<const W*>(gamma),
+                                        static_cast<const W*>(beta), eps, a, static_cast<S*>(mean), static_cast<S*>(rstd));
+}
+
+template <class T, class W>
+lnorm::status channel_backward_call(bool batch, int ndim, const std::int64_t* shape, int channel_axis,
+                                    std::int64_t groups, lnorm::strided dy, lnorm::strided x, const void* mean,
+                                    const void* rstd, const void* gamma, lnorm::strided dx, void* dgamma,
+                                    void* dbeta) noexcept {
+  using S = lnorm::stat_t<T>;
+  if (batch)
+    return lnorm::try_batch_norm_backward_nd<T, W>(ndim, shape, channel_axis, dy, x, static_cast<const S*>(mean),
+                                                   static_cast<const S*>(rstd), static_cast<const W*>(gamma), dx,
+                                                   static_cast<W*>(dgamma), static_cast<W*>(dbeta));
+  return lnorm::try_group_norm_backward_nd<T, W>(ndim, shape, channel_axis, groups, dy, x, static_cast<const S*>(mean),
+                                                 static_cast<const S*>(rstd), static_cast<const W*>(gamma), dx,
+                                                 static_cast<W*>(dgamma), static_cast<W*>(dbeta));
+}
+
 }  // namespace lnorm_py
 
-// Declares (PREFIX = extern template) or instantiates (PREFIX = template) the three calls for (T, W).
+// Declares (PREFIX = extern template) or instantiates (PREFIX = template) the calls for (T, W).
 #define LNORM_PY_CALLS(PREFIX, T, W)                                                                              \
   PREFIX lnorm::status lnorm_py::norm_forward_call<T, W>(bool, int, const std::int64_t*, const bool*, lnorm::strided, \
                                                          lnorm::strided, const void*, const void*, double, void*,     \
@@ -51,7 +83,14 @@ lnorm::status norm_backward_call(bool rms, int ndim, const std::int64_t* shape, 
                                                      const void*, const void*, double, void*, void*) noexcept;        \
   PREFIX lnorm::status lnorm_py::norm_backward_call<T, W>(bool, int, const std::int64_t*, const bool*, lnorm::strided, \
                                                           lnorm::strided, const void*, const void*, const void*,      \
-                                                          lnorm::strided, void*, void*) noexcept;
+                                                          lnorm::strided, void*, void*) noexcept;            \
+  PREFIX lnorm::status lnorm_py::channel_forward_call<T, W>(bool, int, const std::int64_t*, int, std::int64_t,      \
+                                                            lnorm::strided, lnorm::strided, const void*, const void*, \
+                                                            double, int, bool, double, void*, void*, void*,           \
+                                                            void*) noexcept;                                          \
+  PREFIX lnorm::status lnorm_py::channel_backward_call<T, W>(bool, int, const std::int64_t*, int, std::int64_t,     \
+                                                             lnorm::strided, lnorm::strided, const void*, const void*, \
+                                                             const void*, lnorm::strided, void*, void*) noexcept;
 
 #define LNORM_PY_FLOAT_CALLS(PREFIX) \
   LNORM_PY_CALLS(PREFIX, float, float) \

@@ -1,4 +1,5 @@
-"""lnorm: fast, accurate LayerNorm and RMSNorm for NumPy arrays, on a header-only C++ core."""
+"""lnorm: fast, accurate LayerNorm, RMSNorm, GroupNorm, InstanceNorm and BatchNorm for NumPy arrays, on a
+header-only C++ core."""
 
 from ._config import (
     MAX_THREADS,
@@ -21,7 +22,15 @@ from ._functional import (
     rms_norm,
     rms_norm_backward,
 )
-from ._modules import LayerNorm, RMSNorm
+from ._channel import (
+    batch_norm,
+    batch_norm_backward,
+    group_norm,
+    group_norm_backward,
+    instance_norm,
+    instance_norm_backward,
+)
+from ._modules import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
 
 _check_environment()
 del _check_environment
@@ -29,15 +38,24 @@ del _check_environment
 __all__ = [
     "MAX_THREADS",
     "__version__",
+    "BatchNorm",
+    "GroupNorm",
+    "InstanceNorm",
     "LayerNorm",
     "RMSNorm",
     "add_layer_norm",
     "add_rms_norm",
     "available_isas",
+    "batch_norm",
+    "batch_norm_backward",
     "cmake_dir",
     "config",
     "get_num_threads",
+    "group_norm",
+    "group_norm_backward",
     "include_dir",
+    "instance_norm",
+    "instance_norm_backward",
     "layer_norm",
     "layer_norm_backward",
     "rms_norm",

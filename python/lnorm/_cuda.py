@@ -662,6 +662,11 @@ _CALLS = {f.__name__: f for f in (layer_norm, rms_norm, layer_norm_backward, rms
 _X_AT = {"layer_norm_backward": 1, "rms_norm_backward": 1}
 
 
+def has_call(name: str) -> bool:
+    """Whether the CUDA backend runs the public function `name`."""
+    return name in _CALLS
+
+
 def call(name: str, args: tuple, kwargs: dict):
     """Runs the public function `name` on arguments of which at least one is on a GPU."""
     fn = _CALLS[name]

@@ -36,7 +36,7 @@ def _bfloat16():
     return ml_dtypes.bfloat16
 
 
-_OUTPUTS = ("out", "residual_out")
+_OUTPUTS = ("out", "residual_out", "running_mean", "running_var")
 
 
 def _checked_torch(t: Any, name: str, output: bool) -> Any:
@@ -128,6 +128,9 @@ def call(fn: Callable, like: Any, args: tuple, kwargs: dict):
     named = [(k, _checked_torch(v, k, k in _OUTPUTS) if library_of(v) == "torch" else v) for k, v in named]
     args, kwargs = tuple(v for _, v in named[:len(args)]), dict(named[len(args):])
     if _cuda.any_on_gpu(args, kwargs):
+        if not _cuda.has_call(fn.__name__):
+            raise ValueError(f"x: {fn.__name__} runs on the CPU only; its arrays are on a GPU (move them to "
+                             "the CPU, or use the GPU library's own)")
         result = _cuda.call(fn.__name__, args, kwargs)
         _written(kwargs)
         return result

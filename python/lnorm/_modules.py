@@ -1,4 +1,5 @@
-"""Module-style LayerNorm and RMSNorm, shaped like torch.nn's, for training small models in NumPy."""
+"""Module-style LayerNorm, RMSNorm, GroupNorm, InstanceNorm and BatchNorm, shaped like torch.nn's, for
+training small models in NumPy."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import numpy as np
 
 from . import _interop
 from ._checks import check_eps, check_flag, index_of
+from ._channel import (batch_norm, batch_norm_backward, group_norm, group_norm_backward, instance_norm,
+                       instance_norm_backward)
 from ._functional import _as_array, layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
 
 Shape = Union[int, Sequence[int]]
@@ -162,3 +165,236 @@ class RMSNorm(_Norm):
     def __repr__(self) -> str:
         return (f"RMSNorm({self.normalized_shape}, eps={self.eps}, "
                 f"elementwise_affine={self.elementwise_affine})")
+
+
+# ---- the channel norms ------------------------------------------------------------------------------
+
+
+class _ChannelNorm:
+    """What GroupNorm, InstanceNorm and BatchNorm share: the channel count, the affine parameters
+    (``.weight`` ones and ``.bias`` zeros of shape ``(C,)``, or None), the saved forward state and
+    ``.backward(dy)``, which returns dx and fills ``.weight_grad`` and ``.bias_grad``. Inputs as for
+    LayerNorm: NumPy arrays, array-likes, CPU tensors of DLPack libraries (results in the input's kind)."""
+
+    def __init__(self, num_channels, eps: float, affine: bool, channel_axis, dtype, name: str):
+        self.num_channels = index_of(num_channels, name, "an int")
+        if self.num_channels < 1:
+            raise ValueError(f"{name}: must be >= 1, got {self.num_channels}")
+        self.eps = check_eps(eps)
+        self.affine = check_flag(affine, "affine")
+        self.channel_axis = index_of(channel_axis, "channel_axis", "an int")
+        if self.channel_axis == 0:
+            raise ValueError("channel_axis: must not be 0 (axis 0 is the batch axis)")
+        try:
+            self.dtype = np.dtype(dtype)
+        except (TypeError, ValueError):
+            raise TypeError(f"dtype: {type(dtype).__name__} is not a NumPy dtype") from None
+        if self.dtype.kind != "f" and self.dtype.name != "bfloat16":
+            raise TypeError(f"dtype: {self.dtype} is not a floating-point dtype")
+        shape = (self.num_channels,)
+        self.weight: Optional[np.ndarray] = _params(shape, self.dtype, 1.0) if self.affine else None
+        self.bias: Optional[np.ndarray] = _params(shape, self.dtype, 0.0) if self.affine else None
+        self.weight_grad: Optional[np.ndarray] = None
+        self.bias_grad: Optional[np.ndarray] = None
+        self._saved = None
+
+    def _input(self, x):
+        self._saved = None
+        lib = _interop.library_of(x)
+        a = _as_array(x, "x")
+        if a.ndim < 2:
+            raise ValueError(f"x: must have at least 2 dimensions (a batch axis 0 and a channel axis), got {a.ndim}")
+        if not -a.ndim <= self.channel_axis < a.ndim:
+            raise ValueError(f"channel_axis: {self.channel_axis} is out of range for x of {a.ndim} dimensions")
+        if a.shape[self.channel_axis] != self.num_channels:
+            raise ValueError(f"x: {a.shape[self.channel_axis]} channels on axis {self.channel_axis}, expected "
+                             f"{self.num_channels}")
+        return a, lib, x
+
+    def _saved_or_raise(self):
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before a forward call (or after one that "
+                               "failed)")
+        return self._saved
+
+    def _finish_backward(self, dx, dweight, dbias, dy):
+        self.weight_grad = dweight if self.weight is not None else None
+        self.bias_grad = dbias if self.bias is not None else None
+        lib = _interop.library_of(dy)
+        return _interop.from_numpy(dx, lib, dy) if lib else dx
+
+    @staticmethod
+    def _back(a: np.ndarray, lib: str, like) -> object:
+        return _interop.from_numpy(a, lib, like) if lib else a
+
+    def parameters(self) -> list:
+        """The trainable arrays (weight, then bias, where affine)."""
+        return [p for p in (self.weight, self.bias) if p is not None]
+
+    def __call__(self, x):
+        return self.forward(x)
+
+
+class GroupNorm(_ChannelNorm):
+    """Group normalization over ``num_groups`` groups of channels, like torch.nn.GroupNorm, for NCHW
+    (``channel_axis=1``) or NHWC (``channel_axis=-1``) arrays.
+
+    >>> import numpy as np, lnorm
+    >>> gn = lnorm.GroupNorm(2, 4)
+    >>> x = np.random.default_rng(0).standard_normal((3, 4, 5, 5), dtype=np.float32)
+    >>> dx = (gn(x), gn.backward(np.ones_like(x)))[1]
+    >>> gn.weight_grad.shape, dx.shape
+    ((4,), (3, 4, 5, 5))
+    """
+
+    def __init__(self, num_groups, num_channels, eps: float = 1e-5, affine: bool = True, channel_axis=1,
+                 dtype=np.float32):
+        super().__init__(num_channels, eps, affine, channel_axis, dtype, "num_channels")
+        self.num_groups = index_of(num_groups, "num_groups", "an int")
+        if self.num_groups < 1 or self.num_channels % self.num_groups:
+            raise ValueError(f"num_groups: {self.num_groups} does not divide num_channels {self.num_channels}")
+
+    def forward(self, x):
+        a, lib, like = self._input(x)
+        y, mean, rstd = group_norm(a, self.num_groups, self.weight, self.bias, channel_axis=self.channel_axis,
+                                   eps=self.eps, return_stats=True)
+        self._saved = (a.copy(), mean, rstd)
+        return self._back(y, lib, like)
+
+    def backward(self, dy):
+        x, mean, rstd = self._saved_or_raise()
+        dx, dweight, dbias = group_norm_backward(_as_array(dy, "dy"), x, mean, rstd, self.weight,
+                                                 num_groups=self.num_groups, channel_axis=self.channel_axis)
+        return self._finish_backward(dx, dweight, dbias, dy)
+
+    def __repr__(self) -> str:
+        return (f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+                f"channel_axis={self.channel_axis})")
+
+
+class InstanceNorm(_ChannelNorm):
+    """Instance normalization (statistics per sample and channel), like torch.nn.InstanceNorm2d with
+    ``affine=False`` by default; any number of spatial axes.
+
+    >>> import numpy as np, lnorm
+    >>> inorm = lnorm.InstanceNorm(3)
+    >>> y = inorm(np.random.default_rng(0).standard_normal((2, 3, 8, 8), dtype=np.float32))
+    >>> inorm.weight is None, y.shape
+    (True, (2, 3, 8, 8))
+    """
+
+    def __init__(self, num_features, eps: float = 1e-5, affine: bool = False, channel_axis=1, dtype=np.float32):
+        super().__init__(num_features, eps, affine, channel_axis, dtype, "num_features")
+
+    @property
+    def num_features(self) -> int:
+        return self.num_channels
+
+    def forward(self, x):
+        a, lib, like = self._input(x)
+        y, mean, rstd = instance_norm(a, self.weight, self.bias, channel_axis=self.channel_axis, eps=self.eps,
+                                      return_stats=True)
+        self._saved = (a.copy(), mean, rstd)
+        return self._back(y, lib, like)
+
+    def backward(self, dy):
+        x, mean, rstd = self._saved_or_raise()
+        dx, dweight, dbias = instance_norm_backward(_as_array(dy, "dy"), x, mean, rstd, self.weight,
+                                                    channel_axis=self.channel_axis)
+        return self._finish_backward(dx, dweight, dbias, dy)
+
+    def __repr__(self) -> str:
+        return f"InstanceNorm({self.num_channels}, eps={self.eps}, affine={self.affine}, channel_axis={self.channel_axis})"
+
+
+class BatchNorm(_ChannelNorm):
+    """Batch normalization like torch.nn.BatchNorm2d (any number of spatial axes): starts in training
+    mode (batch statistics, ``.running_mean`` / ``.running_var`` updated with ``momentum`` and the
+    unbiased variance); ``.eval()`` normalizes with the running statistics, ``.train()`` goes back.
+    With ``track_running_stats=False`` it keeps none and always uses the batch's.
+
+    >>> import numpy as np, lnorm
+    >>> bn = lnorm.BatchNorm(3)
+    >>> x = np.random.default_rng(0).standard_normal((8, 3, 4, 4), dtype=np.float32) + 5
+    >>> y = bn(x)
+    >>> bool(abs(bn.running_mean - 0.5).max() < 0.05), bn.eval().training
+    (True, False)
+    """
+
+    def __init__(self, num_features, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, channel_axis=1, dtype=np.float32):
+        super().__init__(num_features, eps, affine, channel_axis, dtype, "num_features")
+        from ._channel import _momentum
+        self.momentum = _momentum(momentum)
+        self.track_running_stats = check_flag(track_running_stats, "track_running_stats")
+        sdt = np.float64 if self.dtype == np.float64 else np.float32
+        self.running_mean: Optional[np.ndarray] = (np.zeros(self.num_channels, sdt) if self.track_running_stats
+                                                   else None)
+        self.running_var: Optional[np.ndarray] = (np.ones(self.num_channels, sdt) if self.track_running_stats
+                                                  else None)
+        self.training = True
+
+    @property
+    def num_features(self) -> int:
+        return self.num_channels
+
+    def train(self, mode: bool = True) -> "BatchNorm":
+        self.training = check_flag(mode, "mode")
+        return self
+
+    def eval(self) -> "BatchNorm":
+        return self.train(False)
+
+    def _running_for(self, a: np.ndarray) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+        # The statistics' dtype follows x (float64 for float64 x): kept as such between calls.
+        sdt = np.float64 if a.dtype == np.float64 else np.float32
+        for name in ("running_mean", "running_var"):
+            r = getattr(self, name)
+            if r is not None and r.dtype != sdt:
+                setattr(self, name, r.astype(sdt))
+        return self.running_mean, self.running_var
+
+    def forward(self, x):
+        a, lib, like = self._input(x)
+        batch_stats = self.training or not self.track_running_stats
+        rm, rv = self._running_for(a)
+        if batch_stats:
+            y, mean, rstd = batch_norm(a, rm if self.training else None, rv if self.training else None,
+                                       self.weight, self.bias, channel_axis=self.channel_axis, training=True,
+                                       momentum=self.momentum, eps=self.eps, return_stats=True)
+        else:
+            y, mean, rstd = batch_norm(a, rm, rv, self.weight, self.bias, channel_axis=self.channel_axis,
+                                       training=False, eps=self.eps, return_stats=True)
+        self._saved = (a.copy(), mean, rstd, batch_stats)
+        return self._back(y, lib, like)
+
+    def backward(self, dy):
+        x, mean, rstd, batch_stats = self._saved_or_raise()
+        g = _as_array(dy, "dy")
+        if batch_stats:
+            dx, dweight, dbias = batch_norm_backward(g, x, mean, rstd, self.weight, channel_axis=self.channel_axis)
+            return self._finish_backward(dx, dweight, dbias, dy)
+        # Eval mode: the running statistics are constants, so the norm is a per-channel affine.
+        return self._finish_backward(*self._eval_backward(g, x, mean, rstd), dy)
+
+    def _eval_backward(self, dy: np.ndarray, x: np.ndarray, mean: np.ndarray, rstd: np.ndarray):
+        if dy.shape != x.shape:
+            raise ValueError(f"dy: shape {dy.shape} differs from x's {x.shape}")
+        ca = self.channel_axis % x.ndim
+        shape = [1] * x.ndim
+        shape[ca] = x.shape[ca]
+        calc = np.float64
+        g = dy.astype(calc)
+        r = rstd.astype(calc).reshape(shape)
+        w = (self.weight.astype(calc) if self.weight is not None else np.ones(x.shape[ca], calc)).reshape(shape)
+        dx = (g * r * w).astype(x.dtype)
+        axes = tuple(d for d in range(x.ndim) if d != ca)
+        xhat = (x.astype(calc) - mean.astype(calc).reshape(shape)) * r
+        wdt = self.weight.dtype if self.weight is not None else x.dtype
+        dweight = (g * xhat).sum(axis=axes).astype(wdt) if self.weight is not None else None
+        dbias = g.sum(axis=axes).astype(wdt)
+        return dx, dweight, dbias
+
+    def __repr__(self) -> str:
+        return (f"BatchNorm({self.num_channels}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}, channel_axis={self.channel_axis})")

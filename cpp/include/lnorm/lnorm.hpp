@@ -1393,3 +1393,6 @@ void rms_norm(const T* x, T* y, std::int64_t rows, std::int64_t cols, const deta
 #endif  // LNORM_HAS_EXCEPTIONS
 
 }  // namespace lnorm
+
+#include "channel_norm.hpp"  // GroupNorm, InstanceNorm, BatchNorm
+

@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "half.hpp"
+#include "kernels/scalar_vec.hpp"
 
 namespace lnorm {
 
@@ -486,6 +487,12 @@ struct kernels {
     for (std::int64_t c = 0; c < n; ++c) add_lanes(x + c * xs, residual + c * rs, bias_in ? bias_in + c : nullptr, s + c * ss, width);
   }
 
+  // ---- the channel norms' kernels (kernels/channel_body.inl), over the one-lane vec ----------------
+ private:
+  template <class T>
+  using CV = vec<calc_t<T>>;
+
+#include "kernels/channel_body.inl"
 };
 
 }  // namespace scalar

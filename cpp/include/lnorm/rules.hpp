@@ -456,10 +456,11 @@ inline const char* check_eps(double eps) noexcept {
 // ---- the calls' array arguments, and the messages that name them ------------------------------
 
 /// The array arguments of lnorm's calls, by their C++ parameter names.
-enum class arg : int { x, residual, bias_in, s, y, gamma, beta, mean, rstd, dy, dx, dgamma, dbeta, count };
+enum class arg : int { x, residual, bias_in, s, y, gamma, beta, mean, rstd, dy, dx, dgamma, dbeta, running_mean, running_var, count };
 inline constexpr int kArgCount = static_cast<int>(arg::count);
 inline constexpr const char* kArgNames[kArgCount] = {"x",    "residual", "bias_in", "s",  "y",  "gamma",  "beta",
-                                                     "mean", "rstd",     "dy",      "dx", "dgamma", "dbeta"};
+                                                     "mean", "rstd",     "dy",      "dx", "dgamma", "dbeta",
+                                                     "running_mean", "running_var"};
 
 inline constexpr unsigned bit(arg a) noexcept { return 1u << static_cast<int>(a); }
 

@@ -120,6 +120,16 @@ struct vec<float> {
   LNORM_VEC_INLINE static reg sub(reg a, reg b) noexcept { return _mm256_sub_ps(a, b); }
   LNORM_VEC_INLINE static reg mul(reg a, reg b) noexcept { return _mm256_mul_ps(a, b); }
   LNORM_VEC_INLINE static reg fma(reg a, reg b, reg c) noexcept { return _mm256_fmadd_ps(a, b, c); }
+  // The activations' extras (simd_channels.inl): min/max return b where either is NaN (so min(k, v)
+  // and max(k, v) keep v's NaN), round to nearest even, and a * 2^n for integral n in [-126, 127].
+  LNORM_VEC_INLINE static reg min(reg a, reg b) noexcept { return _mm256_min_ps(a, b); }
+  LNORM_VEC_INLINE static reg max(reg a, reg b) noexcept { return _mm256_max_ps(a, b); }
+  LNORM_VEC_INLINE static reg div(reg a, reg b) noexcept { return _mm256_div_ps(a, b); }
+  LNORM_VEC_INLINE static reg round(reg a) noexcept { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  LNORM_VEC_INLINE static reg scale2(reg a, reg n) noexcept {
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(a, _mm256_castsi256_ps(e));
+  }
   LNORM_VEC_INLINE static reg head(reg v, std::int64_t n) noexcept { return _mm256_and_ps(v, _mm256_castsi256_ps(lane_mask32(n))); }
   LNORM_VEC_INLINE static float sum(reg v) noexcept {
     __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

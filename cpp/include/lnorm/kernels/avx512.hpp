@@ -115,6 +115,13 @@ struct vec<float> {
   LNORM_VEC_INLINE static reg sub(reg a, reg b) noexcept { return _mm512_sub_ps(a, b); }
   LNORM_VEC_INLINE static reg mul(reg a, reg b) noexcept { return _mm512_mul_ps(a, b); }
   LNORM_VEC_INLINE static reg fma(reg a, reg b, reg c) noexcept { return _mm512_fmadd_ps(a, b, c); }
+  // The activations' extras (simd_channels.inl): min/max return b where either is NaN (so min(k, v)
+  // and max(k, v) keep v's NaN), round to nearest even, and a * 2^n for integral n in [-126, 127].
+  LNORM_VEC_INLINE static reg min(reg a, reg b) noexcept { return _mm512_min_ps(a, b); }
+  LNORM_VEC_INLINE static reg max(reg a, reg b) noexcept { return _mm512_max_ps(a, b); }
+  LNORM_VEC_INLINE static reg div(reg a, reg b) noexcept { return _mm512_div_ps(a, b); }
+  LNORM_VEC_INLINE static reg round(reg a) noexcept { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  LNORM_VEC_INLINE static reg scale2(reg a, reg n) noexcept { return _mm512_scalef_ps(a, n); }
   LNORM_VEC_INLINE static reg head(reg v, std::int64_t n) noexcept { return _mm512_maskz_mov_ps(mask(n), v); }
   LNORM_VEC_INLINE static float sum(reg v) noexcept {
     // Pairwise: 16 -> 8 -> 4 -> then the 128-bit tree.

@@ -94,6 +94,16 @@ struct vec<float> {
   LNORM_VEC_INLINE static reg sub(reg a, reg b) noexcept { return vsubq_f32(a, b); }
   LNORM_VEC_INLINE static reg mul(reg a, reg b) noexcept { return vmulq_f32(a, b); }
   LNORM_VEC_INLINE static reg fma(reg a, reg b, reg c) noexcept { return vfmaq_f32(c, a, b); }
+  // The activations' extras (simd_channels.inl): min/max propagate NaN from either operand, round to
+  // nearest even, and a * 2^n for integral n in [-126, 127].
+  LNORM_VEC_INLINE static reg min(reg a, reg b) noexcept { return vminq_f32(a, b); }
+  LNORM_VEC_INLINE static reg max(reg a, reg b) noexcept { return vmaxq_f32(a, b); }
+  LNORM_VEC_INLINE static reg div(reg a, reg b) noexcept { return vdivq_f32(a, b); }
+  LNORM_VEC_INLINE static reg round(reg a) noexcept { return vrndnq_f32(a); }
+  LNORM_VEC_INLINE static reg scale2(reg a, reg n) noexcept {
+    const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtnq_s32_f32(n), vdupq_n_s32(127)), 23);
+    return vmulq_f32(a, vreinterpretq_f32_s32(e));
+  }
   LNORM_VEC_INLINE static reg head(reg v, std::int64_t n) noexcept {
     return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(v), lane_mask32(n)));
   }

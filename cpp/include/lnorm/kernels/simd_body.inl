@@ -10,7 +10,7 @@
 // with the rest): simd_stats.inl (a row's statistics), simd_rows.inl (the normalizing sweep of a
 // row), simd_piped.inl (pipelined rows, and the row calls lnorm.hpp makes), simd_add_norm.inl (the
 // fused add & norm), simd_backward.inl, simd_chunks.inl (pieces of a huge row) and simd_columns.inl
-// (column tiles).
+// (column tiles); channel_body.inl (the channel norms' lines and pixels, shared with the scalar set).
 //
 // Numerics (same as the scalar set, at vector speed): statistics in float for float32 and 16-bit data
 // (double for float64) by the corrected two-pass scheme; the first pass's rough mean m0 is refined by
@@ -46,5 +46,11 @@ struct kernels {
 #include "simd_backward.inl"
 #include "simd_chunks.inl"
 #include "simd_columns.inl"
+
+ private:
+  template <class T>
+  using CV = V<T>;  // the channel norms' kernels, written once for every set
+
+#include "channel_body.inl"
 
 };

@@ -20,6 +20,9 @@
 //   add, sub, mul(reg, reg), fma(a, b, c) = a * b + c   -> reg
 //   head(reg, n)         -> reg with lanes >= n zeroed
 //   sum(reg)             -> E, the lanes added (pairwise where the ISA can)
+// and for vec<float> only, the activations' extras (simd_channels.inl's SiLU and ReLU):
+//   min(a, b), max(a, b) -> reg, b where either lane is NaN (so min(k, v) keeps v's NaN)
+//   div(a, b), round(a) (to nearest even), scale2(a, n) = a * 2^n for integral n in [-126, 127]
 // with X, the element types the body reads and writes through vec<E>:
 //   vec<float>:  load, load_n  float, float16_t, bfloat16_t     vec<double>: load, load_n  double, float
 //                store, store_n, stream, stream2  the same three               store, store_n, stream, stream2  double
@@ -107,6 +110,16 @@ using fma_t = decltype(V::fma(std::declval<cref<V>>(), std::declval<cref<V>>(), 
 template <class V>
 using head_t = decltype(V::head(std::declval<cref<V>>(), std::int64_t{}));
 template <class V>
+using min_t = decltype(V::min(std::declval<cref<V>>(), std::declval<cref<V>>()));
+template <class V>
+using max_t = decltype(V::max(std::declval<cref<V>>(), std::declval<cref<V>>()));
+template <class V>
+using div_t = decltype(V::div(std::declval<cref<V>>(), std::declval<cref<V>>()));
+template <class V>
+using round_t = decltype(V::round(std::declval<cref<V>>()));
+template <class V>
+using scale2_t = decltype(V::scale2(std::declval<cref<V>>(), std::declval<cref<V>>()));
+template <class V>
 using sum_t = decltype(V::sum(std::declval<cref<V>>()));
 template <class V, class X>
 using stream2_bits_t = decltype(V::stream2_bits(std::declval<X*>(), std::declval<const X*>()));
@@ -157,6 +170,16 @@ template <class V>
 inline constexpr bool has_fma = gives_reg1<fma_t, V>::value;
 template <class V>
 inline constexpr bool has_head = gives_reg1<head_t, V>::value;
+template <class V>
+inline constexpr bool has_min = gives_reg1<min_t, V>::value;
+template <class V>
+inline constexpr bool has_max = gives_reg1<max_t, V>::value;
+template <class V>
+inline constexpr bool has_div = gives_reg1<div_t, V>::value;
+template <class V>
+inline constexpr bool has_round = gives_reg1<round_t, V>::value;
+template <class V>
+inline constexpr bool has_scale2 = gives_reg1<scale2_t, V>::value;
 template <class V, class E>
 inline constexpr bool has_sum = gives1<E, sum_t, V>::value;
 template <class V, class X>
@@ -200,6 +223,11 @@ static_assert(has_sub<F>, "vec<float>::sub(reg, reg) -> reg is missing");
 static_assert(has_mul<F>, "vec<float>::mul(reg, reg) -> reg is missing");
 static_assert(has_fma<F>, "vec<float>::fma(reg, reg, reg) -> reg is missing");
 static_assert(has_head<F>, "vec<float>::head(reg, std::int64_t) -> reg is missing");
+static_assert(has_min<F>, "vec<float>::min(reg, reg) -> reg is missing (b where either is NaN)");
+static_assert(has_max<F>, "vec<float>::max(reg, reg) -> reg is missing (b where either is NaN)");
+static_assert(has_div<F>, "vec<float>::div(reg, reg) -> reg is missing");
+static_assert(has_round<F>, "vec<float>::round(reg) -> reg is missing (to nearest even)");
+static_assert(has_scale2<F>, "vec<float>::scale2(reg a, reg n) -> reg is missing (a * 2^n, n integral in [-126, 127])");
 static_assert(has_sum<F, float>, "vec<float>::sum(reg) -> float is missing");
 static_assert(has_stream2_bits<F, float16_t>, "vec<float>::stream2_bits(float16_t*, const float16_t*) is missing");
 static_assert(has_stream2_bits<F, bfloat16_t>, "vec<float>::stream2_bits(bfloat16_t*, const bfloat16_t*) is missing");
