@@ -223,11 +223,12 @@ void norm_backward(bool rms, const in_array& dy_, const in_array& x_, const std:
 }
 
 // The channel norms: GroupNorm (InstanceNorm: groups = C) or, with `batch`, BatchNorm. weight/bias (C,)
-// of x's dtype or float32; running statistics, mean and rstd of the statistics' dtype, contiguous.
+// of x's dtype or float32; running statistics, mean and rstd of the statistics' dtype, contiguous (the
+// running statistics are written in training mode only, where python/lnorm has checked them writable).
 void channel_forward(bool batch, const in_array& x_, const out_array& y_, const std::optional<in_array>& weight,
                      const std::optional<in_array>& bias, int channel_axis, std::int64_t groups, double eps, int act,
-                     bool training, double momentum, const std::optional<out_array>& running_mean,
-                     const std::optional<out_array>& running_var, const std::optional<out_array>& mean,
+                     bool training, double momentum, const std::optional<in_array>& running_mean,
+                     const std::optional<in_array>& running_var, const std::optional<out_array>& mean,
                      const std::optional<out_array>& rstd) {
   const view x(x_, "x"), y(y_, "out");
   same_shape(x, y, "out");

@@ -122,9 +122,9 @@ def _forward(batch: bool, x: Any, groups: Any, weight: Any, bias: Any, channel_a
             m = _momentum(momentum)
             rm, rm_back = _running(running_mean, "running_mean", x, channels, True)
             rv, rv_back = _running(running_var, "running_var", x, channels, True)
-            if (rm is not None or rv is not None) and x.size and x.size // channels < 2:
-                raise ValueError(f"x: training needs more than one value per channel to update the running "
-                                 f"variance, got shape {x.shape}")
+            if x.size // channels < 2:  # as torch: no variance to estimate
+                raise ValueError(f"x: batch_norm training needs more than one value per channel, got shape "
+                                 f"{x.shape}")
         else:
             if running_mean is None or running_var is None:
                 missing = "running_mean" if running_mean is None else "running_var"
