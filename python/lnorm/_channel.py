@@ -101,6 +101,14 @@ def _running(a: Any, name: str, x: np.ndarray, channels: int, update: bool):
     return np.ascontiguousarray(a, dtype=sdt), given
 
 
+def _like_x(x: np.ndarray) -> np.ndarray:
+    """A new array of x's shape and dtype in x's memory order (channels-last stays channels-last, so the
+    kernels walk both as x's layout)."""
+    if x.flags.c_contiguous:
+        return _buffers.empty(x.shape, x.dtype)
+    return np.empty_like(x)
+
+
 def _forward(batch: bool, x: Any, groups: Any, weight: Any, bias: Any, channel_axis: Any, eps: Any,
              activation: Any, out: Any, return_stats: Any, training: bool = False, momentum: Any = 0.1,
              running_mean: Any = None, running_var: Any = None):
@@ -132,7 +140,7 @@ def _forward(batch: bool, x: Any, groups: Any, weight: Any, bias: Any, channel_a
                                  "running_var")
             rm, _ = _running(running_mean, "running_mean", x, channels, False)
             rv, _ = _running(running_var, "running_var", x, channels, False)
-    y = _output(out, "out", x)
+    y = _like_x(x) if out is None else _output(out, "out", x)
     if out is not None and _any_replaced(given, (x, weight, bias)):
         copied = _copied(list(zip(("x", "weight", "bias"), given, (x, weight, bias))))
         if copied:
@@ -162,7 +170,7 @@ def _backward(batch: bool, dy: Any, x: Any, mean: Any, rstd: Any, weight: Any, g
     shape = (channels,) if batch else (x.shape[0], g)
     mean = _channel_stat(mean, "mean", x, shape)
     rstd = _channel_stat(rstd, "rstd", x, shape)
-    dx = _buffers.empty(x.shape, x.dtype)
+    dx = _like_x(x)
     wdt = weight.dtype if weight is not None else x.dtype
     dweight = np.empty((channels,), wdt) if weight is not None else None
     dbias = np.empty((channels,), wdt)

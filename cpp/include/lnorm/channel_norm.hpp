@@ -111,6 +111,13 @@ struct spatial_walk {
       for (int a = 0; a < L.narrays; ++a) off[a] += idx[d] * L.sstride[a][d];
     }
   }
+  // Moves on by k <= (the innermost dim's extent - its index) positions.
+  void advance(std::int64_t k) noexcept {
+    if (nd == 0) return;
+    idx[nd - 1] += k - 1;
+    for (int a = 0; a < L.narrays; ++a) off[a] += (k - 1) * L.sstride[a][nd - 1];
+    next();
+  }
   void next() noexcept {
     for (int d = nd - 1; d >= 0; --d) {
       if (++idx[d] < L.sshape[d]) {
@@ -174,6 +181,25 @@ inline scratch_plan channel_plan(const channel_layout& L, bool backward, int thr
   return p;
 }
 
+// Whether two layouts of one problem walk x alike: same mode, same spatial dims, same x strides.
+inline bool same_walk(const channel_layout& a, const channel_layout& b) noexcept {
+  if (a.mode != b.mode || a.ns != b.ns || a.line != b.line || a.cstride[0] != b.cstride[0]) return false;
+  for (int d = 0; d < a.ns; ++d)
+    if (a.sshape[d] != b.sshape[d] || a.sstride[0][d] != b.sstride[0][d]) return false;
+  return true;
+}
+
+// The forward's scratch: enough for the walk of x alone (statistics) and of x and y (the affine).
+template <class T>
+inline scratch_plan channel_forward_plan(const channel_layout& L, const channel_layout& Lx, int threads) noexcept {
+  const scratch_plan a = channel_plan<T>(L, false, threads), b = channel_plan<T>(Lx, false, threads);
+  scratch_plan p;
+  p.row_bytes = std::max(a.row_bytes, b.row_bytes);
+  p.partial_bytes = std::max(a.partial_bytes, b.partial_bytes);
+  p.double_bytes = std::max(a.double_bytes, b.double_bytes);
+  return p;
+}
+
 // ---- The work, over one kernel set K ----------------------------------------------------------------
 
 template <class K, class T>
@@ -219,29 +245,50 @@ struct channel_work {
     }
   }
 
-  // Calls f(ptrs) for each pixel in [p0, p1) of sample o (pixels mode): ptrs[a] its C channels.
+  // Calls f(ptrs, lds, count) for each run of pixels in [p0, p1) of sample o (pixels mode): ptrs[a]
+  // the run's first pixel's C channels in array a, lds[a] the elements from one pixel to the next.
   template <class F>
-  void for_pixels(std::int64_t o, std::int64_t p0, std::int64_t p1, F&& f) const noexcept {
+  void for_pixel_runs(std::int64_t o, std::int64_t p0, std::int64_t p1, F&& f) const noexcept {
     spatial_walk w(L, L.ns, p0);
-    for (std::int64_t p = p0; p < p1; ++p, w.next()) {
+    std::int64_t ld[kMaxArrays];
+    for (int a = 0; a < L.narrays; ++a) ld[a] = L.ns > 0 ? L.sstride[a][L.ns - 1] : 0;
+    for (std::int64_t p = p0; p < p1;) {
+      const std::int64_t inner = L.ns > 0 ? L.sshape[L.ns - 1] - w.idx[L.ns - 1] : 1;
+      const std::int64_t count = std::min(inner, p1 - p);
       T* ptr[kMaxArrays];
       for (int a = 0; a < L.narrays; ++a) ptr[a] = at(a, o, 0, w.off);
-      f(ptr);
+      f(ptr, ld, count);
+      p += count;
+      if (p < p1) w.advance(count);
     }
   }
 };
 
-// The activation as the kernels' template argument.
+// The activation and the store kind as the kernels' template arguments: f(A, S), A::value the
+// activation's number, S::value whether the output is streamed.
 template <class F>
-inline void with_activation(activation act, F&& f) noexcept {
+inline void with_activation(activation act, bool stream, F&& f) noexcept {
+  auto go = [&](auto A) {
+    if (stream) f(A, std::true_type{});
+    else f(A, std::false_type{});
+  };
   switch (act) {
     case activation::silu:
-      return f(std::integral_constant<int, 1>{});
+      return go(std::integral_constant<int, 1>{});
     case activation::relu:
-      return f(std::integral_constant<int, 2>{});
+      return go(std::integral_constant<int, 2>{});
     default:
-      return f(std::integral_constant<int, 0>{});
+      return go(std::integral_constant<int, 0>{});
   }
+}
+
+// Whether a channel norm's output is written with non-temporal stores: large (the CPU's policy, by
+// element size), not in place, and written where it lies (not through the gather buffers).
+template <class T>
+inline bool channel_streams(const channel_layout& L, const void* out, const void* in) noexcept {
+  const cpu_policy& p = policy();
+  const std::int64_t bytes = L.outer * L.channels * L.pixels * static_cast<std::int64_t>(sizeof(T));
+  return out != in && L.mode != channel_mode::gather && p.streams(sizeof(T)) && bytes >= p.stream_min_bytes;
 }
 
 template <class W>
@@ -269,8 +316,9 @@ inline void pixel_moment_pass(const channel_work<K, T>& wk, const calc_t<T>* shi
       std::fill_n(part, 2 * C, 0.0);
       for (std::int64_t b0 = p0; b0 < p1; b0 += kPixelBlock) {
         std::fill_n(sd, 2 * C, E(0));
-        wk.for_pixels(o, b0, std::min(p1, b0 + kPixelBlock),
-                      [&](T* const* p) { K::pixel_sums(p[0], C, shift + o * C, sd, sq); });
+        wk.for_pixel_runs(o, b0, std::min(p1, b0 + kPixelBlock), [&](T* const* p, const std::int64_t* ld, std::int64_t n) {
+          K::pixel_sums(p[0], ld[0], n, C, shift + o * C, sd, sq);
+        });
         for (std::int64_t c = 0; c < C; ++c) {
           part[c] += static_cast<double>(sd[c]);
           part[C + c] += static_cast<double>(sq[c]);
@@ -294,11 +342,12 @@ inline void pixel_moment_pass(const channel_work<K, T>& wk, const calc_t<T>* shi
 // eval) the unit statistics are read from unit_mean/unit_var and not computed.
 template <class K, class T, class W>
 inline void channel_forward(const channel_layout& L, T* x, T* y, const W* gamma, const W* beta, double eps,
-                            activation act, double* unit_mean, double* unit_var, bool given, const scratch& sc,
-                            const team& tm) noexcept {
+                            activation act, double* unit_mean, double* unit_var, bool given, bool apply,
+                            const scratch& sc, const team& tm) noexcept {
   using E = calc_t<T>;
   channel_work<K, T> wk{L, {x, y}, static_cast<T*>(sc.rows)};
   const std::int64_t C = L.channels, G = L.groups, cpg = L.per_group();
+  const bool stream = channel_streams<T>(L, y, x);
   // The affine of channel c of sample o from its unit's statistics: m0 (a float near the mean), a, b.
   auto coefficients = [&](std::int64_t o, std::int64_t c, E& m0, E& a, E& b) {
     const std::int64_t u = o * G + c / cpg;
@@ -325,15 +374,18 @@ inline void channel_forward(const channel_layout& L, T* x, T* y, const W* gamma,
           unit_mean[u] = m.mean;
           unit_var[u] = m.var();
         }
+        if (!apply) continue;
         for (std::int64_t c = c0; c < c0 + cpg; ++c) {
           E m0, a, b;
           coefficients(o, c, m0, a, b);
-          with_activation(act, [&](auto A) {
-            wk.for_lines(o, c, worker, 1, true,
-                         [&](T* const* p) { K::template line_affine<decltype(A)::value>(p[0], p[1], L.line, m0, a, b); });
+          with_activation(act, stream, [&](auto A, auto S) {
+            wk.for_lines(o, c, worker, 1, true, [&](T* const* p) {
+              K::template line_affine<decltype(A)::value, decltype(S)::value>(p[0], p[1], L.line, m0, a, b);
+            });
           });
         }
       }
+      if (stream) K::template stream_fence<T>();
     });
     return;
   }
@@ -346,8 +398,10 @@ inline void channel_forward(const channel_layout& L, T* x, T* y, const W* gamma,
   if (!given) {
     E* shift = coef;  // the m0 array, shifts until the coefficients replace them
     for (std::int64_t o = 0; o < L.outer; ++o)
-      wk.for_pixels(o, 0, 1, [&](T* const* p) {
-        for (std::int64_t c = 0; c < C; ++c) shift[o * C + c] = static_cast<E>(widen(p[0][c]));
+      wk.for_pixel_runs(o, 0, 1, [&](T* const* p, const std::int64_t* ld, std::int64_t) {
+        // The first pixels of the sample's first run (see first_mean: a constant input gives d == 0).
+        const std::int64_t run = L.ns > 0 ? L.sshape[L.ns - 1] : 1;
+        for (std::int64_t c = 0; c < C; ++c) shift[o * C + c] = K::first_mean(p[0] + c, ld[0], run);
       });
     // A pass over each sample; a second one, around the channel means, for samples with a channel
     // whose shift lies far out (more than two spreads from its mean).
@@ -383,19 +437,23 @@ inline void channel_forward(const channel_layout& L, T* x, T* y, const W* gamma,
         unit_var[o * G + g] = m.var();
       }
   }
+  if (!apply) return;
   for (std::int64_t o = 0; o < L.outer; ++o)
     for (std::int64_t c = 0; c < C; ++c) coefficients(o, c, coef[o * C + c], coef[oc + o * C + c], coef[2 * oc + o * C + c]);
   const std::int64_t chunks = pixel_chunks(L), tasks = L.outer * chunks;
   const int workers = workers_for(oc * L.pixels, tasks, tm.threads);
-  with_activation(act, [&](auto A) {
+  with_activation(act, stream, [&](auto A, auto S) {
     parallel_for_on(tm, tasks, workers, [&](std::int64_t t0, std::int64_t t1, int) {
       for (std::int64_t t = t0; t < t1; ++t) {
         const std::int64_t o = t / chunks, k = t % chunks;
         const E *m0 = coef + o * C, *a = coef + oc + o * C, *b = coef + 2 * oc + o * C;
-        wk.for_pixels(o, L.pixels * k / chunks, L.pixels * (k + 1) / chunks, [&](T* const* p) {
-          K::template pixel_affine<decltype(A)::value>(p[0], p[1], C, m0, a, b);
-        });
+        wk.for_pixel_runs(o, L.pixels * k / chunks, L.pixels * (k + 1) / chunks,
+                          [&](T* const* p, const std::int64_t* ld, std::int64_t n) {
+                            K::template pixel_affine<decltype(A)::value, decltype(S)::value>(p[0], ld[0], p[1], ld[1], n,
+                                                                                            C, m0, a, b);
+                          });
       }
+      if (decltype(S)::value) K::template stream_fence<T>();
     });
   });
 }
@@ -409,6 +467,7 @@ inline void channel_backward(const channel_layout& L, T* dy, T* x, T* dx, const 
   using E = calc_t<T>;
   channel_work<K, T> wk{L, {dy, x, dx}, static_cast<T*>(sc.rows)};
   const std::int64_t C = L.channels, G = L.groups, cpg = L.per_group(), oc = L.outer * C;
+  const bool stream = channel_streams<T>(L, dx, x);
   const double count = static_cast<double>(cpg) * static_cast<double>(L.pixels);
   double* chan = sc.doubles + 2 * L.units();  // sum(dy * xhat) per (o, c), then sum(dy) per (o, c)
   // With g = gamma * dy and xhat = (x - mean) * rstd over a unit of `count` elements,
@@ -451,9 +510,14 @@ inline void channel_backward(const channel_layout& L, T* dy, T* x, T* dx, const 
         const E qe = static_cast<E>(q), re = static_cast<E>(r);
         for (std::int64_t c = c0; c < c0 + cpg; ++c) {
           const E pe = static_cast<E>(rs * weight_or(gamma, c, 1.0));
-          wk.for_lines(o, c, worker, 2, true, [&](T* const* p) { K::line_grad(p[0], p[1], p[2], L.line, m0, pe, qe, re); });
+          with_activation(activation::none, stream, [&](auto, auto S) {
+            wk.for_lines(o, c, worker, 2, true, [&](T* const* p) {
+              K::template line_grad<decltype(S)::value>(p[0], p[1], p[2], L.line, m0, pe, qe, re);
+            });
+          });
         }
       }
+      if (stream) K::template stream_fence<T>();
     });
   } else {
     E* coef = static_cast<E*>(sc.partials);  // m0, p, q, r: oc each
@@ -473,8 +537,9 @@ inline void channel_backward(const channel_layout& L, T* dy, T* x, T* dx, const 
         std::fill_n(part, 2 * C, 0.0);
         for (std::int64_t b0 = p0; b0 < p1; b0 += kPixelBlock) {
           std::fill_n(s1, 2 * C, E(0));
-          wk.for_pixels(o, b0, std::min(p1, b0 + kPixelBlock),
-                        [&](T* const* p) { K::pixel_grad_sums(p[0], p[1], C, coef + o * C, s1, s2); });
+          wk.for_pixel_runs(o, b0, std::min(p1, b0 + kPixelBlock), [&](T* const* p, const std::int64_t* ld, std::int64_t n) {
+            K::pixel_grad_sums(p[0], ld[0], p[1], ld[1], n, C, coef + o * C, s1, s2);
+          });
           for (std::int64_t c = 0; c < C; ++c) {
             part[c] += static_cast<double>(s1[c]);
             part[C + c] += static_cast<double>(s2[c]);
@@ -504,13 +569,19 @@ inline void channel_backward(const channel_layout& L, T* dy, T* x, T* dx, const 
         coef[3 * oc + o * C + c] = static_cast<E>(r);
       }
     }
-    parallel_for_on(tm, tasks, workers, [&](std::int64_t t0, std::int64_t t1, int) {
-      for (std::int64_t t = t0; t < t1; ++t) {
-        const std::int64_t o = t / chunks, k = t % chunks;
-        const E *m0 = coef + o * C, *p = coef + oc + o * C, *q = coef + 2 * oc + o * C, *r = coef + 3 * oc + o * C;
-        wk.for_pixels(o, L.pixels * k / chunks, L.pixels * (k + 1) / chunks,
-                      [&](T* const* a) { K::pixel_grad(a[0], a[1], a[2], C, m0, p, q, r); });
-      }
+    with_activation(activation::none, stream, [&](auto, auto S) {
+      parallel_for_on(tm, tasks, workers, [&](std::int64_t t0, std::int64_t t1, int) {
+        for (std::int64_t t = t0; t < t1; ++t) {
+          const std::int64_t o = t / chunks, k = t % chunks;
+          const E *m0 = coef + o * C, *p = coef + oc + o * C, *q = coef + 2 * oc + o * C, *r = coef + 3 * oc + o * C;
+          wk.for_pixel_runs(o, L.pixels * k / chunks, L.pixels * (k + 1) / chunks,
+                            [&](T* const* a, const std::int64_t* ld, std::int64_t n) {
+                              K::template pixel_grad<decltype(S)::value>(a[0], ld[0], a[1], ld[1], a[2], ld[2], n, C,
+                                                                         m0, p, q, r);
+                            });
+        }
+        if (decltype(S)::value) K::template stream_fence<T>();
+      });
     });
   }
   for (std::int64_t c = 0; c < C; ++c) {
@@ -591,14 +662,16 @@ inline status channel_norm_forward(int ndim, const std::int64_t* shape, int chan
   if (rstd) ops.vector(arg::rstd, rstd, units, sizeof(*rstd), true);
   if (status s = check_arrays(ops); !s) return s;
   if (elements == 0) return {};
-  const std::int64_t* st[2];
-  const strided arrays[2] = {x, y};
-  channel_strides(arrays, 2, st);
-  channel_layout L;
+  // The statistics walk x's layout alone, so that their bits never depend on where y lies (out=
+  // strided otherwise than x); where y's layout merges as x's does, one walk computes and applies.
+  const std::int64_t* st[2] = {x.strides, y.strides};
+  channel_layout L, Lx;
   build_channel_layout(L, ndim, shape, channel_axis, groups, stats_per_sample, 2, st, 0);
+  build_channel_layout(Lx, ndim, shape, channel_axis, groups, stats_per_sample, 1, st, 0);
+  const bool fused = same_walk(L, Lx);
   const team tm = current_team();
   scratch sc;
-  if (status s = acquire(channel_plan<T>(L, false, tm.threads), ws, sc); !s) return s;
+  if (status s = acquire(channel_forward_plan<T>(L, Lx, tm.threads), ws, sc); !s) return s;
   double* unit_mean = sc.doubles;
   double* unit_var = unit_mean + L.units();
   if (given)
@@ -609,7 +682,9 @@ inline status channel_norm_forward(int ndim, const std::int64_t* shape, int chan
   T* xp = const_cast<T*>(static_cast<const T*>(x.data));
   T* yp = static_cast<T*>(const_cast<void*>(y.data));
   status result = with_kernels([&](auto k) -> status {
-    channel_forward<decltype(k), T, W>(L, xp, yp, gamma, beta, eps, act, unit_mean, unit_var, given, sc, tm);
+    using K = decltype(k);
+    if (!fused && !given) channel_forward<K, T, W>(Lx, xp, xp, gamma, beta, eps, act, unit_mean, unit_var, false, false, sc, tm);
+    channel_forward<K, T, W>(L, xp, yp, gamma, beta, eps, act, unit_mean, unit_var, given || !fused, true, sc, tm);
     return {};
   });
   if (!result) return result;
@@ -685,7 +760,11 @@ inline std::size_t channel_workspace(int ndim, const std::int64_t* shape, int ch
     if (!strides[a]) return 0;
   channel_layout L;
   build_channel_layout(L, ndim, shape, channel_axis, groups, stats_per_sample, narrays, strides, backward ? 1 : 0);
-  return channel_plan<T>(L, backward, query_threads(num_threads)).bytes();
+  const int threads = query_threads(num_threads);
+  if (backward) return channel_plan<T>(L, true, threads).bytes();
+  channel_layout Lx;
+  build_channel_layout(Lx, ndim, shape, channel_axis, groups, stats_per_sample, 1, strides, 0);
+  return channel_forward_plan<T>(L, Lx, threads).bytes();
 }
 
 }  // namespace detail

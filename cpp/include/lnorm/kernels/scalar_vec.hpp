@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "../dispatch.hpp"  // LNORM_VEC_INLINE, LNORM_LAMBDA_INLINE
 #include "../half.hpp"
 
 namespace lnorm {
@@ -34,6 +35,11 @@ struct vec {
   static void store_n(X* p, reg v, std::int64_t n) noexcept {
     if (n > 0) *p = narrow<X>(static_cast<double>(v));
   }
+  template <class X>
+  static void stream(X* p, reg v) noexcept {  // no non-temporal stores here: a plain one
+    store(p, v);
+  }
+  static void fence() noexcept {}
   static reg add(reg a, reg b) noexcept { return a + b; }
   static reg sub(reg a, reg b) noexcept { return a - b; }
   static reg mul(reg a, reg b) noexcept { return a * b; }
