@@ -6,8 +6,8 @@ the output axis and whose other axes are the fan-in (a linear weight ``(out, in)
 
 - **Weight standardization** (Qiao et al., 2019),
   ``w_hat[o] = (w[o] - mean(w[o])) / sqrt(var(w[o]) + eps)`` with the biased variance, is
-  ``lnorm.layer_norm(w, axis=(1, ..., w.ndim - 1), eps=eps)``. This is the form of timm's and
-  BiT's ``StdConv2d``; the paper's own code divides by the unbiased standard deviation plus eps
+  ``lnorm.layer_norm(w, axis=(1, ..., w.ndim - 1), eps=eps)``. This is the form most
+  standardized convolutions use; the paper's own code divides by the unbiased standard deviation plus eps
   instead, which differs by the factor ``sqrt(n / (n - 1))`` (``n`` = fan-in) and in where eps goes.
 - **Weight normalization** (Salimans and Kingma, 2016), ``w[o] = g[o] * v[o] / ||v[o]||``, is
   ``lnorm.rms_norm(v, axis=(1, ..., v.ndim - 1), eps=0)`` times ``g[o] / sqrt(n)``: rms_norm divides

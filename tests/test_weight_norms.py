@@ -114,7 +114,7 @@ def test_recipes_reject_a_vector(recipes):
 
 def test_recipes_match_torch(recipes):
     """The same two recipes as PyTorch writes them: torch._weight_norm (what weight_norm(dim=0)
-    computes) and a standardized conv weight as timm's StdConv2d computes it (batch_norm over each
+    computes) and a standardized conv weight as a standardized convolution computes it (batch_norm over each
     filter: biased variance, eps inside the root)."""
     torch = pytest.importorskip("torch")
     v = _weight((16, 8, 3, 3), np.float64, 6)

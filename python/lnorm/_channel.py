@@ -106,7 +106,11 @@ def _like_x(x: np.ndarray) -> np.ndarray:
     kernels walk both as x's layout)."""
     if x.flags.c_contiguous:
         return _buffers.empty(x.shape, x.dtype)
-    return np.empty_like(x)
+    # Axes by decreasing stride (stable): a dense buffer in that order, from the buffer cache as any
+    # large output, seen in x's axis order.
+    order = sorted(range(x.ndim), key=lambda d: -abs(x.strides[d]))
+    buf = _buffers.empty(tuple(x.shape[d] for d in order), x.dtype)
+    return buf.transpose(np.argsort(order))
 
 
 def _forward(batch: bool, x: Any, groups: Any, weight: Any, bias: Any, channel_axis: Any, eps: Any,

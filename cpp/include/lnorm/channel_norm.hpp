@@ -213,6 +213,18 @@ struct channel_work {
     return base[a] + o * L.ostride[a] + c * L.cstride[a] + off[a];
   }
 
+  // Planar mode: how far unit u + 1's data lies from unit u's in array a, in elements (0 where no
+  // line is walked in place: the gather mode's buffers).
+  std::int64_t unit_delta(std::int64_t u, int a = 0) const noexcept {
+    if (L.mode != channel_mode::planar) return 0;
+#ifdef LNORM_EXPERIMENT_NO_PF
+    return 0;
+#endif
+    const std::int64_t G = L.groups, cpg = L.per_group();
+    const std::int64_t o = u / G, o1 = (u + 1) / G, c = (u % G) * cpg, c1 = ((u + 1) % G) * cpg;
+    return (o1 - o) * L.ostride[a] + (c1 - c) * L.cstride[a];
+  }
+
   // Calls f(ptrs) for each line of channel c of sample o: ptrs[a] the line of array a (contiguous: in
   // the gather mode, the worker's buffer, filled from the arrays < n_in before f and copied to the
   // arrays >= n_in after).
@@ -220,7 +232,7 @@ struct channel_work {
   void for_lines(std::int64_t o, std::int64_t c, int worker, int n_in, bool write_back, F&& f) const noexcept {
     spatial_walk w(L, L.ns > 0 ? L.ns - 1 : 0, 0);
     for (std::int64_t l = 0; l < L.lines; ++l, w.next()) {
-      T* p[kMaxArrays];
+      T* p[kMaxArrays] = {};
       if (L.mode == channel_mode::planar) {
         for (int a = 0; a < L.narrays; ++a) p[a] = at(a, o, c, w.off);
         f(p);
@@ -255,7 +267,7 @@ struct channel_work {
     for (std::int64_t p = p0; p < p1;) {
       const std::int64_t inner = L.ns > 0 ? L.sshape[L.ns - 1] - w.idx[L.ns - 1] : 1;
       const std::int64_t count = std::min(inner, p1 - p);
-      T* ptr[kMaxArrays];
+      T* ptr[kMaxArrays] = {};
       for (int a = 0; a < L.narrays; ++a) ptr[a] = at(a, o, 0, w.off);
       f(ptr, ld, count);
       p += count;
@@ -375,12 +387,15 @@ inline void channel_forward(const channel_layout& L, T* x, T* y, const W* gamma,
           unit_var[u] = m.var();
         }
         if (!apply) continue;
+        // The next unit of this worker, whose statistics read x next: prefetched as this one streams out.
+        const std::int64_t ahead = !given && u + 1 < u1 ? wk.unit_delta(u) : 0;
         for (std::int64_t c = c0; c < c0 + cpg; ++c) {
           E m0, a, b;
           coefficients(o, c, m0, a, b);
           with_activation(act, stream, [&](auto A, auto S) {
             wk.for_lines(o, c, worker, 1, true, [&](T* const* p) {
-              K::template line_affine<decltype(A)::value, decltype(S)::value>(p[0], p[1], L.line, m0, a, b);
+              K::template line_affine<decltype(A)::value, decltype(S)::value>(p[0], p[1], L.line, m0, a, b,
+                                                                             ahead ? p[0] + ahead : nullptr);
             });
           });
         }
@@ -508,11 +523,15 @@ inline void channel_backward(const channel_layout& L, T* dy, T* x, T* dx, const 
         double q = 0, r = 0;
         unit_terms(u, q, r);
         const E qe = static_cast<E>(q), re = static_cast<E>(r);
+        const bool more = u + 1 < u1 && L.mode == channel_mode::planar;
+        const std::int64_t ahead_dy = more ? wk.unit_delta(u, 0) : 0, ahead_x = more ? wk.unit_delta(u, 1) : 0;
         for (std::int64_t c = c0; c < c0 + cpg; ++c) {
           const E pe = static_cast<E>(rs * weight_or(gamma, c, 1.0));
           with_activation(activation::none, stream, [&](auto, auto S) {
             wk.for_lines(o, c, worker, 2, true, [&](T* const* p) {
-              K::template line_grad<decltype(S)::value>(p[0], p[1], p[2], L.line, m0, pe, qe, re);
+              K::template line_grad<decltype(S)::value>(p[0], p[1], p[2], L.line, m0, pe, qe, re,
+                                                        ahead_dy ? p[0] + ahead_dy : nullptr,
+                                                        ahead_x ? p[1] + ahead_x : nullptr);
             });
           });
         }

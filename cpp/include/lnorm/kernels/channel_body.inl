@@ -46,8 +46,11 @@
 
   /// y = act((x - m0) * a + b) over n contiguous elements (y may be x). Stream: y's full vectors from
   /// its first aligned one are written with non-temporal stores (the caller fences).
+  /// `next` (may be null): the same place in the next unit's data, prefetched into L2 as this line is
+  /// swept, so that the next unit's statistics read from cache while this one's stores go out.
   template <int Act, bool Stream, class T>
-  static void line_affine(const T* x, T* y, std::int64_t n, calc_t<T> m0, calc_t<T> a, calc_t<T> b) noexcept {
+  static void line_affine(const T* x, T* y, std::int64_t n, calc_t<T> m0, calc_t<T> a, calc_t<T> b,
+                          const T* next = nullptr) noexcept {
     using Vt = CV<T>;
     constexpr std::int64_t L = Vt::lanes;
     const auto vm = Vt::set1(m0), va = Vt::set1(a), vb = Vt::set1(b);
@@ -58,6 +61,7 @@
       i = h;
     }
     for (; i + 2 * L <= n; i += 2 * L) {
+      if (next) prefetch_span<2 * L>(next + i);
       const auto u = activate<Act, T>(Vt::fma(Vt::sub(Vt::load(x + i), vm), va, vb));
       const auto v = activate<Act, T>(Vt::fma(Vt::sub(Vt::load(x + i + L), vm), va, vb));
       put<Stream>(y + i, u);
@@ -94,9 +98,10 @@
   }
 
   /// dx = p * dy + (q * (x - m0) + r) over n contiguous elements (Stream: as line_affine).
+  /// next_dy, next_x (may be null): prefetched as line_affine's `next`.
   template <bool Stream, class T>
   static void line_grad(const T* dy, const T* x, T* dx, std::int64_t n, calc_t<T> m0, calc_t<T> p, calc_t<T> q,
-                        calc_t<T> r) noexcept {
+                        calc_t<T> r, const T* next_dy = nullptr, const T* next_x = nullptr) noexcept {
     using Vt = CV<T>;
     constexpr std::int64_t L = Vt::lanes;
     const auto vm = Vt::set1(m0), vp = Vt::set1(p), vq = Vt::set1(q), vr = Vt::set1(r);
@@ -108,8 +113,13 @@
       i = unaligned_head(dx, n);
       if (i > 0) Vt::store_n(dx, at(0, i), i);
     }
-    for (; i + L <= n; i += L)
+    for (; i + L <= n; i += L) {
+      if (next_x) {
+        prefetch_span<L>(next_dy + i);
+        prefetch_span<L>(next_x + i);
+      }
       put<Stream>(dx + i, Vt::fma(vp, Vt::load(dy + i), Vt::fma(vq, Vt::sub(Vt::load(x + i), vm), vr)));
+    }
     if (i < n) Vt::store_n(dx + i, at(i, n - i), n - i);
   }
 
@@ -281,6 +291,20 @@
   }
 
  private:
+  // Prefetches the cache lines of k elements at p into L2 (a prefetch never faults: p may lie past the
+  // data). Lines are asked for once each when k elements span whole lines, else (k * sizeof(T) < 64)
+  // every call asks for the line of p.
+  template <std::int64_t K, class T>
+  LNORM_VEC_INLINE static void prefetch_span(const T* p) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+    constexpr std::int64_t bytes = K * static_cast<std::int64_t>(sizeof(T));
+    for (std::int64_t o = 0; o < (bytes < 64 ? 1 : bytes / 64); ++o)
+      __builtin_prefetch(static_cast<const void*>(reinterpret_cast<const char*>(p) + o * 64), 0, 2);
+#else
+    (void)p;
+#endif
+  }
+
   // Elements of y before its first address aligned for a full vector's streaming store (at most n).
   template <class T>
   static std::int64_t unaligned_head(const T* y, std::int64_t n) noexcept {
