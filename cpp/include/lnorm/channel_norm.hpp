@@ -173,8 +173,9 @@ inline scratch_plan channel_plan(const channel_layout& L, bool backward, int thr
   std::int64_t doubles = 2 * units + 2 * oc;  // unit statistics; per-channel sums
   if (L.mode == channel_mode::gather) p.row_bytes = bytes_of(workers, L.narrays, L.line, sizeof(T));
   if (L.mode == channel_mode::pixels) {
-    // Coefficients (m0, a, b, or m0, p, q, r), and per worker two float sum arrays and one shift copy.
-    p.partial_bytes = bytes_of(1, 4 * oc + 3 * workers * L.channels, 1, sizeof(E));
+    // Coefficients (m0, a, b, or m0, p, q, r), per worker two float sum arrays and one shift copy,
+    // and the forward's flags of the samples that need a second moment pass (one bool per E slot).
+    p.partial_bytes = bytes_of(1, 4 * oc + 3 * workers * L.channels + L.outer, 1, sizeof(E));
     doubles += 2 * pixel_chunks(L) * oc;  // chunk partials
   }
   p.double_bytes = bytes_of(doubles, 1, 1, sizeof(double));
@@ -262,12 +263,12 @@ struct channel_work {
   template <class F>
   void for_pixel_runs(std::int64_t o, std::int64_t p0, std::int64_t p1, F&& f) const noexcept {
     spatial_walk w(L, L.ns, p0);
-    std::int64_t ld[kMaxArrays];
+    std::int64_t ld[kMaxArrays] = {};
     for (int a = 0; a < L.narrays; ++a) ld[a] = L.ns > 0 ? L.sstride[a][L.ns - 1] : 0;
     for (std::int64_t p = p0; p < p1;) {
       const std::int64_t inner = L.ns > 0 ? L.sshape[L.ns - 1] - w.idx[L.ns - 1] : 1;
       const std::int64_t count = std::min(inner, p1 - p);
-      T* ptr[kMaxArrays] = {};
+      T* ptr[kMaxArrays] = {};  // (zeroed: GCC 12 -O2 cannot see narrays >= 2)
       for (int a = 0; a < L.narrays; ++a) ptr[a] = at(a, o, 0, w.off);
       f(ptr, ld, count);
       p += count;
@@ -422,21 +423,22 @@ inline void channel_forward(const channel_layout& L, T* x, T* y, const W* gamma,
     // whose shift lies far out (more than two spreads from its mean).
     pixel_moment_pass(wk, shift, partials, chan, worker_sums, tm, nullptr);
     const double P = static_cast<double>(L.pixels);
-    std::unique_ptr<bool[]> redo;
-    for (std::int64_t o = 0; o < L.outer; ++o)
+    // The flags live in the scratch (after the worker sums): a call given a workspace never allocates.
+    bool* redo = reinterpret_cast<bool*>(worker_sums + 3 * static_cast<std::int64_t>(std::max(1, tm.threads)) * C);
+    bool any = false;
+    for (std::int64_t o = 0; o < L.outer; ++o) {
+      redo[o] = false;
       for (std::int64_t c = 0; c < C; ++c) {
         const double cm = chan[o * 2 * C + c] / P, var = chan[o * 2 * C + C + c] / P - cm * cm;
-        if (std::isfinite(cm) && std::isfinite(var) && !(cm * cm <= 4 * var)) {
-          if (!redo) redo.reset(new (std::nothrow) bool[static_cast<std::size_t>(L.outer)]());
-          if (redo) redo[o] = true;  // (no memory: keep the first pass's sums)
-        }
+        if (std::isfinite(cm) && std::isfinite(var) && !(cm * cm <= 4 * var)) redo[o] = any = true;
       }
-    if (redo) {
+    }
+    if (any) {
       for (std::int64_t o = 0; o < L.outer; ++o)
         if (redo[o])
           for (std::int64_t c = 0; c < C; ++c)
             shift[o * C + c] = static_cast<E>(static_cast<double>(shift[o * C + c]) + chan[o * 2 * C + c] / P);
-      pixel_moment_pass(wk, shift, partials, chan, worker_sums, tm, redo.get());
+      pixel_moment_pass(wk, shift, partials, chan, worker_sums, tm, redo);
     }
     for (std::int64_t o = 0; o < L.outer; ++o)
       for (std::int64_t g = 0; g < G; ++g) {
