@@ -184,6 +184,8 @@ def torch_contender(op: str, inp: Inputs, layout: str):
         return t.contiguous(memory_format=fmt) if a.ndim == 4 else t
 
     x, dy, w, b = tt(inp.x), tt(inp.dy), tt(inp.weight), tt(inp.bias)
+    if op.startswith("batch_norm") and x.dtype == torch.bfloat16:  # torch's CPU BatchNorm: float32 parameters
+        w, b = w.float(), b.float()
     rm, rv = torch.from_numpy(inp.running_mean.copy()), torch.from_numpy(inp.running_var.copy())
     n, c, h, wd = inp.x.shape
     to_np = lambda t: t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()  # noqa: E731

@@ -136,3 +136,46 @@ def test_copy_ratio_script_runs():
     assert completed.returncode == 0, completed.stderr[-4000:]
     lines = [line for line in completed.stdout.splitlines() if line.startswith("1 thread")]
     assert len(lines) == 3 and all("layer_norm" in line and "rms_norm" in line for line in lines), completed.stdout
+
+
+CHANNEL_SCRIPT = os.path.join(REPO_ROOT, "bench", "bench_channel.py")
+
+
+@pytest.mark.slow
+def test_channel_quick_run_writes_verified_results(tmp_path):
+    """bench/bench_channel.py --quick verifies every contender, then writes its table (each op,
+    layout and thread count, its fraction of the bound and the ratios to torch and ONNX Runtime), the
+    goals, the CSV and the plot."""
+    pytest.importorskip("matplotlib")
+    completed = subprocess.run([sys.executable, CHANNEL_SCRIPT, "--quick", "--out", str(tmp_path)],
+                               capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-4000:]
+    results = (tmp_path / "RESULTS_channel.md").read_text()
+    from lnorm._limit import cpu_info
+
+    assert f"CPU: {cpu_info()['model name']}" in results and "## Goals" in results
+    with open(tmp_path / "results_channel.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    ops = {r["op"] for r in rows}
+    assert ops == {"group_norm", "instance_norm", "batch_norm_eval", "batch_norm_train", "group_norm_backward",
+                   "instance_norm_backward", "batch_norm_backward"}
+    assert {r["layout"] for r in rows} == {"nchw", "nhwc"} and {r["threads"] for r in rows} == {"1", "2"}
+    assert all(float(r["of_bound"]) > 0 and float(r["bound_copies"]) in (1.0, 1.5, 2.5) for r in rows)
+    with open(tmp_path / "channel_norms.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_channel_bench_catches_a_wrong_answer(monkeypatch):
+    """The verification in bench/bench_channel.py fails a contender that computes the wrong thing."""
+    spec = importlib.util.spec_from_file_location("lnorm_bench_channel", CHANNEL_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        inp = module.make_inputs((2, 64, 4, 4), np.dtype(np.float32), "nhwc", seed=1)
+        good = module.max_error(module.lnorm_contender("group_norm", inp).result(), module.reference("group_norm", inp))
+        assert good < 1e-5
+        wrong = module.reference("instance_norm", inp)  # another op's answer
+        assert module.max_error(module.lnorm_contender("group_norm", inp).result(), wrong) > 1e-2
+    finally:
+        del sys.modules[spec.name]

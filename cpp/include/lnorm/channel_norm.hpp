@@ -201,6 +201,11 @@ inline scratch_plan channel_forward_plan(const channel_layout& L, const channel_
   return p;
 }
 
+// The member of the norm family (kernels/family.hpp) these drivers compute.
+using channel_kind = channel_norm_kind;
+static_assert(channel_kind::centered && channel_kind::weights == weights_by::channel,
+              "the channel norms subtract the mean and index gamma and beta per channel");
+
 // ---- The work, over one kernel set K ----------------------------------------------------------------
 
 template <class K, class T>
@@ -214,13 +219,31 @@ struct channel_work {
     return base[a] + o * L.ostride[a] + c * L.cstride[a] + off[a];
   }
 
-  // Planar mode: how far unit u + 1's data lies from unit u's in array a, in elements (0 where no
-  // line is walked in place: the gather mode's buffers).
-  std::int64_t unit_delta(std::int64_t u, int a = 0) const noexcept {
-    if (L.mode != channel_mode::planar) return 0;
-#ifdef LNORM_EXPERIMENT_NO_PF
-    return 0;
+  // Planar mode: asks for the first `bytes` of each line of unit u in array a, so that its first
+  // elements (read at once for the line's shift) and the line's first cache lines, before the
+  // hardware prefetchers have caught on, come in parallel rather than one miss at a time.
+  void prefetch_unit(std::int64_t u, int a, std::int64_t bytes) const noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+    const std::int64_t G = L.groups, cpg = L.per_group(), o = u / G, c0 = (u % G) * cpg;
+    const std::int64_t lb = L.line * static_cast<std::int64_t>(sizeof(T));
+    const std::int64_t span = bytes < lb ? bytes : lb;
+    for (std::int64_t c = c0; c < c0 + cpg; ++c) {
+      spatial_walk w(L, L.ns > 0 ? L.ns - 1 : 0, 0);
+      for (std::int64_t l = 0; l < L.lines; ++l, w.next()) {
+        const char* p = reinterpret_cast<const char*>(at(a, o, c, w.off));
+        for (std::int64_t k = 0; k < span; k += 64) __builtin_prefetch(static_cast<const void*>(p + k), 0, 3);
+      }
+    }
+#else
+    (void)u;
+    (void)a;
+    (void)bytes;
 #endif
+  }
+
+  // Planar mode: how far unit u + 1's data lies from unit u's in array a, in elements (every line of
+  // a unit has its twin in the next at that distance).
+  std::int64_t unit_delta(std::int64_t u, int a) const noexcept {
     const std::int64_t G = L.groups, cpg = L.per_group();
     const std::int64_t o = u / G, o1 = (u + 1) / G, c = (u % G) * cpg, c1 = ((u + 1) % G) * cpg;
     return (o1 - o) * L.ostride[a] + (c1 - c) * L.cstride[a];
@@ -277,6 +300,9 @@ struct channel_work {
   }
 };
 
+// How much of each line's start the pipelined planar sweeps ask for ahead (prefetch_unit).
+inline constexpr std::int64_t kLineStartBytes = 512;
+
 // The activation and the store kind as the kernels' template arguments: f(A, S), A::value the
 // activation's number, S::value whether the output is streamed.
 template <class F>
@@ -309,21 +335,31 @@ inline double weight_or(const W* w, std::int64_t c, double none) noexcept {
   return w ? static_cast<double>(widen(w[c])) : none;
 }
 
-// Per-channel shifted sums of the pixels mode over samples with want[o] (all when null): sd, sq per
-// (o, c) in `sums` (2 * outer * C doubles: sd then sq), around shift[o * C + c].
+// Sample o's chunk partials (two sums per channel each) added in chunk order into sums[o].
+inline void reduce_chunks(const channel_layout& L, std::int64_t o, const double* partials, double* sums) noexcept {
+  const std::int64_t C = L.channels, chunks = pixel_chunks(L);
+  double* s = sums + o * 2 * C;
+  std::fill_n(s, 2 * C, 0.0);
+  for (std::int64_t k = 0; k < chunks; ++k) {
+    const double* part = partials + (o * chunks + k) * 2 * C;
+    for (std::int64_t c = 0; c < 2 * C; ++c) s[c] += part[c];
+  }
+}
+
+// The chunk partials of tasks [t0, t1) (task o * chunks + k: chunk k of sample o).
 template <class K, class T>
-inline void pixel_moment_pass(const channel_work<K, T>& wk, const calc_t<T>* shift, double* partials, double* sums,
-                              calc_t<T>* worker_sums, const team& tm, const bool* want) noexcept {
+inline void pixel_moment_range(const channel_work<K, T>& wk, const calc_t<T>* shift, double* partials,
+                               calc_t<T>* worker_sums, const team& tm, std::int64_t t_begin,
+                               std::int64_t t_end) noexcept {
   using E = calc_t<T>;
   const channel_layout& L = wk.L;
-  const std::int64_t C = L.channels, chunks = pixel_chunks(L), tasks = L.outer * chunks;
-  const int workers = workers_for(L.outer * L.pixels * C, tasks, tm.threads);
-  parallel_for_on(tm, tasks, workers, [&](std::int64_t t0, std::int64_t t1, int worker) {
+  const std::int64_t C = L.channels, chunks = pixel_chunks(L), tasks = t_end - t_begin;
+  const int workers = workers_for(tasks * (L.pixels / chunks) * C, tasks, tm.threads);
+  parallel_for_on(tm, tasks, workers, [&](std::int64_t a0, std::int64_t a1, int worker) {
     E* sd = worker_sums + static_cast<std::int64_t>(worker) * 3 * C;
     E* sq = sd + C;
-    for (std::int64_t t = t0; t < t1; ++t) {
+    for (std::int64_t t = t_begin + a0; t < t_begin + a1; ++t) {
       const std::int64_t o = t / chunks, k = t % chunks;
-      if (want && !want[o]) continue;
       const std::int64_t p0 = L.pixels * k / chunks, p1 = L.pixels * (k + 1) / chunks;
       double* part = partials + t * 2 * C;
       std::fill_n(part, 2 * C, 0.0);
@@ -339,15 +375,23 @@ inline void pixel_moment_pass(const channel_work<K, T>& wk, const calc_t<T>* shi
       }
     }
   });
-  for (std::int64_t o = 0; o < L.outer; ++o) {
-    if (want && !want[o]) continue;
-    double* s = sums + o * 2 * C;
-    std::fill_n(s, 2 * C, 0.0);
-    for (std::int64_t k = 0; k < chunks; ++k) {
-      const double* part = partials + (o * chunks + k) * 2 * C;
-      for (std::int64_t c = 0; c < 2 * C; ++c) s[c] += part[c];
-    }
+}
+
+// Per-channel shifted sums of the pixels mode over samples with want[o] (all when null): sd, sq per
+// (o, c) in `sums` (2 * outer * C doubles: sd then sq), around shift[o * C + c].
+template <class K, class T>
+inline void pixel_moment_pass(const channel_work<K, T>& wk, const calc_t<T>* shift, double* partials, double* sums,
+                              calc_t<T>* worker_sums, const team& tm, const bool* want) noexcept {
+  const channel_layout& L = wk.L;
+  const std::int64_t chunks = pixel_chunks(L);
+  if (want) {  // the wanted samples one at a time, each on every worker
+    for (std::int64_t o = 0; o < L.outer; ++o)
+      if (want[o]) pixel_moment_range(wk, shift, partials, worker_sums, tm, o * chunks, (o + 1) * chunks);
+  } else {
+    pixel_moment_range(wk, shift, partials, worker_sums, tm, 0, L.outer * chunks);
   }
+  for (std::int64_t o = 0; o < L.outer; ++o)
+    if (!want || want[o]) reduce_chunks(L, o, partials, sums);
 }
 
 // Forward statistics and affine of a channel norm: unit statistics into unit_mean/unit_var (double,
@@ -373,10 +417,15 @@ inline void channel_forward(const channel_layout& L, T* x, T* y, const W* gamma,
   if (L.mode != channel_mode::pixels) {
     const std::int64_t units = L.units();
     const int workers = workers_for(L.outer * C * L.pixels, units, tm.threads);
+    // Planar units are pipelined, as rows are: the affine of unit u sweeps its lines from cache while
+    // the statistics of unit u + 1 read its twin lines from memory (line_affine_sums), so memory
+    // sees a read and a write at once, as in a copy. The first unit of a worker's block is read alone.
+    const bool piped = !given && apply && L.mode == channel_mode::planar;
     parallel_for_on(tm, units, workers, [&](std::int64_t u0, std::int64_t u1, int worker) {
       for (std::int64_t u = u0; u < u1; ++u) {
         const std::int64_t o = u / G, c0 = (u % G) * cpg;
-        if (!given) {
+        if (!given && !(piped && u > u0)) {
+          if (piped) wk.prefetch_unit(u, 0, kLineStartBytes);
           moments m;
           for (std::int64_t c = c0; c < c0 + cpg; ++c)
             wk.for_lines(o, c, worker, 1, false, [&](T* const* p) {
@@ -388,17 +437,34 @@ inline void channel_forward(const channel_layout& L, T* x, T* y, const W* gamma,
           unit_var[u] = m.var();
         }
         if (!apply) continue;
-        // The next unit of this worker, whose statistics read x next: prefetched as this one streams out.
-        const std::int64_t ahead = !given && u + 1 < u1 ? wk.unit_delta(u) : 0;
+        const bool fuse = piped && u + 1 < u1;
+        const std::int64_t delta = fuse ? wk.unit_delta(u, 0) : 0;
+        if (fuse) wk.prefetch_unit(u + 1, 0, kLineStartBytes);
+        moments next;
         for (std::int64_t c = c0; c < c0 + cpg; ++c) {
           E m0, a, b;
           coefficients(o, c, m0, a, b);
           with_activation(act, stream, [&](auto A, auto S) {
+            constexpr int Act = decltype(A)::value;
+            constexpr bool Stream = decltype(S)::value;
             wk.for_lines(o, c, worker, 1, true, [&](T* const* p) {
-              K::template line_affine<decltype(A)::value, decltype(S)::value>(p[0], p[1], L.line, m0, a, b,
-                                                                             ahead ? p[0] + ahead : nullptr);
+              if (!fuse) {
+                K::template line_affine<Act, Stream>(p[0], p[1], L.line, m0, a, b);
+                return;
+              }
+              const T* twin = p[0] + delta;
+              const E shift = K::first_mean(twin, 1, L.line);
+              E sd, sq;
+              K::template line_affine_sums<Act, Stream>(p[0], p[1], L.line, m0, a, b, twin, shift, sd, sq);
+              double mean = 0, m2 = 0;
+              K::line_finish(twin, L.line, shift, sd, sq, mean, m2);
+              next.add(static_cast<double>(L.line), mean, m2);
             });
           });
+        }
+        if (fuse) {
+          unit_mean[u + 1] = next.mean;
+          unit_var[u + 1] = next.var();
         }
       }
       if (stream) K::template stream_fence<T>();
@@ -411,67 +477,108 @@ inline void channel_forward(const channel_layout& L, T* x, T* y, const W* gamma,
   E* worker_sums = coef + 4 * oc;
   double* chan = sc.doubles + 2 * L.units();  // per (o, c): sd, sq (2 * C per sample)
   double* partials = chan + 2 * oc;
-  if (!given) {
-    E* shift = coef;  // the m0 array, shifts until the coefficients replace them
+  const double P = static_cast<double>(L.pixels);
+  const std::int64_t chunks = pixel_chunks(L), tasks = L.outer * chunks;
+  const int workers = workers_for(oc * L.pixels, tasks, tm.threads);
+  E* shift = coef;  // the m0 array: a sample's shifts until its coefficients replace them
+  // Flags of the samples a moment pass covers; they live in the scratch (after the worker sums): a
+  // call given a workspace never allocates.
+  bool* want = reinterpret_cast<bool*>(worker_sums + 3 * static_cast<std::int64_t>(std::max(1, tm.threads)) * C);
+  auto only = [&](std::int64_t o) {
+    for (std::int64_t i = 0; i < L.outer; ++i) want[i] = i == o;
+    return want;
+  };
+  // Sample o's statistics from its sums in chan: a second pass around the channel means where a
+  // channel's shift lies far out (more than two spreads from its mean), then its units' moments.
+  auto sample_stats = [&](std::int64_t o) {
+    bool far = false;
+    for (std::int64_t c = 0; c < C; ++c) {
+      const double cm = chan[o * 2 * C + c] / P, var = chan[o * 2 * C + C + c] / P - cm * cm;
+      far = far || (std::isfinite(cm) && std::isfinite(var) && !(cm * cm <= 4 * var));
+    }
+    if (far) {
+      for (std::int64_t c = 0; c < C; ++c)
+        shift[o * C + c] = static_cast<E>(static_cast<double>(shift[o * C + c]) + chan[o * 2 * C + c] / P);
+      pixel_moment_pass(wk, shift, partials, chan, worker_sums, tm, only(o));
+    }
+    for (std::int64_t g = 0; g < G; ++g) {
+      moments m;
+      for (std::int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
+        const double sd = chan[o * 2 * C + c], sq = chan[o * 2 * C + C + c];
+        const double cm = sd / P;
+        double m2 = sq - sd * cm;
+        if (m2 < 0) m2 = 0;
+        m.add(P, static_cast<double>(shift[o * C + c]) + cm, m2);
+      }
+      unit_mean[o * G + g] = m.mean;
+      unit_var[o * G + g] = m.var();
+    }
+  };
+  auto sample_coefficients = [&](std::int64_t o) {
+    for (std::int64_t c = 0; c < C; ++c) coefficients(o, c, coef[o * C + c], coef[oc + o * C + c], coef[2 * oc + o * C + c]);
+  };
+  if (!given)
     for (std::int64_t o = 0; o < L.outer; ++o)
       wk.for_pixel_runs(o, 0, 1, [&](T* const* p, const std::int64_t* ld, std::int64_t) {
         // The first pixels of the sample's first run (see first_mean: a constant input gives d == 0).
         const std::int64_t run = L.ns > 0 ? L.sshape[L.ns - 1] : 1;
         for (std::int64_t c = 0; c < C; ++c) shift[o * C + c] = K::first_mean(p[0] + c, ld[0], run);
       });
-    // A pass over each sample; a second one, around the channel means, for samples with a channel
-    // whose shift lies far out (more than two spreads from its mean).
-    pixel_moment_pass(wk, shift, partials, chan, worker_sums, tm, nullptr);
-    const double P = static_cast<double>(L.pixels);
-    // The flags live in the scratch (after the worker sums): a call given a workspace never allocates.
-    bool* redo = reinterpret_cast<bool*>(worker_sums + 3 * static_cast<std::int64_t>(std::max(1, tm.threads)) * C);
-    bool any = false;
-    for (std::int64_t o = 0; o < L.outer; ++o) {
-      redo[o] = false;
-      for (std::int64_t c = 0; c < C; ++c) {
-        const double cm = chan[o * 2 * C + c] / P, var = chan[o * 2 * C + C + c] / P - cm * cm;
-        if (std::isfinite(cm) && std::isfinite(var) && !(cm * cm <= 4 * var)) redo[o] = any = true;
-      }
-    }
-    if (any) {
-      for (std::int64_t o = 0; o < L.outer; ++o)
-        if (redo[o])
-          for (std::int64_t c = 0; c < C; ++c)
-            shift[o * C + c] = static_cast<E>(static_cast<double>(shift[o * C + c]) + chan[o * 2 * C + c] / P);
-      pixel_moment_pass(wk, shift, partials, chan, worker_sums, tm, redo);
-    }
-    for (std::int64_t o = 0; o < L.outer; ++o)
-      for (std::int64_t g = 0; g < G; ++g) {
-        moments m;
-        for (std::int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
-          const double sd = chan[o * 2 * C + c], sq = chan[o * 2 * C + C + c];
-          const double cm = sd / P;
-          double m2 = sq - sd * cm;
-          if (m2 < 0) m2 = 0;
-          m.add(P, static_cast<double>(shift[o * C + c]) + cm, m2);
-        }
-        unit_mean[o * G + g] = m.mean;
-        unit_var[o * G + g] = m.var();
-      }
+  // Samples are pipelined (several of them, statistics to compute, an output to write): the affine
+  // of sample o reads x from memory and streams y out while the sums of sample o + 1 read its twin
+  // pixels (pixel_affine_sums), so that the second read of x overlaps the first; sample 0 is summed
+  // alone. Otherwise every sample is summed, then every sample normalized.
+  const bool piped = !given && apply && L.outer > 1;
+  if (!given) {
+    pixel_moment_pass(wk, shift, partials, chan, worker_sums, tm, piped ? only(0) : nullptr);
+    for (std::int64_t o = 0; o < (piped ? 1 : L.outer); ++o) sample_stats(o);
   }
   if (!apply) return;
-  for (std::int64_t o = 0; o < L.outer; ++o)
-    for (std::int64_t c = 0; c < C; ++c) coefficients(o, c, coef[o * C + c], coef[oc + o * C + c], coef[2 * oc + o * C + c]);
-  const std::int64_t chunks = pixel_chunks(L), tasks = L.outer * chunks;
-  const int workers = workers_for(oc * L.pixels, tasks, tm.threads);
   with_activation(act, stream, [&](auto A, auto S) {
-    parallel_for_on(tm, tasks, workers, [&](std::int64_t t0, std::int64_t t1, int) {
-      for (std::int64_t t = t0; t < t1; ++t) {
-        const std::int64_t o = t / chunks, k = t % chunks;
-        const E *m0 = coef + o * C, *a = coef + oc + o * C, *b = coef + 2 * oc + o * C;
-        wk.for_pixel_runs(o, L.pixels * k / chunks, L.pixels * (k + 1) / chunks,
-                          [&](T* const* p, const std::int64_t* ld, std::int64_t n) {
-                            K::template pixel_affine<decltype(A)::value, decltype(S)::value>(p[0], ld[0], p[1], ld[1], n,
-                                                                                            C, m0, a, b);
-                          });
+    constexpr int Act = decltype(A)::value;
+    constexpr bool Stream = decltype(S)::value;
+    for (std::int64_t o0 = 0; o0 < L.outer; o0 += piped ? 1 : L.outer) {
+      const std::int64_t o1 = piped ? o0 + 1 : L.outer;  // the samples this region normalizes
+      for (std::int64_t o = o0; o < o1; ++o) sample_coefficients(o);
+      const bool twin = piped && o1 < L.outer;           // and sums sample o1 meanwhile
+      const std::int64_t t0 = o0 * chunks, t1 = o1 * chunks;
+      parallel_for_on(tm, t1 - t0, std::min<int>(workers, static_cast<int>(t1 - t0)),
+                      [&](std::int64_t a0, std::int64_t a1, int worker) {
+        E* sd = worker_sums + static_cast<std::int64_t>(worker) * 3 * C;
+        E* sq = sd + C;
+        for (std::int64_t t = t0 + a0; t < t0 + a1; ++t) {
+          const std::int64_t o = t / chunks, k = t % chunks;
+          const E *m0 = coef + o * C, *a = coef + oc + o * C, *b = coef + 2 * oc + o * C;
+          const std::int64_t p0 = L.pixels * k / chunks, p1 = L.pixels * (k + 1) / chunks;
+          if (!twin) {
+            wk.for_pixel_runs(o, p0, p1, [&](T* const* p, const std::int64_t* ld, std::int64_t n) {
+              K::template pixel_affine<Act, Stream>(p[0], ld[0], p[1], ld[1], n, C, m0, a, b);
+            });
+            continue;
+          }
+          // As pixel_moment_pass sums chunk k of sample o1: the same blocks, runs and spans.
+          double* part = partials + (o1 * chunks + k) * 2 * C;
+          std::fill_n(part, 2 * C, 0.0);
+          const std::int64_t next = L.ostride[0];
+          for (std::int64_t b0 = p0; b0 < p1; b0 += kPixelBlock) {
+            std::fill_n(sd, 2 * C, E(0));
+            wk.for_pixel_runs(o, b0, std::min(p1, b0 + kPixelBlock), [&](T* const* p, const std::int64_t* ld, std::int64_t n) {
+              K::template pixel_affine_sums<Act, Stream>(p[0], ld[0], p[1], ld[1], n, C, m0, a, b, p[0] + next,
+                                                         shift + o1 * C, sd, sq);
+            });
+            for (std::int64_t c = 0; c < C; ++c) {
+              part[c] += static_cast<double>(sd[c]);
+              part[C + c] += static_cast<double>(sq[c]);
+            }
+          }
+        }
+        if (Stream) K::template stream_fence<T>();
+      });
+      if (twin) {
+        reduce_chunks(L, o1, partials, chan);
+        sample_stats(o1);
       }
-      if (decltype(S)::value) K::template stream_fence<T>();
-    });
+    }
   });
 }
 
@@ -506,36 +613,54 @@ inline void channel_backward(const channel_layout& L, T* dy, T* x, T* dx, const 
   if (L.mode != channel_mode::pixels) {
     const std::int64_t units = L.units();
     const int workers = workers_for(oc * L.pixels, units, tm.threads);
+    // Pipelined as the forward: the gradient of unit u streams out while unit u + 1's sums read its
+    // twin lines from memory (line_grad_and_sums). The first unit of a worker's block is summed alone.
+    const bool piped = L.mode == channel_mode::planar;
     parallel_for_on(tm, units, workers, [&](std::int64_t u0, std::int64_t u1, int worker) {
       for (std::int64_t u = u0; u < u1; ++u) {
         const std::int64_t o = u / G, c0 = (u % G) * cpg;
         const E m0 = static_cast<E>(mean[u]);
         const double rs = static_cast<double>(rstd[u]);
-        for (std::int64_t c = c0; c < c0 + cpg; ++c) {
-          double s1 = 0, s2 = 0;
-          wk.for_lines(o, c, worker, 2, false, [&](T* const* p) {
-            E a = 0, b = 0;
-            K::line_grad_sums(p[0], p[1], L.line, m0, a, b);
-            s1 += static_cast<double>(a);
-            s2 += static_cast<double>(b);
-          });
-          chan[o * C + c] = rs * s2;
-          chan[oc + o * C + c] = s1;
-        }
+        if (!(piped && u > u0))
+          for (std::int64_t c = c0; c < c0 + cpg; ++c) {
+            double s1 = 0, s2 = 0;
+            wk.for_lines(o, c, worker, 2, false, [&](T* const* p) {
+              E a = 0, b = 0;
+              K::line_grad_sums(p[0], p[1], L.line, m0, a, b);
+              s1 += static_cast<double>(a);
+              s2 += static_cast<double>(b);
+            });
+            chan[o * C + c] = rs * s2;
+            chan[oc + o * C + c] = s1;
+          }
         double q = 0, r = 0;
         unit_terms(u, q, r);
         const E qe = static_cast<E>(q), re = static_cast<E>(r);
-        const bool more = u + 1 < u1 && L.mode == channel_mode::planar;
-        const std::int64_t ahead_dy = more ? wk.unit_delta(u, 0) : 0, ahead_x = more ? wk.unit_delta(u, 1) : 0;
+        const bool fuse = piped && u + 1 < u1;
+        const std::int64_t ddy = fuse ? wk.unit_delta(u, 0) : 0, dxd = fuse ? wk.unit_delta(u, 1) : 0;
+        const E m1 = fuse ? static_cast<E>(mean[u + 1]) : E(0);
+        const double rs1 = fuse ? static_cast<double>(rstd[u + 1]) : 0.0;
+        const std::int64_t o1 = (u + 1) / G, shift_c = fuse ? ((u + 1) % G) * cpg - c0 : 0;
         for (std::int64_t c = c0; c < c0 + cpg; ++c) {
           const E pe = static_cast<E>(rs * weight_or(gamma, c, 1.0));
+          double s1 = 0, s2 = 0;
           with_activation(activation::none, stream, [&](auto, auto S) {
             wk.for_lines(o, c, worker, 2, true, [&](T* const* p) {
-              K::template line_grad<decltype(S)::value>(p[0], p[1], p[2], L.line, m0, pe, qe, re,
-                                                        ahead_dy ? p[0] + ahead_dy : nullptr,
-                                                        ahead_x ? p[1] + ahead_x : nullptr);
+              if (!fuse) {
+                K::template line_grad<decltype(S)::value>(p[0], p[1], p[2], L.line, m0, pe, qe, re);
+                return;
+              }
+              E a = 0, b = 0;
+              K::template line_grad_and_sums<decltype(S)::value>(p[0], p[1], p[2], L.line, m0, pe, qe, re, p[0] + ddy,
+                                                                 p[1] + dxd, m1, a, b);
+              s1 += static_cast<double>(a);
+              s2 += static_cast<double>(b);
             });
           });
+          if (fuse) {  // channel c's twin in unit u + 1
+            chan[o1 * C + c + shift_c] = rs1 * s2;
+            chan[oc + o1 * C + c + shift_c] = s1;
+          }
         }
       }
       if (stream) K::template stream_fence<T>();

@@ -21,10 +21,21 @@
   template <class T>
   static void line_moments(const T* x, std::int64_t n, double& mean, double& m2) noexcept {
     using E = calc_t<T>;
-    E m0 = first_mean(x, 1, n), sd, sq;
+    const E m0 = first_mean(x, 1, n);
+    E sd, sq;
     line_sums(x, n, m0, sd, sq);
+    line_finish(x, n, m0, sd, sq, mean, m2);
+  }
+
+  /// The moments of a line from its shifted sums around m0 (line_sums' or line_affine_sums'): a shift
+  /// far from the mean (more than two spreads) is redone around the rough mean, and sums that
+  /// overflowed or squares that underflowed are redone in double.
+  template <class T>
+  static void line_finish(const T* x, std::int64_t n, calc_t<T> m0, calc_t<T> sd, calc_t<T> sq, double& mean,
+                          double& m2) noexcept {
+    using E = calc_t<T>;
     E c = sd / static_cast<E>(n), var = sq / static_cast<E>(n) - c * c;
-    if (!(c * c <= E(4) * var)) {  // the first element lies far out: shift by the rough mean instead
+    if (!(c * c <= E(4) * var)) {  // the shift lies far out: shift by the rough mean instead
       m0 += c;
       line_sums(x, n, m0, sd, sq);
       c = sd / static_cast<E>(n);
@@ -44,13 +55,60 @@
     m2 = static_cast<double>(var) * static_cast<double>(n);
   }
 
+  /// line_affine of (x, y) and, in the same sweep, line_sums of `next` (n elements, around `shift`,
+  /// the same bits as line_sums gives): the next unit's statistics read from memory while this unit's
+  /// output, read from cache, streams out, as a copy reads and writes at once.
+  template <int Act, bool Stream, class T>
+  static void line_affine_sums(const T* x, T* y, std::int64_t n, calc_t<T> m0, calc_t<T> a, calc_t<T> b,
+                               const T* next, calc_t<T> shift, calc_t<T>& sd, calc_t<T>& sq) noexcept {
+    using Vt = CV<T>;
+    constexpr std::int64_t L = Vt::lanes;
+    const auto vm = Vt::set1(m0), va = Vt::set1(a), vb = Vt::set1(b), vk = Vt::set1(shift);
+    auto f = [&](std::int64_t j) LNORM_LAMBDA_INLINE { return activate<Act, T>(Vt::fma(Vt::sub(Vt::load(x + j), vm), va, vb)); };
+    std::int64_t j = 0;  // the affine's next element: from y's first aligned vector when streaming
+    if constexpr (Stream) {
+      j = unaligned_head(y, n);
+      if (j > 0) Vt::store_n(y, activate<Act, T>(Vt::fma(Vt::sub(Vt::load_n(x, j), vm), va, vb)), j);
+    }
+    auto d0 = Vt::zero(), d1 = Vt::zero(), d2 = Vt::zero(), d3 = Vt::zero();
+    auto q0 = Vt::zero(), q1 = Vt::zero(), q2 = Vt::zero(), q3 = Vt::zero();
+    std::int64_t i = 0;
+    for (; i + 4 * L <= n; i += 4 * L) {  // line_sums' step
+      const auto e0 = Vt::sub(Vt::load(next + i), vk), e1 = Vt::sub(Vt::load(next + i + L), vk);
+      const auto e2 = Vt::sub(Vt::load(next + i + 2 * L), vk), e3 = Vt::sub(Vt::load(next + i + 3 * L), vk);
+      d0 = Vt::add(d0, e0);
+      d1 = Vt::add(d1, e1);
+      d2 = Vt::add(d2, e2);
+      d3 = Vt::add(d3, e3);
+      q0 = Vt::fma(e0, e0, q0);
+      q1 = Vt::fma(e1, e1, q1);
+      q2 = Vt::fma(e2, e2, q2);
+      q3 = Vt::fma(e3, e3, q3);
+      if (j + 4 * L <= n) {
+        const auto u0 = f(j), u1 = f(j + L), u2 = f(j + 2 * L), u3 = f(j + 3 * L);
+        put<Stream>(y + j, u0);
+        put<Stream>(y + j + L, u1);
+        put<Stream>(y + j + 2 * L, u2);
+        put<Stream>(y + j + 3 * L, u3);
+        j += 4 * L;
+      }
+    }
+    for (; i < n; i += L) {  // line_sums' tail
+      const auto e = Vt::head(Vt::sub(Vt::load_n(next + i, n - i), vk), n - i);
+      d0 = Vt::add(d0, e);
+      q0 = Vt::fma(e, e, q0);
+    }
+    sd = Vt::sum(Vt::add(Vt::add(d0, d1), Vt::add(d2, d3)));
+    sq = Vt::sum(Vt::add(Vt::add(q0, q1), Vt::add(q2, q3)));
+    for (; j + L <= n; j += L) put<Stream>(y + j, f(j));
+    if (j < n) Vt::store_n(y + j, activate<Act, T>(Vt::fma(Vt::sub(Vt::load_n(x + j, n - j), vm), va, vb)), n - j);
+  }
+
+
   /// y = act((x - m0) * a + b) over n contiguous elements (y may be x). Stream: y's full vectors from
   /// its first aligned one are written with non-temporal stores (the caller fences).
-  /// `next` (may be null): the same place in the next unit's data, prefetched into L2 as this line is
-  /// swept, so that the next unit's statistics read from cache while this one's stores go out.
   template <int Act, bool Stream, class T>
-  static void line_affine(const T* x, T* y, std::int64_t n, calc_t<T> m0, calc_t<T> a, calc_t<T> b,
-                          const T* next = nullptr) noexcept {
+  static void line_affine(const T* x, T* y, std::int64_t n, calc_t<T> m0, calc_t<T> a, calc_t<T> b) noexcept {
     using Vt = CV<T>;
     constexpr std::int64_t L = Vt::lanes;
     const auto vm = Vt::set1(m0), va = Vt::set1(a), vb = Vt::set1(b);
@@ -61,7 +119,6 @@
       i = h;
     }
     for (; i + 2 * L <= n; i += 2 * L) {
-      if (next) prefetch_span<2 * L>(next + i);
       const auto u = activate<Act, T>(Vt::fma(Vt::sub(Vt::load(x + i), vm), va, vb));
       const auto v = activate<Act, T>(Vt::fma(Vt::sub(Vt::load(x + i + L), vm), va, vb));
       put<Stream>(y + i, u);
@@ -98,10 +155,9 @@
   }
 
   /// dx = p * dy + (q * (x - m0) + r) over n contiguous elements (Stream: as line_affine).
-  /// next_dy, next_x (may be null): prefetched as line_affine's `next`.
   template <bool Stream, class T>
   static void line_grad(const T* dy, const T* x, T* dx, std::int64_t n, calc_t<T> m0, calc_t<T> p, calc_t<T> q,
-                        calc_t<T> r, const T* next_dy = nullptr, const T* next_x = nullptr) noexcept {
+                        calc_t<T> r) noexcept {
     using Vt = CV<T>;
     constexpr std::int64_t L = Vt::lanes;
     const auto vm = Vt::set1(m0), vp = Vt::set1(p), vq = Vt::set1(q), vr = Vt::set1(r);
@@ -113,14 +169,55 @@
       i = unaligned_head(dx, n);
       if (i > 0) Vt::store_n(dx, at(0, i), i);
     }
-    for (; i + L <= n; i += L) {
-      if (next_x) {
-        prefetch_span<L>(next_dy + i);
-        prefetch_span<L>(next_x + i);
-      }
+    for (; i + L <= n; i += L)
       put<Stream>(dx + i, Vt::fma(vp, Vt::load(dy + i), Vt::fma(vq, Vt::sub(Vt::load(x + i), vm), vr)));
-    }
     if (i < n) Vt::store_n(dx + i, at(i, n - i), n - i);
+  }
+
+  /// line_grad of (dy, x, dx) and, in the same sweep, line_grad_sums of (next_dy, next_x) around
+  /// next_m0 (the same bits as line_grad_sums gives): the pipelined backward, as line_affine_sums.
+  template <bool Stream, class T>
+  static void line_grad_and_sums(const T* dy, const T* x, T* dx, std::int64_t n, calc_t<T> m0, calc_t<T> p,
+                                 calc_t<T> q, calc_t<T> r, const T* next_dy, const T* next_x, calc_t<T> next_m0,
+                                 calc_t<T>& sdy, calc_t<T>& sdyx) noexcept {
+    using Vt = CV<T>;
+    constexpr std::int64_t L = Vt::lanes;
+    const auto vm = Vt::set1(m0), vp = Vt::set1(p), vq = Vt::set1(q), vr = Vt::set1(r), vn = Vt::set1(next_m0);
+    auto f = [&](std::int64_t j) LNORM_LAMBDA_INLINE {
+      return Vt::fma(vp, Vt::load(dy + j), Vt::fma(vq, Vt::sub(Vt::load(x + j), vm), vr));
+    };
+    auto f_n = [&](std::int64_t j, std::int64_t k) LNORM_LAMBDA_INLINE {
+      return Vt::fma(vp, Vt::load_n(dy + j, k), Vt::fma(vq, Vt::sub(Vt::load_n(x + j, k), vm), vr));
+    };
+    std::int64_t j = 0;
+    if constexpr (Stream) {
+      j = unaligned_head(dx, n);
+      if (j > 0) Vt::store_n(dx, f_n(0, j), j);
+    }
+    auto s0 = Vt::zero(), s1 = Vt::zero(), t0 = Vt::zero(), t1 = Vt::zero();
+    std::int64_t i = 0;
+    for (; i + 2 * L <= n; i += 2 * L) {  // line_grad_sums' step
+      const auto g0 = Vt::load(next_dy + i), g1 = Vt::load(next_dy + i + L);
+      s0 = Vt::add(s0, g0);
+      s1 = Vt::add(s1, g1);
+      t0 = Vt::fma(g0, Vt::sub(Vt::load(next_x + i), vn), t0);
+      t1 = Vt::fma(g1, Vt::sub(Vt::load(next_x + i + L), vn), t1);
+      if (j + 2 * L <= n) {
+        const auto u0 = f(j), u1 = f(j + L);
+        put<Stream>(dx + j, u0);
+        put<Stream>(dx + j + L, u1);
+        j += 2 * L;
+      }
+    }
+    for (; i < n; i += L) {  // line_grad_sums' tail
+      const auto g = Vt::load_n(next_dy + i, n - i);
+      s0 = Vt::add(s0, g);
+      t0 = Vt::fma(g, Vt::head(Vt::sub(Vt::load_n(next_x + i, n - i), vn), n - i), t0);
+    }
+    sdy = Vt::sum(Vt::add(s0, s1));
+    sdyx = Vt::sum(Vt::add(t0, t1));
+    for (; j + L <= n; j += L) put<Stream>(dx + j, f(j));
+    if (j < n) Vt::store_n(dx + j, f_n(j, n - j), n - j);
   }
 
   // ---- pixels: runs of npix pixels `ld` elements apart, c contiguous channels each -----------------
@@ -196,6 +293,19 @@
         for (std::int64_t p = 0; p < np; ++p)
           Vt::store_n(yb + p * ldy + k, activate<Act, T>(Vt::fma(Vt::sub(Vt::load_n(xb + p * ldx + k, m), vm), va, vb)), m);
       }
+    }
+  }
+
+  /// pixel_affine of (x, y) and, span by span, pixel_sums of `next` (the same pixels of the next sample,
+  /// `ldx` apart as x's): the same bits as pixel_sums over the run gives.
+  template <int Act, bool Stream, class T>
+  static void pixel_affine_sums(const T* x, std::int64_t ldx, T* y, std::int64_t ldy, std::int64_t npix,
+                                std::int64_t c, const calc_t<T>* m0, const calc_t<T>* a, const calc_t<T>* b,
+                                const T* next, const calc_t<T>* shift, calc_t<T>* sd, calc_t<T>* sq) noexcept {
+    for (std::int64_t p0 = 0; p0 < npix; p0 += kPixelSpan) {
+      const std::int64_t np = npix - p0 < kPixelSpan ? npix - p0 : kPixelSpan;
+      pixel_affine<Act, Stream>(x + p0 * ldx, ldx, y + p0 * ldy, ldy, np, c, m0, a, b);
+      pixel_sums(next + p0 * ldx, ldx, np, c, shift, sd, sq);
     }
   }
 
@@ -291,20 +401,6 @@
   }
 
  private:
-  // Prefetches the cache lines of k elements at p into L2 (a prefetch never faults: p may lie past the
-  // data). Lines are asked for once each when k elements span whole lines, else (k * sizeof(T) < 64)
-  // every call asks for the line of p.
-  template <std::int64_t K, class T>
-  LNORM_VEC_INLINE static void prefetch_span(const T* p) noexcept {
-#if defined(__GNUC__) || defined(__clang__)
-    constexpr std::int64_t bytes = K * static_cast<std::int64_t>(sizeof(T));
-    for (std::int64_t o = 0; o < (bytes < 64 ? 1 : bytes / 64); ++o)
-      __builtin_prefetch(static_cast<const void*>(reinterpret_cast<const char*>(p) + o * 64), 0, 2);
-#else
-    (void)p;
-#endif
-  }
-
   // Elements of y before its first address aligned for a full vector's streaming store (at most n).
   template <class T>
   static std::int64_t unaligned_head(const T* y, std::int64_t n) noexcept {

@@ -9,8 +9,9 @@
 //             channel (GroupNorm, InstanceNorm and BatchNorm's affine, a channel spanning many
 //             normalized elements).
 //
-// The kernels written today take per-element weights; a per-channel member is refused at compile time
-// by the ones that do not index weights that way yet.
+// The row kernels take per-element weights; the channel norms' kernels (kernels/channel_body.inl,
+// driven by lnorm/channel_norm.hpp as channel_norm_kind) take per-channel weights, folded once per
+// channel into the affine's coefficients.
 #pragma once
 
 namespace lnorm {
@@ -27,6 +28,8 @@ struct norm_kind {
 
 using layer_norm_kind = norm_kind<true>;
 using rms_norm_kind = norm_kind<false>;
+// GroupNorm, InstanceNorm and BatchNorm (lnorm/channel_norm.hpp): centered, weights per channel.
+using channel_norm_kind = norm_kind<true, weights_by::channel>;
 
 }  // namespace detail
 }  // namespace lnorm
