@@ -453,6 +453,7 @@ def test_main_self_check():
     out = r.stdout.lower()
     assert "self-check" in out or "self check" in out, r.stdout[-2000:]
     assert "ok" in out or "pass" in out, r.stdout[-2000:]
+    assert "group_norm/instance_norm/batch_norm (nchw and nhwc) against a float64 reference: ok" in out, r.stdout[-2000:]
     # The timing table: lnorm against the fastest native copy of the same bytes, the CPU named.
     from lnorm._limit import cpu_info
 

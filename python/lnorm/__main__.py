@@ -83,6 +83,50 @@ def self_check(seed: int = 0) -> int:
     status = "ok" if failures == 0 else f"FAILED ({failures} of {checked})"
     print(f"self-check: {checked} cases of layer_norm/rms_norm forward and backward against a float64 "
           f"reference: {status}")
+    return failures + channel_check(rng)
+
+
+def channel_check(rng) -> int:
+    """group_norm, instance_norm and batch_norm (training) in NCHW and NHWC against float64 NumPy, the
+    group norm's backward too; returns the number of failures."""
+    failures = checked = 0
+    for dtype, tol in ((np.float32, 3e-5), (np.float64, 1e-12)):
+        for shape in ((2, 8, 5, 7), (3, 32, 17), (4, 16)):
+            x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+            c = shape[1]
+            w, b = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+            bc = (1, c) + (1,) * (len(shape) - 2)
+            for layout in ("nchw", "nhwc"):
+                xl = x if layout == "nchw" else np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1, 1)
+                for op, groups in (("group", 4), ("instance", c), ("batch", None)):
+                    if op == "instance" and len(shape) == 2:
+                        continue
+                    x64 = x.astype(np.float64)
+                    if op == "batch":
+                        y = lnorm.batch_norm(xl, None, None, w, b, training=True)
+                        axes, xs = (0,) + tuple(range(2, len(shape))), x64
+                    else:
+                        y, mean, rstd = (lnorm.group_norm(xl, groups, w, b, return_stats=True) if op == "group"
+                                         else lnorm.instance_norm(xl, w, b, return_stats=True))
+                        xs, axes = x64.reshape(shape[0], groups, -1), (2,)
+                    m, v = xs.mean(axis=axes, keepdims=True), xs.var(axis=axes, keepdims=True)
+                    ref = ((xs - m) / np.sqrt(v + 1e-5)).reshape(shape) * w.reshape(bc) + b.reshape(bc)
+                    ok = np.abs(y - ref).max() <= tol * (1 + np.abs(ref).max())
+                    if op == "group":
+                        dy = np.ones_like(x)
+                        dx, _, _ = lnorm.group_norm_backward(dy, xl, mean, rstd, w, num_groups=groups)
+                        g = (dy.astype(np.float64) * w.reshape(bc)).reshape(xs.shape)
+                        xh = ((xs - m) / np.sqrt(v + 1e-5))
+                        dref = ((g - g.mean(axis=2, keepdims=True) - xh * (g * xh).mean(axis=2, keepdims=True))
+                                / np.sqrt(v + 1e-5)).reshape(shape)
+                        ok = ok and np.abs(dx - dref).max() <= tol * 10 * (1 + np.abs(dref).max())
+                    checked += 1
+                    if not ok:
+                        failures += 1
+                        print(f"  MISMATCH {op}_norm {np.dtype(dtype).name} shape={shape} {layout}")
+    status = "ok" if failures == 0 else f"FAILED ({failures} of {checked})"
+    print(f"self-check: {checked} cases of group_norm/instance_norm/batch_norm (NCHW and NHWC) against a "
+          f"float64 reference: {status}")
     return failures
 
 
