@@ -222,6 +222,18 @@ void norm_backward(bool rms, const in_array& dy_, const in_array& x_, const std:
   raise_for(s);
 }
 
+// A channel norm's channel count and statistics count (units: N * groups, or C for BatchNorm).
+struct channel_counts {
+  std::int64_t channels = 0, units = 0;
+  channel_counts(const view& x, int channel_axis, bool batch, std::int64_t groups) {
+    if (x.ndim < 2) throw std::invalid_argument("x: must have at least two dimensions (batch and channel)");
+    const int ca = channel_axis < 0 ? channel_axis + x.ndim : channel_axis;
+    if (ca < 1 || ca >= x.ndim) throw std::invalid_argument("channel_axis: out of range");
+    channels = x.shape[ca];
+    units = batch ? channels : x.shape[0] * groups;
+  }
+};
+
 // The channel norms: GroupNorm (InstanceNorm: groups = C) or, with `batch`, BatchNorm. weight/bias (C,)
 // of x's dtype or float32; running statistics, mean and rstd of the statistics' dtype, contiguous (the
 // running statistics are written in training mode only, where python/lnorm has checked them writable).
@@ -232,11 +244,8 @@ void channel_forward(bool batch, const in_array& x_, const out_array& y_, const 
                      const std::optional<out_array>& rstd) {
   const view x(x_, "x"), y(y_, "out");
   same_shape(x, y, "out");
-  if (x.ndim < 2) throw std::invalid_argument("x: must have at least two dimensions (batch and channel)");
-  const int ca = channel_axis < 0 ? channel_axis + x.ndim : channel_axis;
-  if (ca < 1 || ca >= x.ndim) throw std::invalid_argument("channel_axis: out of range");
-  const std::int64_t C = x.shape[ca];
-  const std::int64_t units = batch ? C : x.shape[0] * groups;
+  const channel_counts n(x, channel_axis, batch, groups);
+  const std::int64_t C = n.channels, units = n.units;
   const elem w = weight_elem(weight, bias, x.type), st = stat_elem(x.type);
   const void* g = checked(weight, "weight", C, x.type, elem::f32);
   const void* b = checked(bias, "bias", C, w, w);
@@ -260,11 +269,8 @@ void channel_backward(bool batch, const in_array& dy_, const in_array& x_, const
   const view dy(dy_, "dy"), x(x_, "x"), dx(dx_, "dx");
   same_shape(x, dy, "dy");
   same_shape(x, dx, "dx");
-  if (x.ndim < 2) throw std::invalid_argument("x: must have at least two dimensions (batch and channel)");
-  const int ca = channel_axis < 0 ? channel_axis + x.ndim : channel_axis;
-  if (ca < 1 || ca >= x.ndim) throw std::invalid_argument("channel_axis: out of range");
-  const std::int64_t C = x.shape[ca];
-  const std::int64_t units = batch ? C : x.shape[0] * groups;
+  const channel_counts n(x, channel_axis, batch, groups);
+  const std::int64_t C = n.channels, units = n.units;
   const elem w = weight_elem(weight, std::nullopt, x.type), st = stat_elem(x.type);
   const void* g = checked(weight, "weight", C, x.type, elem::f32);
   const void* m = checked(std::optional<in_array>(mean), "mean", units, st, st);

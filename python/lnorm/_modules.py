@@ -34,7 +34,29 @@ def _params(shape: Tuple[int, ...], dtype: np.dtype, fill: float) -> np.ndarray:
         raise ValueError(f"normalized_shape: {shape} is too large") from None
 
 
-class _Norm:
+class _Module:
+    """What every module shares: the saved forward state, results in the input's kind, parameters()
+    (weight, then bias, those present) and calling the module as its forward."""
+
+    def _saved_or_raise(self):
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before a forward call (or after one that "
+                               "failed)")
+        return self._saved
+
+    @staticmethod
+    def _back(a: np.ndarray, lib: str, like) -> object:
+        return _interop.from_numpy(a, lib, like) if lib else a
+
+    def parameters(self) -> list:
+        """The trainable arrays (weight, then bias where present)."""
+        return [p for p in (self.weight, getattr(self, "bias", None)) if p is not None]
+
+    def __call__(self, x):
+        return self.forward(x)
+
+
+class _Norm(_Module):
     """What LayerNorm and RMSNorm share: shape checks, the saved forward state, the parameters.
 
     Inputs may be NumPy arrays, anything ``numpy.asarray`` takes, or CPU tensors of PyTorch (and
@@ -72,24 +94,6 @@ class _Norm:
             raise ValueError(f"x: trailing shape {tuple(a.shape[-k:]) if a.ndim >= k else a.shape} "
                              f"does not match normalized_shape {self.normalized_shape}")
         return a, lib, x
-
-    def _saved_or_raise(self):
-        if self._saved is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before a forward call (or after one that "
-                               "failed)")
-        return self._saved
-
-    @staticmethod
-    def _back(a: np.ndarray, lib: str, like) -> object:
-        return _interop.from_numpy(a, lib, like) if lib else a
-
-    def parameters(self) -> list:
-        """The trainable arrays (weight, then bias where present)."""
-        return [p for p in (self.weight, getattr(self, "bias", None)) if p is not None]
-
-    def __call__(self, x):
-        return self.forward(x)
-
 
 class LayerNorm(_Norm):
     """Layer normalization over the trailing ``len(normalized_shape)`` axes, like torch.nn.LayerNorm.
@@ -170,7 +174,7 @@ class RMSNorm(_Norm):
 # ---- the channel norms ------------------------------------------------------------------------------
 
 
-class _ChannelNorm:
+class _ChannelNorm(_Module):
     """What GroupNorm, InstanceNorm and BatchNorm share: the channel count, the affine parameters
     (``.weight`` ones and ``.bias`` zeros of shape ``(C,)``, or None), the saved forward state and
     ``.backward(dy)``, which returns dx and fills ``.weight_grad`` and ``.bias_grad``. Inputs as for
@@ -211,28 +215,11 @@ class _ChannelNorm:
                              f"{self.num_channels}")
         return a, lib, x
 
-    def _saved_or_raise(self):
-        if self._saved is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before a forward call (or after one that "
-                               "failed)")
-        return self._saved
-
     def _finish_backward(self, dx, dweight, dbias, dy):
         self.weight_grad = dweight if self.weight is not None else None
         self.bias_grad = dbias if self.bias is not None else None
         lib = _interop.library_of(dy)
         return _interop.from_numpy(dx, lib, dy) if lib else dx
-
-    @staticmethod
-    def _back(a: np.ndarray, lib: str, like) -> object:
-        return _interop.from_numpy(a, lib, like) if lib else a
-
-    def parameters(self) -> list:
-        """The trainable arrays (weight, then bias, where affine)."""
-        return [p for p in (self.weight, self.bias) if p is not None]
-
-    def __call__(self, x):
-        return self.forward(x)
 
 
 class GroupNorm(_ChannelNorm):

@@ -767,7 +767,14 @@ inline status check_channel_problem(int ndim, const std::int64_t* shape, int& ch
   return {};
 }
 
-inline status check_channel_eps(double eps) noexcept { return check_eps(eps); }
+// The channel count of a problem (InstanceNorm's and BatchNorm's groups), or 1 where the shape or the
+// channel axis is one the checks will refuse.
+inline std::int64_t channels_of(int ndim, const std::int64_t* shape, int channel_axis) noexcept {
+  if (ndim < 2 || ndim > kMaxDims || !shape) return 1;
+  const int c = channel_axis < 0 ? channel_axis + ndim : channel_axis;
+  return c >= 1 && c < ndim && shape[c] > 0 ? shape[c] : 1;
+}
+
 
 inline status check_activation(activation act) noexcept {
   if (act != activation::none && act != activation::silu && act != activation::relu)
@@ -948,12 +955,8 @@ status try_instance_norm_nd(int ndim, const std::int64_t* shape, int channel_axi
                             const detail::identity_t<W>* gamma, const detail::identity_t<W>* beta, double eps,
                             activation act = activation::none, stat_t<T>* mean = nullptr, stat_t<T>* rstd = nullptr,
                             const workspace* ws = nullptr) noexcept {
-  if (ndim >= 2 && ndim <= kMaxDims && shape) {
-    const int c = channel_axis < 0 ? channel_axis + ndim : channel_axis;
-    if (c >= 1 && c < ndim && shape[c] > 0)
-      return try_group_norm_nd<T, W>(ndim, shape, channel_axis, shape[c], x, y, gamma, beta, eps, act, mean, rstd, ws);
-  }
-  return try_group_norm_nd<T, W>(ndim, shape, channel_axis, 1, x, y, gamma, beta, eps, act, mean, rstd, ws);
+  return try_group_norm_nd<T, W>(ndim, shape, channel_axis, detail::channels_of(ndim, shape, channel_axis), x, y, gamma,
+                                 beta, eps, act, mean, rstd, ws);
 }
 
 /// BatchNorm. training: statistics per channel over every other axis (mean and rstd get them); a
@@ -966,11 +969,7 @@ status try_batch_norm_nd(int ndim, const std::int64_t* shape, int channel_axis, 
                          bool training, double momentum, stat_t<T>* running_mean, stat_t<T>* running_var,
                          activation act = activation::none, stat_t<T>* mean = nullptr, stat_t<T>* rstd = nullptr,
                          const workspace* ws = nullptr) noexcept {
-  std::int64_t groups = 1;
-  if (ndim >= 2 && ndim <= kMaxDims && shape) {
-    const int c = channel_axis < 0 ? channel_axis + ndim : channel_axis;
-    if (c >= 1 && c < ndim && shape[c] > 0) groups = shape[c];
-  }
+  const std::int64_t groups = detail::channels_of(ndim, shape, channel_axis);
   return detail::channel_norm_forward<T, W>(ndim, shape, channel_axis, groups, false, x, y, gamma, beta, eps, act,
                                             !training, training, momentum, running_mean, running_var, mean, rstd, ws);
 }
@@ -992,11 +991,7 @@ status try_instance_norm_backward_nd(int ndim, const std::int64_t* shape, int ch
                                      const stat_t<T>* mean, const stat_t<T>* rstd, const detail::identity_t<W>* gamma,
                                      strided dx, detail::identity_t<W>* dgamma, detail::identity_t<W>* dbeta,
                                      const workspace* ws = nullptr) noexcept {
-  std::int64_t groups = 1;
-  if (ndim >= 2 && ndim <= kMaxDims && shape) {
-    const int c = channel_axis < 0 ? channel_axis + ndim : channel_axis;
-    if (c >= 1 && c < ndim && shape[c] > 0) groups = shape[c];
-  }
+  const std::int64_t groups = detail::channels_of(ndim, shape, channel_axis);
   return detail::channel_norm_backward<T, W>(ndim, shape, channel_axis, groups, true, dy, x, mean, rstd, gamma, dx,
                                              dgamma, dbeta, ws);
 }
@@ -1007,11 +1002,7 @@ status try_batch_norm_backward_nd(int ndim, const std::int64_t* shape, int chann
                                   const stat_t<T>* mean, const stat_t<T>* rstd, const detail::identity_t<W>* gamma,
                                   strided dx, detail::identity_t<W>* dgamma, detail::identity_t<W>* dbeta,
                                   const workspace* ws = nullptr) noexcept {
-  std::int64_t groups = 1;
-  if (ndim >= 2 && ndim <= kMaxDims && shape) {
-    const int c = channel_axis < 0 ? channel_axis + ndim : channel_axis;
-    if (c >= 1 && c < ndim && shape[c] > 0) groups = shape[c];
-  }
+  const std::int64_t groups = detail::channels_of(ndim, shape, channel_axis);
   return detail::channel_norm_backward<T, W>(ndim, shape, channel_axis, groups, false, dy, x, mean, rstd, gamma, dx,
                                              dgamma, dbeta, ws);
 }
@@ -1022,10 +1013,7 @@ template <class T>
 std::size_t channel_norm_workspace_size(int ndim, const std::int64_t* shape, int channel_axis, std::int64_t groups,
                                         bool batch_norm, const std::int64_t* x_strides, const std::int64_t* y_strides,
                                         int num_threads = 0) noexcept {
-  if (batch_norm && ndim >= 2 && ndim <= kMaxDims && shape) {
-    const int c = channel_axis < 0 ? channel_axis + ndim : channel_axis;
-    if (c >= 1 && c < ndim) groups = shape[c];
-  }
+  if (batch_norm) groups = detail::channels_of(ndim, shape, channel_axis);
   const std::int64_t* st[2] = {x_strides, y_strides};
   return detail::channel_workspace<T>(ndim, shape, channel_axis, groups, !batch_norm, false, 2, st, num_threads);
 }
@@ -1036,10 +1024,7 @@ std::size_t channel_norm_backward_workspace_size(int ndim, const std::int64_t* s
                                                  std::int64_t groups, bool batch_norm, const std::int64_t* dy_strides,
                                                  const std::int64_t* x_strides, const std::int64_t* dx_strides,
                                                  int num_threads = 0) noexcept {
-  if (batch_norm && ndim >= 2 && ndim <= kMaxDims && shape) {
-    const int c = channel_axis < 0 ? channel_axis + ndim : channel_axis;
-    if (c >= 1 && c < ndim) groups = shape[c];
-  }
+  if (batch_norm) groups = detail::channels_of(ndim, shape, channel_axis);
   const std::int64_t* st[3] = {dy_strides, x_strides, dx_strides};
   return detail::channel_workspace<T>(ndim, shape, channel_axis, groups, !batch_norm, true, 3, st, num_threads);
 }
