@@ -393,33 +393,50 @@ def write_results(rows, out_dir, command):
             f.write(f"{r.op},{'x'.join(map(str, r.shape))},{r.layout},{r.dtype},{r.threads},{r.med('lnorm') * 1e3:.4f},"
                     f"{r.copy_seconds * 1e3:.4f},{r.bound},{r.of_bound:.4f},{r.paired('torch', 'lnorm'):.4f},"
                     f"{r.paired('onnxruntime', 'lnorm'):.4f}\n")
-    plot(rows, os.path.join(out_dir, "channel_norms.png"))
+    plot([{"op": r.op, "shape": "x".join(map(str, r.shape)), "layout": r.layout, "dtype": r.dtype,
+           "threads": r.threads, "of_bound": r.of_bound, "torch_over_lnorm": r.paired("torch", "lnorm")} for r in rows],
+         os.path.join(out_dir, "channel_norms.png"))
 
 
-def plot(rows, path):
+def plot(records, path):
+    """Fraction of the bound, lnorm and torch, float32: one panel per shape and layout, the ops along x,
+    1 and 2 threads side by side. `records`: dicts with the CSV's fields."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fw = [r for r in rows if r.dtype == "float32"]
-    if not fw:
+    recs = [r for r in records if r["dtype"] == "float32"]
+    if not recs:
         return
-    labels = [f"{r.op.replace('_norm', '').replace('batch', 'bn').replace('group', 'gn').replace('instance', 'in')}"
-              f"\n{r.layout} t{r.threads}\n{'x'.join(map(str, r.shape))}" for r in fw]
-    fig, ax = plt.subplots(figsize=(max(8, len(fw) * 0.5), 4.5))
-    xs = np.arange(len(fw))
-    ax.bar(xs - 0.2, [r.of_bound for r in fw], 0.4, label="lnorm (of bound)")
-    ax.bar(xs + 0.2, [r.of_bound / r.paired("torch", "lnorm") for r in fw], 0.4, label="torch (of bound)")
-    ax.axhline(1.0, color="k", lw=0.8)
-    ax.set_xticks(xs)
-    ax.set_xticklabels(labels, fontsize=5)
-    ax.set_ylabel("fraction of the bound (1 = bound)")
-    ax.set_title(f"channel norms, float32: {cpu_description()}", fontsize=7)
-    ax.legend()
+    shapes = sorted({r["shape"] for r in recs}, key=lambda s: [int(d) for d in s.split("x")], reverse=True)
+    layouts = ["nchw", "nhwc"]
+    ops = [op for op in OPS if any(r["op"] == op for r in recs)]
+    threads = sorted({int(r["threads"]) for r in recs})
+    fig, axes = plt.subplots(len(shapes), len(layouts), figsize=(12, 3.2 * len(shapes)), squeeze=False, sharey=True)
+    width = 0.8 / (2 * len(threads))
+    for i, shape in enumerate(shapes):
+        for j, layout in enumerate(layouts):
+            ax = axes[i][j]
+            for k, t in enumerate(threads):
+                sel = {r["op"]: r for r in recs if r["shape"] == shape and r["layout"] == layout and int(r["threads"]) == t}
+                xs = np.arange(len(ops))
+                ours = [float(sel[o]["of_bound"]) if o in sel else 0 for o in ops]
+                theirs = [float(sel[o]["of_bound"]) / float(sel[o]["torch_over_lnorm"]) if o in sel else 0 for o in ops]
+                ax.bar(xs + (2 * k - len(threads)) * width, ours, width, label=f"lnorm, {t} thr", color=f"C{k}")
+                ax.bar(xs + (2 * k + 1 - len(threads)) * width, theirs, width, label=f"torch, {t} thr",
+                       color=f"C{k}", alpha=0.35)
+            ax.axhline(1.0, color="k", lw=0.8)
+            ax.set_xticks(np.arange(len(ops)))
+            ax.set_xticklabels([o.replace("_norm", "").replace("_backward", "\nbackward") for o in ops], fontsize=7)
+            ax.set_title(f"{shape.replace('x', ' x ')}, {layout.upper()}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel("fraction of the bound")
+    axes[0][0].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"channel norms, float32, of their bound (1 = bound): {cpu_description()}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
 
 
 def main(argv=None):
@@ -432,7 +449,13 @@ def main(argv=None):
     p.add_argument("--dtypes", default="", help="float32,bfloat16")
     p.add_argument("--shapes", default="", help="e.g. 8x512x64x64,1x512x128x128")
     p.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
+    p.add_argument("--replot", default="", help="redraw channel_norms.png in --out from a results_channel.csv")
     args = p.parse_args(argv)
+    if args.replot:
+        import csv
+        with open(args.replot, newline="") as f:
+            plot(list(csv.DictReader(f)), os.path.join(args.out, "channel_norms.png"))
+        return 0
     args.threads = [int(t) for t in args.threads.split(",")]
     args.repeat = args.repeat or (3 if args.quick else 7)
     args.rep_ms = args.rep_ms or (20.0 if args.quick else 150.0)
