@@ -9,64 +9,16 @@ except ``out`` and, in ``batch_norm``'s training mode, the running statistics.
 
 from __future__ import annotations
 
-import math
-from typing import Any, Optional, Tuple
+from typing import Any, Tuple
 
 import numpy as np
 
 from . import _buffers, _interop, _lnorm
 from . import _checks as rules
-from ._checks import check_eps as _eps, check_flag, index_of
+from ._checks import (check_activation as _activation, check_channel_axis as _channel_axis, check_eps as _eps,
+                      check_flag, check_momentum as _momentum, check_num_groups as _num_groups)
 from ._functional import (_any_replaced, _as_array, _copied, _memory, _native, _output, _params, _same_as_x,
                           _stat_dtype)
-
-_ACTIVATIONS = {"silu": 1, "relu": 2}
-
-
-def _activation(activation: Any) -> int:
-    if activation is None:
-        return 0
-    if not isinstance(activation, str):
-        raise TypeError(f"activation: must be None, 'silu' or 'relu', not {type(activation).__name__}")
-    code = _ACTIVATIONS.get(activation)
-    if code is None:
-        raise ValueError(f"activation: must be None, 'silu' or 'relu', got {activation!r}")
-    return code
-
-
-def _channel_axis(channel_axis: Any, ndim: int) -> int:
-    if ndim < 2:
-        raise ValueError(f"x: must have at least 2 dimensions (a batch axis 0 and a channel axis), got {ndim}")
-    a = index_of(channel_axis, "channel_axis", "an int")
-    if not -ndim <= a < ndim:
-        raise ValueError(f"channel_axis: {a} is out of range for an array of {ndim} dimensions")
-    a %= ndim
-    if a == 0:
-        raise ValueError("channel_axis: must not be 0 (axis 0 is the batch axis)")
-    return a
-
-
-def _num_groups(num_groups: Any, channels: int) -> int:
-    g = index_of(num_groups, "num_groups", "an int")
-    if g < 1:
-        raise ValueError(f"num_groups: must be >= 1, got {g}")
-    if channels % g:
-        raise ValueError(f"num_groups: {g} does not divide the number of channels {channels}")
-    return g
-
-
-def _momentum(momentum: Any) -> float:
-    if rules._is_bool(momentum) or not isinstance(momentum, (int, float)) and not (
-            hasattr(momentum, "__float__") and getattr(momentum, "ndim", None) == 0):
-        raise TypeError(f"momentum: must be a real number, not {rules._kind(momentum)}")
-    try:
-        m = float(momentum)
-    except (OverflowError, TypeError, ValueError):
-        raise ValueError(f"momentum: must be a number in [0, 1], got {momentum!r}") from None
-    if not 0.0 <= m <= 1.0:
-        raise ValueError(f"momentum: must be a number in [0, 1], got {momentum!r}")
-    return m
-
 
 def _channel_stat(a: Any, name: str, x: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
     """mean or rstd of a forward pass: float32 or x's dtype, of `shape`, made contiguous."""

@@ -62,21 +62,75 @@ def axes_of(axis: Any, ndim: int) -> Tuple[int, ...]:
     return tuple(sorted(out))
 
 
+def _real(v: Any, name: str) -> float:
+    """A real number (Python's, NumPy's or a 0-d array's) as a float; NaN and inf pass through, an int
+    beyond the largest double is OverflowError."""
+    if _is_bool(v) or not isinstance(v, (int, float)) and not (hasattr(v, "__float__") and getattr(v, "ndim", None) == 0):
+        raise TypeError(f"{name}: must be a real number, not {_kind(v)}")
+    try:
+        return float(v)
+    except OverflowError:
+        raise
+    except (TypeError, ValueError):  # an array of more than one element, a complex
+        raise TypeError(f"{name}: must be a real number, not {_kind(v)}") from None
+
+
 def check_eps(eps: Any) -> float:
     """eps as a float: a real number (Python's, NumPy's or a 0-d array's), finite and >= 0. The C++
     core and the CUDA backend hold the same rule."""
-    if _is_bool(eps) or not isinstance(eps, (int, float)) and not (
-            hasattr(eps, "__float__") and getattr(eps, "ndim", None) == 0):
-        raise TypeError(f"eps: must be a real number, not {_kind(eps)}")
     try:
-        e = float(eps)
+        e = _real(eps, "eps")
     except OverflowError:  # an int beyond the largest double
         raise ValueError(f"eps: must be finite and >= 0, got {eps!r}") from None
-    except (TypeError, ValueError):  # an array of more than one element, a complex
-        raise TypeError(f"eps: must be a real number, not {_kind(eps)}") from None
     if not (e >= 0.0 and math.isfinite(e)):
         raise ValueError(f"eps: must be finite and >= 0, got {eps!r}")
     return e
+
+
+def check_momentum(momentum: Any) -> float:
+    """BatchNorm's momentum as a float: a real number in [0, 1] (the C++ core holds the same rule)."""
+    try:
+        m = _real(momentum, "momentum")
+    except OverflowError:
+        raise ValueError(f"momentum: must be a number in [0, 1], got {momentum!r}") from None
+    if not 0.0 <= m <= 1.0:
+        raise ValueError(f"momentum: must be a number in [0, 1], got {momentum!r}")
+    return m
+
+
+def check_activation(activation: Any) -> int:
+    """A channel norm's activation: None, "silu" or "relu", as the core's number (0, 1, 2)."""
+    if activation is None:
+        return 0
+    if not isinstance(activation, str):
+        raise TypeError(f"activation: must be None, 'silu' or 'relu', not {type(activation).__name__}")
+    code = {"silu": 1, "relu": 2}.get(activation)
+    if code is None:
+        raise ValueError(f"activation: must be None, 'silu' or 'relu', got {activation!r}")
+    return code
+
+
+def check_channel_axis(channel_axis: Any, ndim: int) -> int:
+    """A channel norm's channel axis, non-negative: any axis of x but 0 (the batch axis)."""
+    if ndim < 2:
+        raise ValueError(f"x: must have at least 2 dimensions (a batch axis 0 and a channel axis), got {ndim}")
+    a = index_of(channel_axis, "channel_axis", "an int")
+    if not -ndim <= a < ndim:
+        raise ValueError(f"channel_axis: {a} is out of range for an array of {ndim} dimensions")
+    a %= ndim
+    if a == 0:
+        raise ValueError("channel_axis: must not be 0 (axis 0 is the batch axis)")
+    return a
+
+
+def check_num_groups(num_groups: Any, channels: int) -> int:
+    """GroupNorm's group count: an int >= 1 that divides the channel count."""
+    g = index_of(num_groups, "num_groups", "an int")
+    if g < 1:
+        raise ValueError(f"num_groups: must be >= 1, got {g}")
+    if channels % g:
+        raise ValueError(f"num_groups: {g} does not divide the number of channels {channels}")
+    return g
 
 
 def check_flag(v: Any, name: str) -> bool:

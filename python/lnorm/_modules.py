@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _interop
-from ._checks import check_eps, check_flag, index_of
+from ._checks import check_eps, check_flag, check_momentum, index_of
 from ._channel import (batch_norm, batch_norm_backward, group_norm, group_norm_backward, instance_norm,
                        instance_norm_backward)
 from ._functional import _as_array, layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
@@ -311,8 +311,7 @@ class BatchNorm(_ChannelNorm):
     def __init__(self, num_features, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
                  track_running_stats: bool = True, channel_axis=1, dtype=np.float32):
         super().__init__(num_features, eps, affine, channel_axis, dtype, "num_features")
-        from ._channel import _momentum
-        self.momentum = _momentum(momentum)
+        self.momentum = check_momentum(momentum)
         self.track_running_stats = check_flag(track_running_stats, "track_running_stats")
         sdt = np.float64 if self.dtype == np.float64 else np.float32
         self.running_mean: Optional[np.ndarray] = (np.zeros(self.num_channels, sdt) if self.track_running_stats

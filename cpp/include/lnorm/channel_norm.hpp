@@ -150,8 +150,6 @@ struct moments {
 };
 
 inline double rstd_of(double var, double eps) noexcept { return 1.0 / std::sqrt(var + eps); }
-// The rstd the affine applies: 0 where var + eps == 0 (a constant input with eps = 0 gives beta).
-inline double rstd_applied(double var, double eps) noexcept { return var + eps > 0 ? 1.0 / std::sqrt(var + eps) : 0.0; }
 
 // Pixels of one task of the pixels mode: fixed chunks of each sample's pixels, at most 64, none under
 // about 32768 elements; the float sums inside a chunk are flushed to double every kPixelBlock pixels.
@@ -164,12 +162,11 @@ inline std::int64_t pixel_chunks(const channel_layout& L) noexcept {
 // The scratch of a channel norm: gather buffers (T, per worker), coefficient arrays and float sums
 // (compute type E), doubles (unit statistics, chunk partials, per-channel sums).
 template <class T>
-inline scratch_plan channel_plan(const channel_layout& L, bool backward, int threads) noexcept {
+inline scratch_plan channel_plan(const channel_layout& L, int threads) noexcept {
   using E = calc_t<T>;
   scratch_plan p;
   const std::int64_t units = L.units(), oc = L.outer * L.channels;
   const std::int64_t workers = std::max(1, threads);
-  (void)backward;
   std::int64_t doubles = 2 * units + 2 * oc;  // unit statistics; per-channel sums
   if (L.mode == channel_mode::gather) p.row_bytes = bytes_of(workers, L.narrays, L.line, sizeof(T));
   if (L.mode == channel_mode::pixels) {
@@ -193,7 +190,7 @@ inline bool same_walk(const channel_layout& a, const channel_layout& b) noexcept
 // The forward's scratch: enough for the walk of x alone (statistics) and of x and y (the affine).
 template <class T>
 inline scratch_plan channel_forward_plan(const channel_layout& L, const channel_layout& Lx, int threads) noexcept {
-  const scratch_plan a = channel_plan<T>(L, false, threads), b = channel_plan<T>(Lx, false, threads);
+  const scratch_plan a = channel_plan<T>(L, threads), b = channel_plan<T>(Lx, threads);
   scratch_plan p;
   p.row_bytes = std::max(a.row_bytes, b.row_bytes);
   p.partial_bytes = std::max(a.partial_bytes, b.partial_bytes);
@@ -303,14 +300,18 @@ struct channel_work {
 // How much of each line's start the pipelined planar sweeps ask for ahead (prefetch_unit).
 inline constexpr std::int64_t kLineStartBytes = 512;
 
+// The store kind alone as the kernels' template argument: f(S), S::value whether streamed.
+template <class F>
+inline void with_stream(bool stream, F&& f) noexcept {
+  if (stream) f(std::true_type{});
+  else f(std::false_type{});
+}
+
 // The activation and the store kind as the kernels' template arguments: f(A, S), A::value the
 // activation's number, S::value whether the output is streamed.
 template <class F>
 inline void with_activation(activation act, bool stream, F&& f) noexcept {
-  auto go = [&](auto A) {
-    if (stream) f(A, std::true_type{});
-    else f(A, std::false_type{});
-  };
+  auto go = [&](auto A) { with_stream(stream, [&](auto S) { f(A, S); }); };
   switch (act) {
     case activation::silu:
       return go(std::integral_constant<int, 1>{});
@@ -408,7 +409,8 @@ inline void channel_forward(const channel_layout& L, T* x, T* y, const W* gamma,
   // The affine of channel c of sample o from its unit's statistics: m0 (a float near the mean), a, b.
   auto coefficients = [&](std::int64_t o, std::int64_t c, E& m0, E& a, E& b) {
     const std::int64_t u = o * G + c / cpg;
-    const double mean = unit_mean[u], r = rstd_applied(unit_var[u], eps);
+    // 0 where var + eps == 0, as the row kernels apply it: a constant input with eps = 0 gives beta.
+    const double mean = unit_mean[u], r = scalar::detail::rstd_or_zero(unit_var[u] + eps);
     m0 = static_cast<E>(mean);
     const double ad = r * weight_or(gamma, c, 1.0);
     a = static_cast<E>(ad);
@@ -644,7 +646,7 @@ inline void channel_backward(const channel_layout& L, T* dy, T* x, T* dx, const 
         for (std::int64_t c = c0; c < c0 + cpg; ++c) {
           const E pe = static_cast<E>(rs * weight_or(gamma, c, 1.0));
           double s1 = 0, s2 = 0;
-          with_activation(activation::none, stream, [&](auto, auto S) {
+          with_stream(stream, [&](auto S) {
             wk.for_lines(o, c, worker, 2, true, [&](T* const* p) {
               if (!fuse) {
                 K::template line_grad<decltype(S)::value>(p[0], p[1], p[2], L.line, m0, pe, qe, re);
@@ -715,7 +717,7 @@ inline void channel_backward(const channel_layout& L, T* dy, T* x, T* dx, const 
         coef[3 * oc + o * C + c] = static_cast<E>(r);
       }
     }
-    with_activation(activation::none, stream, [&](auto, auto S) {
+    with_stream(stream, [&](auto S) {
       parallel_for_on(tm, tasks, workers, [&](std::int64_t t0, std::int64_t t1, int) {
         for (std::int64_t t = t0; t < t1; ++t) {
           const std::int64_t o = t / chunks, k = t % chunks;
@@ -894,7 +896,7 @@ inline status channel_norm_backward(int ndim, const std::int64_t* shape, int cha
   build_channel_layout(L, ndim, shape, channel_axis, groups, stats_per_sample, 3, st, 1);
   const team tm = current_team();
   scratch sc;
-  if (status s = acquire(channel_plan<T>(L, true, tm.threads), ws, sc); !s) return s;
+  if (status s = acquire(channel_plan<T>(L, tm.threads), ws, sc); !s) return s;
   T* p[3] = {const_cast<T*>(static_cast<const T*>(dy.data)), const_cast<T*>(static_cast<const T*>(x.data)),
              static_cast<T*>(const_cast<void*>(dx.data))};
   return with_kernels([&](auto k) -> status {
@@ -914,7 +916,7 @@ inline std::size_t channel_workspace(int ndim, const std::int64_t* shape, int ch
   channel_layout L;
   build_channel_layout(L, ndim, shape, channel_axis, groups, stats_per_sample, narrays, strides, backward ? 1 : 0);
   const int threads = query_threads(num_threads);
-  if (backward) return channel_plan<T>(L, true, threads).bytes();
+  if (backward) return channel_plan<T>(L, threads).bytes();
   channel_layout Lx;
   build_channel_layout(Lx, ndim, shape, channel_axis, groups, stats_per_sample, 1, strides, 0);
   return channel_forward_plan<T>(L, Lx, threads).bytes();

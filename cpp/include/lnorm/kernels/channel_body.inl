@@ -274,24 +274,21 @@
     using Vt = CV<T>;
     constexpr std::int64_t L = Vt::lanes;
     const bool aligned = Stream && unaligned_head(y, c) == 0 && unaligned_head(y + ldy, c) == 0;
-    for (std::int64_t p0 = 0; p0 < npix; ++p0) {
-      const std::int64_t np = 1;
-      const T* xb = x + p0 * ldx;
-      T* yb = y + p0 * ldy;
+    for (std::int64_t p = 0; p < npix; ++p) {
+      const T* xp = x + p * ldx;
+      T* yp = y + p * ldy;
       std::int64_t k = 0;
       for (; k + L <= c; k += L) {
-        const auto vm = Vt::load(m0 + k), va = Vt::load(a + k), vb = Vt::load(b + k);
-        for (std::int64_t p = 0; p < np; ++p) {
-          const auto v = activate<Act, T>(Vt::fma(Vt::sub(Vt::load(xb + p * ldx + k), vm), va, vb));
-          if (aligned) put<true>(yb + p * ldy + k, v);
-          else Vt::store(yb + p * ldy + k, v);
-        }
+        const auto v = activate<Act, T>(Vt::fma(Vt::sub(Vt::load(xp + k), Vt::load(m0 + k)), Vt::load(a + k), Vt::load(b + k)));
+        if (aligned) put<true>(yp + k, v);
+        else Vt::store(yp + k, v);
       }
       if (k < c) {
         const std::int64_t m = c - k;
-        const auto vm = Vt::load_n(m0 + k, m), va = Vt::load_n(a + k, m), vb = Vt::load_n(b + k, m);
-        for (std::int64_t p = 0; p < np; ++p)
-          Vt::store_n(yb + p * ldy + k, activate<Act, T>(Vt::fma(Vt::sub(Vt::load_n(xb + p * ldx + k, m), vm), va, vb)), m);
+        Vt::store_n(yp + k,
+                    activate<Act, T>(Vt::fma(Vt::sub(Vt::load_n(xp + k, m), Vt::load_n(m0 + k, m)), Vt::load_n(a + k, m),
+                                             Vt::load_n(b + k, m))),
+                    m);
       }
     }
   }
@@ -356,25 +353,24 @@
     using Vt = CV<T>;
     constexpr std::int64_t L = Vt::lanes;
     const bool aligned = Stream && unaligned_head(dx, c) == 0 && unaligned_head(dx + lddx, c) == 0;
-    for (std::int64_t p0 = 0; p0 < npix; ++p0) {
-      const std::int64_t np = 1;
+    for (std::int64_t p = 0; p < npix; ++p) {
+      const T* g = dy + p * lddy;
+      const T* xp = x + p * ldx;
+      T* out = dx + p * lddx;
       std::int64_t k = 0;
       for (; k + L <= c; k += L) {
-        const auto vm = Vt::load(m0 + k), vp = Vt::load(p_ + k), vq = Vt::load(q + k), vr = Vt::load(r + k);
-        for (std::int64_t p = p0; p < p0 + np; ++p) {
-          const auto v = Vt::fma(vp, Vt::load(dy + p * lddy + k), Vt::fma(vq, Vt::sub(Vt::load(x + p * ldx + k), vm), vr));
-          if (aligned) put<true>(dx + p * lddx + k, v);
-          else Vt::store(dx + p * lddx + k, v);
-        }
+        const auto v = Vt::fma(Vt::load(p_ + k), Vt::load(g + k),
+                               Vt::fma(Vt::load(q + k), Vt::sub(Vt::load(xp + k), Vt::load(m0 + k)), Vt::load(r + k)));
+        if (aligned) put<true>(out + k, v);
+        else Vt::store(out + k, v);
       }
       if (k < c) {
         const std::int64_t m = c - k;
-        const auto vm = Vt::load_n(m0 + k, m), vp = Vt::load_n(p_ + k, m), vq = Vt::load_n(q + k, m),
-                   vr = Vt::load_n(r + k, m);
-        for (std::int64_t p = p0; p < p0 + np; ++p)
-          Vt::store_n(dx + p * lddx + k,
-                      Vt::fma(vp, Vt::load_n(dy + p * lddy + k, m), Vt::fma(vq, Vt::sub(Vt::load_n(x + p * ldx + k, m), vm), vr)),
-                      m);
+        Vt::store_n(out + k,
+                    Vt::fma(Vt::load_n(p_ + k, m), Vt::load_n(g + k, m),
+                            Vt::fma(Vt::load_n(q + k, m), Vt::sub(Vt::load_n(xp + k, m), Vt::load_n(m0 + k, m)),
+                                    Vt::load_n(r + k, m))),
+                    m);
       }
     }
   }
