@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 #endif
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -85,8 +86,38 @@ __device__ __forceinline__ bool finite(C v) {
   return v - v == C(0);
 }
 
-__device__ __forceinline__ float inv_sqrt(float v) { return 1.0f / sqrtf(v); }
-__device__ __forceinline__ double inv_sqrt(double v) { return 1.0 / sqrt(v); }
+/// 1/sqrt(v): the hardware's reciprocal square root on a GPU (rsqrtf: 2 ulp at most); correctly
+/// rounded under the emulator.
+__device__ __forceinline__ float inv_sqrt(float v) {
+#if defined(LNORM_CUDA_EMULATE)
+  return 1.0f / std::sqrt(v);
+#else
+  return rsqrtf(v);
+#endif
+}
+__device__ __forceinline__ double inv_sqrt(double v) {
+#if defined(LNORM_CUDA_EMULATE)
+  return 1.0 / std::sqrt(v);
+#else
+  return rsqrt(v);
+#endif
+}
+
+/// a*b + c rounded once (the emulator computes the same bits as the GPU's fused multiply-add).
+__device__ __forceinline__ float fma(float a, float b, float c) {
+#if defined(LNORM_CUDA_EMULATE)
+  return std::fma(a, b, c);
+#else
+  return fmaf(a, b, c);
+#endif
+}
+__device__ __forceinline__ double fma(double a, double b, double c) {
+#if defined(LNORM_CUDA_EMULATE)
+  return std::fma(a, b, c);
+#else
+  return ::fma(a, b, c);
+#endif
+}
 
 /// Rows whose squares overflow the compute type are redone on values scaled by this power of two
 /// (then (x*s - mean*s)^2 summed over 2^40 elements stays finite): exact, and only on that path.
@@ -96,6 +127,16 @@ __device__ __forceinline__ C overflow_scale() {
     return 0x1p-540;
   } else {
     return 0x1p-90f;
+  }
+}
+
+/// 1 / scale for the two scales statistics are taken at (a constant: no division).
+template <class C>
+__device__ __forceinline__ C unscale(C scale) {
+  if constexpr (std::is_same_v<C, double>) {
+    return scale == C(1) ? C(1) : 0x1p540;
+  } else {
+    return scale == C(1) ? C(1) : 0x1p90f;
   }
 }
 
@@ -165,66 +206,57 @@ __device__ __forceinline__ int valid_in_pack(int cols, int first, int n_max) {
   return n < 0 ? 0 : (n > n_max ? n_max : n);
 }
 
-// ---- moments ----------------------------------------------------------------------------------
+// ---- statistics ------------------------------------------------------------------------------
+//
+// A row's statistics are the corrected two-pass formula over values held in registers (and shared
+// memory): a first pass for a rough mean m0 = sum(x*s)/n, a second for the sums of d = x*s - m0 and
+// d^2; the mean is the pair (m0, off = sum(d)/n) and M2 = sum(d^2) - sum(d)*off. Never
+// E[x^2] - E[x]^2, no shift read back from memory, and nothing but plain sums crosses threads: no
+// division per reduction level. A constant row has d exactly equal in every element, so off equals it
+// exactly and d - off is exactly 0 (y is exactly the bias).
 
-/// Count, mean and sum of squared deviations (M2) of a set of values.
-template <class C>
-struct moments {
-  int n;
-  C mean;
-  C m2;
-};
-
-/// Chan, Golub and LeVeque's pairwise update: stable for any means (no E[x^2] - E[x]^2). Not
-/// symmetric in its arguments, so callers always pass the lower-indexed part first.
-template <class C>
-__device__ __forceinline__ moments<C> merge(const moments<C>& a, const moments<C>& b) {
-  if (b.n == 0) return a;
-  if (a.n == 0) return b;
-  const int n = a.n + b.n;
-  const C wb = static_cast<C>(b.n) / static_cast<C>(n);
-  const C delta = b.mean - a.mean;
-  return {n, a.mean + delta * wb, a.m2 + b.m2 + delta * delta * static_cast<C>(a.n) * wb};
+/// Sum of x*s over a thread's P*N register elements (padding elements are zero: nothing to mask).
+template <class C, int P, int N, class T>
+__device__ __forceinline__ C thread_sum(const pack<T, N> (&v)[P], C s) {
+  C acc = 0;
+#pragma unroll
+  for (int j = 0; j < P; ++j) {
+#pragma unroll
+    for (int e = 0; e < N; ++e) acc = fma(static_cast<C>(widen(v[j].v[e])), s, acc);
+  }
+  return acc;
 }
 
-/// Moments of d = x*s - shift over the first n of a thread's P*N register elements (pack j, element
-/// e in that order), by the corrected two-pass formula. `shift` is the row's first element times s,
-/// the same in every thread: d is exact for elements near it, so a row whose mean is far larger than
-/// its spread keeps float precision, and a constant row has mean exactly 0 and M2 exactly 0.
-template <class C, int P, int N, class T>
-__device__ __forceinline__ moments<C> thread_moments(const pack<T, N> (&v)[P], int n, C s, C shift) {
-  if (n <= 0) return {0, C(0), C(0)};
-  C d1 = 0;
-#pragma unroll
-  for (int j = 0; j < P; ++j) {
-#pragma unroll
-    for (int e = 0; e < N; ++e) d1 += j * N + e < n ? static_cast<C>(widen(v[j].v[e])) * s - shift : C(0);
-  }
-  const C mean = d1 / static_cast<C>(n);
-  C c1 = 0, c2 = 0;
-#pragma unroll
-  for (int j = 0; j < P; ++j) {
+/// Adds d = x*s - m0 and d^2 of the first `count` elements of one pack to d1 and d2.
+template <class C, int N, class T>
+__device__ __forceinline__ void add_deviations(const pack<T, N>& v, int count, C s, C m0, C& d1, C& d2) {
+  if (count >= N) {
 #pragma unroll
     for (int e = 0; e < N; ++e) {
-      const C d = j * N + e < n ? (static_cast<C>(widen(v[j].v[e])) * s - shift) - mean : C(0);
-      c1 += d;
-      c2 += d * d;
+      const C d = fma(static_cast<C>(widen(v.v[e])), s, -m0);
+      d1 += d;
+      d2 = fma(d, d, d2);
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+      const C d = e < count ? fma(static_cast<C>(widen(v.v[e])), s, -m0) : C(0);
+      d1 += d;
+      d2 = fma(d, d, d2);
     }
   }
-  const C m2 = c2 - c1 * c1 / static_cast<C>(n);
-  return {n, mean, m2 < C(0) ? C(0) : m2};  // not fmax: a NaN must stay NaN
 }
 
-/// Sum of squares of the first n of a thread's P*N register elements, each multiplied by s.
+/// Sum of (x*s)^2 over a thread's P*N register elements (RMSNorm; padding is zero).
 template <class C, int P, int N, class T>
-__device__ __forceinline__ C thread_sum_squares(const pack<T, N> (&v)[P], int n, C s) {
+__device__ __forceinline__ C thread_sum_squares(const pack<T, N> (&v)[P], C s) {
   C acc = 0;
 #pragma unroll
   for (int j = 0; j < P; ++j) {
 #pragma unroll
     for (int e = 0; e < N; ++e) {
-      const C d = j * N + e < n ? static_cast<C>(widen(v[j].v[e])) * s : C(0);
-      acc += d * d;
+      const C d = static_cast<C>(widen(v[j].v[e])) * s;
+      acc = fma(d, d, acc);
     }
   }
   return acc;
@@ -233,68 +265,46 @@ __device__ __forceinline__ C thread_sum_squares(const pack<T, N> (&v)[P], int n,
 // ---- reductions over the threads of a row -----------------------------------------------------
 //
 // A row belongs to `tpr` threads: a power of two up to 32 (several rows per warp; shuffles only),
-// or a multiple of 32 that is the whole block (one row per block; shuffles, then one barrier).
+// or a multiple of 32 that is the whole block (one row per block; shuffles, one barrier, shuffles).
 // Every thread of the row ends with the same bits, so the threads never disagree on a statistic.
 
-template <class C>
-__device__ __forceinline__ moments<C> shfl_xor(const moments<C>& m, int offset) {
-  return {__shfl_xor_sync(kFullMask, m.n, offset), __shfl_xor_sync(kFullMask, m.mean, offset),
-          __shfl_xor_sync(kFullMask, m.m2, offset)};
-}
+/// Most warps in a block of lnorm's row kernels (blocks of at most kMaxBlock threads).
+constexpr int kMaxBlock = 512;
+constexpr int kMaxWarps = kMaxBlock / kWarp;
 
-/// Butterfly over each aligned group of `width` lanes (a power of two <= 32). Both partners merge
-/// (lower lane's part, upper lane's part), so they compute the same bits.
-template <class C>
-__device__ __forceinline__ moments<C> warp_merge(moments<C> m, int width) {
-  const int lane = static_cast<int>(threadIdx.x) & (kWarp - 1);
-  for (int offset = 1; offset < width; offset <<= 1) {
-    const moments<C> other = shfl_xor(m, offset);
-    const bool upper = (lane & offset) != 0;
-    m = merge(upper ? other : m, upper ? m : other);
-  }
-  return m;
-}
-
-/// Sum over each aligned group of `width` lanes (addition commutes exactly: both partners agree).
+/// Sum over each aligned group of `width` lanes (a power of two <= 32; addition commutes exactly,
+/// so both partners of every exchange compute the same bits).
 template <class C>
 __device__ __forceinline__ C warp_sum(C v, int width) {
-  for (int offset = 1; offset < width; offset <<= 1) v += __shfl_xor_sync(kFullMask, v, offset);
+#pragma unroll
+  for (int offset = 1; offset < kWarp; offset <<= 1) {
+    if (offset < width) v += __shfl_xor_sync(kFullMask, v, offset);
+  }
   return v;
 }
 
-/// Moments of a whole row from each thread's part. `slots` holds 32 entries of shared memory that
-/// no other thread reads until the next barrier (callers alternate two sets between rows).
-template <class C>
-__device__ __forceinline__ moments<C> row_merge(moments<C> m, int tpr, moments<C>* slots) {
-  m = warp_merge(m, tpr < kWarp ? tpr : kWarp);
-  if (tpr <= kWarp) return m;
-  const int tid = static_cast<int>(threadIdx.x);
-  if ((tid & (kWarp - 1)) == 0) slots[tid / kWarp] = m;
-  __syncthreads();
-  moments<C> r = slots[0];
-  for (int w = 1; w < tpr / kWarp; ++w) r = merge(r, slots[w]);  // one order for every thread
-  return r;
-}
-
-/// Sums of two values over a whole row (slots: 32 entries, as for row_merge).
-template <class C>
-__device__ __forceinline__ void row_sum2(C& a, C& b, int tpr, C (*slots)[2]) {
+/// Sums of NV (1 or 2) values over a whole row, in every thread of it. `slots` holds kMaxWarps
+/// entries of shared memory; consecutive calls alternate two sets, which makes one barrier per call
+/// enough: a set is written again only after the next call's barrier, which every reader of its
+/// previous values has reached. The cross-warp stage is a shuffle too: lane l of every warp takes
+/// warp (l mod warps')'s sum, so each aligned group of lanes adds the same values in the same order.
+template <int NV, class C>
+__device__ __forceinline__ void row_sums(C (&v)[NV], int tpr, C (*slots)[2]) {
   const int width = tpr < kWarp ? tpr : kWarp;
-  a = warp_sum(a, width);
-  b = warp_sum(b, width);
+#pragma unroll
+  for (int k = 0; k < NV; ++k) v[k] = warp_sum(v[k], width);
   if (tpr <= kWarp) return;
-  const int tid = static_cast<int>(threadIdx.x);
-  if ((tid & (kWarp - 1)) == 0) {
-    slots[tid / kWarp][0] = a;
-    slots[tid / kWarp][1] = b;
+  const int tid = static_cast<int>(threadIdx.x), lane = tid & (kWarp - 1), warps = tpr / kWarp;
+  if (lane == 0) {
+#pragma unroll
+    for (int k = 0; k < NV; ++k) slots[tid / kWarp][k] = v[k];
   }
   __syncthreads();
-  a = slots[0][0];
-  b = slots[0][1];
-  for (int w = 1; w < tpr / kWarp; ++w) {
-    a += slots[w][0];
-    b += slots[w][1];
-  }
+  int w2 = 1;
+  while (w2 < warps) w2 <<= 1;
+  const int from = lane & (w2 - 1);
+#pragma unroll
+  for (int k = 0; k < NV; ++k) v[k] = warp_sum(from < warps ? slots[from][k] : C(0), w2);
 }
 
 /// True in every thread of the warp when `pred` holds for any (tpr <= 32); the value itself

@@ -9,14 +9,21 @@
 //                                                     mean, rstd, stream);
 //   if (!s) std::fprintf(stderr, "%s\n", s.message);
 //
-// Every call is asynchronous on `stream` (no device-wide synchronization) and validates its
-// arguments first. How rows map to threads (see plan_forward / plan_backward):
-//   - short rows: 1..32 threads per row (a power of two), several rows per warp, shuffles only;
-//   - longer rows: one row per block (up to 1024 threads, 8 elements each in registers);
+// Every call is asynchronous on `stream` (no device-wide synchronization, no allocation that
+// synchronizes) and validates its arguments first. How rows map to threads (plan_forward /
+// plan_backward):
+//   - short rows: 1..32 threads per row (a power of two), several rows per block, shuffles only;
+//   - longer rows: one row per block of up to 512 threads, each holding one to four 16-byte vectors
+//     of the row in registers (forward; one or two of x and of dy in the backward);
 //   - rows beyond that: the rest of the row in shared memory (x, and dy, still read once);
 //   - rows too long for one block: chunks over several blocks, two kernels, x read twice.
-// Loads and stores are 16-byte vectors where every row of every array allows it (narrower vectors,
-// down to single elements, where base pointers or row strides do not), with a masked last pack.
+// Each thread loads its part of its next row before this row's reductions (where it moves at most 32
+// bytes of an array per row), and holds its columns' weights across rows (at most 8 per thread).
+// Statistics: the corrected two-pass formula over the registers, plain sums across threads (no
+// division per shuffle level, one barrier per reduction for whole-block rows), rsqrt. Every row
+// kernel is compiled for 512 threads (up to 128 registers) and none spills (tests/test_cuda_static.py).
+// Loads and stores are 16-byte vectors where every row of every array allows it, single elements
+// where base pointers or row strides do not, with a masked last pack.
 #pragma once
 
 #include <lnorm/cuda/backward.cuh>
@@ -37,17 +44,7 @@ constexpr std::int64_t kMaxCols = std::int64_t(1) << 30;
 constexpr std::int64_t kMaxGridY = 65535;
 // Backward: a block handles at least this many row groups when rows are plentiful, so that its row
 // of dgamma/dbeta partials (written once, read once) stays small next to the rows it read.
-constexpr std::int64_t kMinRowsPerBlock = 16;
-
-/// Elements per thread held in registers: 8 (16 bytes of 16-bit elements, 64 of double); 4 for
-/// the backward of double. Within the 64 registers a thread of a 1024-thread block has, with the
-/// backward's next row loaded ahead. A 1024-thread block thus holds rows of 8192 elements (4096 for
-/// the backward of double) in registers; longer rows go on in shared memory.
-constexpr int kForwardItems = 8;
-template <class T>
-constexpr int backward_items() {
-  return sizeof(T) == 8 ? 4 : 8;
-}
+constexpr std::int64_t kMinRowsPerBlock = 32;
 
 /// How one call maps rows to threads.
 struct row_plan {
@@ -72,35 +69,58 @@ std::size_t cache_bytes(std::int64_t cols, std::int64_t reg) {
   return static_cast<std::size_t>(round_up(round_up(cols, max_vec_v<T>) - reg, 16)) * sizeof(T);
 }
 
-/// The forward's plan for rows of `cols` elements of T.
-template <class T>
-row_plan plan_forward(std::int64_t cols, const device_info& dev) {
-  constexpr int items = kForwardItems;
+/// The row tiers' shape for `items` elements per thread: rows of up to 32 threads share a block of
+/// kRowsBlock; longer rows are one block each (at most kMaxBlock threads, so that every row kernel
+/// is compiled for 512 threads and has up to 128 registers: none spills).
+inline row_plan rows_plan(std::int64_t cols, int items) {
   const int tpr = threads_per_row(cols, items);
-  if (tpr <= kWarp) return {items, tpr, kRowsBlock, 0, false};
-  if (tpr <= 1024) return {items, tpr, tpr, 0, false};
-  const std::size_t smem = cache_bytes<T>(cols, std::int64_t(1024) * items);
-  if (smem <= smem_limit<T>(dev)) return {items, 1024, 1024, smem, false};
+  return {items, tpr, tpr <= kWarp ? kRowsBlock : tpr, 0, false};
+}
+
+/// The forward's plan for rows of `cols` elements of T, with 16-byte vectors (`vectors`): one to four
+/// vectors per thread in registers (the fewest that fit the row into kMaxBlock threads); beyond
+/// four, the rest of the row in shared memory; rows too long for that are split over blocks. Without
+/// vectors (arrays that allow none), as many single elements per thread as one vector holds.
+template <class T>
+row_plan plan_forward(std::int64_t cols, const device_info& dev, bool vectors) {
+  constexpr int m = max_vec_v<T>;
+  const int widest = vectors ? 4 * m : m;
+  for (int items = m; items <= widest; items *= 2) {
+    const row_plan p = rows_plan(cols, items);
+    if (p.tpr <= kMaxBlock) return p;
+  }
+  const std::size_t smem = cache_bytes<T>(cols, std::int64_t(kMaxBlock) * widest);
+  if (smem <= smem_limit<T>(dev)) return {widest, kMaxBlock, kMaxBlock, smem, false};
   return {kSplitItems, kSplitBlock, kSplitBlock, 0, true};
 }
 
-/// The backward's plan; nacc is the number of partial sums wanted (dgamma, dbeta: 0 to 2).
+/// Shared memory of the backward's accumulators: `nacc` sets of `per_thread` per thread.
 template <class T>
-row_plan plan_backward(std::int64_t cols, int nacc, const device_info& dev) {
-  using C = stat_t<T>;
-  constexpr int items = backward_items<T>();
-  const std::size_t acc = static_cast<std::size_t>(nacc) * sizeof(C);
-  const int tpr = threads_per_row(cols, items);
-  if (tpr <= 1024) {
-    const int block = tpr <= kWarp ? kRowsBlock : tpr;
-    const std::size_t smem = acc * static_cast<std::size_t>(block) * items;
-    if (smem <= smem_limit<T>(dev)) return {items, tpr, block, smem, false};
-  } else {  // x and dy beyond the registers in shared memory, and accumulators for every column
-    const std::size_t smem = 2 * cache_bytes<T>(cols, std::int64_t(1024) * items) +
-                             acc * static_cast<std::size_t>(round_up(cols, std::int64_t(1024) * max_vec_v<T>));
-    if (smem <= smem_limit<T>(dev)) return {items, 1024, 1024, smem, false};
+std::size_t accumulator_bytes(int nacc, const row_plan& p, std::int64_t per_thread) {
+  const std::int64_t groups = p.block / p.tpr;
+  return static_cast<std::size_t>(nacc) * static_cast<std::size_t>(groups) *
+         static_cast<std::size_t>(acc_group_stride(static_cast<int>(per_thread * p.tpr), p.tpr)) * sizeof(stat_t<T>);
+}
+
+/// The backward's plan; nacc is the number of partial sums wanted (dgamma, dbeta: 0 to 2). One or two
+/// 16-byte vectors of x and of dy per thread (with the next row's loaded ahead, and gamma held), or
+/// without vectors as many single elements as one vector holds.
+template <class T>
+row_plan plan_backward(std::int64_t cols, int nacc, const device_info& dev, bool vectors) {
+  constexpr int m = max_vec_v<T>;
+  const int widest = vectors ? 2 * m : m;
+  const row_plan split{kSplitItems, kSplitBlock, kSplitBlock, 0, true};
+  for (int items = m; items <= widest; items *= 2) {
+    row_plan p = rows_plan(cols, items);
+    if (p.tpr > kMaxBlock) continue;
+    p.smem = accumulator_bytes<T>(nacc, p, items);
+    return p.smem <= smem_limit<T>(dev) ? p : split;
   }
-  return {kSplitItems, kSplitBlock, kSplitBlock, 0, true};
+  // x and dy beyond the registers in shared memory, and accumulators for every column.
+  row_plan p{widest, kMaxBlock, kMaxBlock, 0, false};
+  p.smem = 2 * cache_bytes<T>(cols, std::int64_t(kMaxBlock) * p.items) +
+           accumulator_bytes<T>(nacc, p, round_up(cols, std::int64_t(kMaxBlock) * m) / kMaxBlock);
+  return p.smem <= smem_limit<T>(dev) ? p : split;
 }
 
 inline int split_chunks(std::int64_t cols) {
@@ -124,15 +144,15 @@ inline std::int64_t backward_blocks(const row_plan& p, std::int64_t rows, const 
 
 inline std::size_t round_up_256(std::size_t v) { return (v + 255) / 256 * 256; }
 
-/// Workspace of the forward: the chunks' statistics of the split tier (none for the others).
+/// Workspace of one forward plan: the chunks' statistics of the split tier (none for the others).
 template <class T>
 std::size_t forward_workspace(const row_plan& p, std::int64_t rows, std::int64_t cols) {
   if (!p.split || rows == 0) return 0;
   return round_up_256(static_cast<std::size_t>(rows) * split_chunks(cols) * 4 * sizeof(stat_t<T>));
 }
 
-/// Workspace of the backward: an upper bound of what run_backward uses (a bound because it cannot know
-/// the occupancy of the exact kernel, which depends on the vector width the pointers allow).
+/// Workspace of one backward plan: an upper bound of what run_backward uses (a bound because it
+/// cannot know the occupancy of the exact kernel).
 template <class T>
 std::size_t backward_workspace(const row_plan& p, std::int64_t rows, std::int64_t cols, int nacc,
                                const device_info& dev) {
@@ -144,6 +164,20 @@ std::size_t backward_workspace(const row_plan& p, std::int64_t rows, std::int64_
   }
   const std::int64_t blocks = backward_blocks(p, rows, dev, std::max(1, dev.max_threads_per_sm / p.block));
   return round_up_256(static_cast<std::size_t>(nacc) * blocks * cols * sizeof(C));
+}
+
+/// What *_workspace_size() reports: enough for the plan of either vector width (which the call's
+/// pointers decide).
+template <class T>
+std::size_t forward_workspace_bound(std::int64_t rows, std::int64_t cols, const device_info& dev) {
+  return std::max(forward_workspace<T>(plan_forward<T>(cols, dev, true), rows, cols),
+                  forward_workspace<T>(plan_forward<T>(cols, dev, false), rows, cols));
+}
+
+template <class T>
+std::size_t backward_workspace_bound(std::int64_t rows, std::int64_t cols, int nacc, const device_info& dev) {
+  return std::max(backward_workspace<T>(plan_backward<T>(cols, nacc, dev, true), rows, cols, nacc, dev),
+                  backward_workspace<T>(plan_backward<T>(cols, nacc, dev, false), rows, cols, nacc, dev));
 }
 
 /// The widest vector (elements of T, at most 16 bytes) every row of every array allows: each base
@@ -168,25 +202,27 @@ class vector_width {
   int vec_ = max_vec_v<T>;
 };
 
-/// f(std::integral_constant<int, VEC>{}) for the run-time vector width.
+/// f(std::integral_constant<int, VEC>{}) for the run-time vector width: 16-byte vectors where every
+/// array allows them, single elements otherwise (two widths: half the kernels to compile).
 template <class T, class F>
 status with_vec(int vec, F&& f) {
-  switch (vec) {
-    case 8:
-      if constexpr (max_vec_v<T> >= 8) return f(std::integral_constant<int, 8>{});
-      break;
-    case 4:
-      if constexpr (max_vec_v<T> >= 4) return f(std::integral_constant<int, 4>{});
-      break;
-    case 2:
-      if constexpr (max_vec_v<T> >= 2) return f(std::integral_constant<int, 2>{});
-      break;
-    case 1:
-      return f(std::integral_constant<int, 1>{});
-    default:
-      break;
+  if (vec == max_vec_v<T>) return f(std::integral_constant<int, max_vec_v<T>>{});
+  return f(std::integral_constant<int, 1>{});
+}
+
+/// f(std::integral_constant<int, ITEMS>{}) for a plan's elements per thread: 1, 2 or 4 vectors' worth
+/// (up to kMaxVectors).
+template <class T, int kMaxVectors, class F>
+status with_items(int items, F&& f) {
+  constexpr int m = max_vec_v<T>;
+  if (items == m) return f(std::integral_constant<int, m>{});
+  if constexpr (kMaxVectors >= 2) {
+    if (items == 2 * m) return f(std::integral_constant<int, 2 * m>{});
   }
-  return {cudaErrorInvalidValue, "lnorm::cuda: internal error (vector width)"};
+  if constexpr (kMaxVectors >= 4) {
+    if (items == 4 * m) return f(std::integral_constant<int, 4 * m>{});
+  }
+  return {cudaErrorInvalidValue, "lnorm::cuda: internal error (items per thread)"};
 }
 
 /// Blocks for a row-tier forward kernel: what fits on the device, at most what the rows need.
@@ -200,16 +236,56 @@ status rows_grid(K kernel, const row_plan& p, std::int64_t rows, const device_in
   return {};
 }
 
-/// The caller's workspace, or a stream-ordered allocation that is freed, stream-ordered, at scope end.
+/// Bytes of workspace lnorm's pool keeps between calls (more is handed back to the device at the
+/// next synchronization).
+constexpr std::uint64_t kPoolKeep = std::uint64_t(64) << 20;
+
+/// lnorm's stream-ordered memory pool on `device`, created at its first use and kept: allocations
+/// from it neither synchronize nor hand memory back at every synchronization (the default pool's
+/// release threshold is 0). Devices without memory pools have none: their calls take a workspace.
+inline status workspace_pool(int device, cudaMemPool_t& pool) noexcept {
+  constexpr int kMaxDevices = 64;
+  static std::mutex lock;
+  static cudaMemPool_t pools[kMaxDevices] = {};
+  if (device < 0 || device >= kMaxDevices) return {cudaErrorInvalidDevice, "workspace: device index out of range"};
+  std::lock_guard<std::mutex> hold(lock);
+  if (pools[device] != nullptr) {
+    pool = pools[device];
+    return {};
+  }
+  int supported = 0;
+  cudaError_t e = cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, device);
+  if (e != cudaSuccess) return {e, cudaGetErrorString(e)};
+  if (supported == 0) {
+    return {cudaErrorNotSupported,
+            "workspace: this device has no stream-ordered memory pools; pass a workspace of *_workspace_size() bytes"};
+  }
+  cudaMemPoolProps props = {};
+  props.allocType = cudaMemAllocationTypePinned;
+  props.location.type = cudaMemLocationTypeDevice;
+  props.location.id = device;
+  cudaMemPool_t created = nullptr;
+  if ((e = cudaMemPoolCreate(&created, &props)) != cudaSuccess) return {e, cudaGetErrorString(e)};
+  std::uint64_t keep = kPoolKeep;
+  if ((e = cudaMemPoolSetAttribute(created, cudaMemPoolAttrReleaseThreshold, &keep)) != cudaSuccess) {
+    cudaMemPoolDestroy(created);
+    return {e, cudaGetErrorString(e)};
+  }
+  pools[device] = pool = created;
+  return {};
+}
+
+/// The caller's workspace, or a stream-ordered allocation from lnorm's pool on the current device,
+/// freed, stream-ordered, at scope end.
 class scratch {
  public:
-  scratch(cudaStream_t stream) : stream_(stream) {}
+  explicit scratch(cudaStream_t stream) : stream_(stream) {}
   scratch(const scratch&) = delete;
   scratch& operator=(const scratch&) = delete;
   ~scratch() {
     if (owned_) cudaFreeAsync(ptr_, stream_);
   }
-  status acquire(void* given, std::size_t given_bytes, std::size_t need) {
+  status acquire(void* given, std::size_t given_bytes, std::size_t need, int device) {
     if (need == 0) return {};
     // Null with no bytes: none given (allocated here); null with bytes claimed: a caller's mistake.
     if (given == nullptr && given_bytes > 0) return {cudaErrorInvalidValue, "workspace: data is null"};
@@ -218,7 +294,10 @@ class scratch {
       ptr_ = given;
       return {};
     }
-    const cudaError_t e = cudaMallocAsync(&ptr_, need, stream_);
+    cudaMemPool_t pool = nullptr;
+    const status s = workspace_pool(device, pool);
+    if (!s) return s;
+    const cudaError_t e = cudaMallocFromPoolAsync(&ptr_, need, pool, stream_);
     if (e != cudaSuccess) return {e, cudaGetErrorString(e)};
     owned_ = true;
     return {};
@@ -291,12 +370,10 @@ status run_forward(forward_args<T> a, std::int64_t cols, double eps, cudaStream_
   if (!(s = check_arrays(ops))) return s;
   a.cols = static_cast<int>(cols);
   a.eps = static_cast<stat_t<T>>(eps);
-
-  device_info dev;
-  if (!(s = current_device(dev))) return s;
-  const row_plan plan = plan_forward<T>(cols, dev);
-  scratch ws(stream);
-  if (!(s = ws.acquire(workspace, workspace_bytes, forward_workspace<T>(plan, a.rows, cols)))) return s;
+  a.inv_cols = static_cast<stat_t<T>>(1.0 / static_cast<double>(cols));
+  const std::int64_t chunk = std::int64_t(kSplitBlock) * kSplitItems, last = cols - (split_chunks(cols) - 1) * chunk;
+  a.inv_chunk = static_cast<stat_t<T>>(1.0 / static_cast<double>(chunk));
+  a.inv_last_chunk = static_cast<stat_t<T>>(1.0 / static_cast<double>(last));
 
   vector_width<T> vw;
   vw.rows_of(a.x, a.ld_x, a.rows);
@@ -306,23 +383,30 @@ status run_forward(forward_args<T> a, std::int64_t cols, double eps, cudaStream_
   vw.param(static_cast<const W*>(a.gamma));
   vw.param(static_cast<const W*>(a.beta));
   vw.param(static_cast<const W*>(a.bias_in));
+  device_info dev;
+  if (!(s = current_device(dev))) return s;
+  const row_plan plan = plan_forward<T>(cols, dev, vw.get() == max_vec_v<T>);
+  scratch ws(stream);
+  if (!(s = ws.acquire(workspace, workspace_bytes, forward_workspace<T>(plan, a.rows, cols), dev.id))) return s;
+
   return with_vec<T>(vw.get(), [&](auto vec) -> status {
     constexpr int VEC = decltype(vec)::value;
     auto* const w = static_cast<stat_t<T>*>(ws.get());
-    if (plan.split) {  // rare: full vectors or single elements only (fewer kernels to compile)
-      constexpr int SV = VEC == max_vec_v<T> ? VEC : 1;
+    if (plan.split) {
       const dim3 grid(split_chunks(cols), static_cast<unsigned>(std::min(a.rows, kMaxGridY)));
-      const status first = launch(forward_chunk_stats_kernel<T, SV, kSplitItems>, grid, dim3(kSplitBlock), 0,
+      const status first = launch(forward_chunk_stats_kernel<T, VEC, kSplitItems>, grid, dim3(kSplitBlock), 0,
                                   stream, a, w);
       if (!first) return first;
-      return launch(forward_chunk_normalize_kernel<T, SV, kSplitItems>, grid, dim3(kSplitBlock), 0, stream, a,
+      return launch(forward_chunk_normalize_kernel<T, VEC, kSplitItems>, grid, dim3(kSplitBlock), 0, stream, a,
                     static_cast<const stat_t<T>*>(w));
     }
-    void (*const kernel)(forward_args<T>, int) = forward_rows_kernel<T, VEC, kForwardItems>;
-    std::int64_t grid = 0;
-    const status g = rows_grid<T>(kernel, plan, a.rows, dev, grid);
-    if (!g) return g;
-    return launch(kernel, dim3(static_cast<unsigned>(grid)), dim3(plan.block), plan.smem, stream, a, plan.tpr);
+    return with_items<T, VEC == 1 ? 1 : 4>(plan.items, [&](auto items) -> status {
+      void (*const kernel)(forward_args<T>, int) = forward_rows_kernel<T, VEC, decltype(items)::value>;
+      std::int64_t grid = 0;
+      const status g = rows_grid<T>(kernel, plan, a.rows, dev, grid);
+      if (!g) return g;
+      return launch(kernel, dim3(static_cast<unsigned>(grid)), dim3(plan.block), plan.smem, stream, a, plan.tpr);
+    });
   });
 }
 
@@ -353,18 +437,20 @@ status run_backward(backward_args<T> a, std::int64_t cols, W* dgamma, W* dbeta, 
     return e == cudaSuccess ? status{} : status{e, cudaGetErrorString(e)};
   }
   a.cols = static_cast<int>(cols);
-
-  device_info dev;
-  if (!(s = current_device(dev))) return s;
-  const row_plan plan = plan_backward<T>(cols, nacc, dev);
-  scratch ws(stream);
-  if (!(s = ws.acquire(workspace, workspace_bytes, backward_workspace<T>(plan, a.rows, cols, nacc, dev)))) return s;
+  a.inv_cols = static_cast<C>(1.0 / static_cast<double>(cols));
 
   vector_width<T> vw;
   vw.rows_of(a.dy, a.ld_dy, a.rows);
   vw.rows_of(a.x, a.ld_x, a.rows);
   vw.rows_of(a.dx, a.ld_dx, a.rows);
   vw.param(static_cast<const W*>(a.gamma));
+  device_info dev;
+  if (!(s = current_device(dev))) return s;
+  const row_plan plan = plan_backward<T>(cols, nacc, dev, vw.get() == max_vec_v<T>);
+  scratch ws(stream);
+  if (!(s = ws.acquire(workspace, workspace_bytes, backward_workspace<T>(plan, a.rows, cols, nacc, dev), dev.id)))
+    return s;
+
   return with_vec<T>(vw.get(), [&](auto vec) -> status {
     constexpr int VEC = decltype(vec)::value;
     C* const w = static_cast<C*>(ws.get());
@@ -374,39 +460,33 @@ status run_backward(backward_args<T> a, std::int64_t cols, W* dgamma, W* dbeta, 
       C* const partials = w + static_cast<std::size_t>(a.rows) * chunks * 2;
       a.dgamma_partial = dgamma != nullptr ? partials : nullptr;
       a.dbeta_partial = dbeta != nullptr ? partials + (dgamma != nullptr ? std::size_t(parts) * cols : 0) : nullptr;
-      constexpr int SV = VEC == max_vec_v<T> ? VEC : 1;
-      const status first = launch(backward_chunk_sums_kernel<T, SV, kSplitItems>,
+      const status first = launch(backward_chunk_sums_kernel<T, VEC, kSplitItems>,
                                   dim3(chunks, static_cast<unsigned>(std::min(a.rows, kMaxGridY))), dim3(kSplitBlock),
                                   0, stream, a, w);
       if (!first) return first;
-      const status second = launch(backward_chunk_kernel<T, SV, kSplitItems>, dim3(chunks, parts),
+      const status second = launch(backward_chunk_kernel<T, VEC, kSplitItems>, dim3(chunks, parts),
                                    dim3(kSplitBlock), 0, stream, a, static_cast<const C*>(w));
       if (!second) return second;
       partial_rows = parts;
     } else {
-      void (*const kernel)(backward_args<T>, int) = backward_rows_kernel<T, VEC, backward_items<T>()>;
-      int per_sm = 0;
-      const status r = resident_blocks(reinterpret_cast<const void*>(kernel), plan.block, plan.smem,
-                                       smem_limit<T>(dev), dev, per_sm);
-      if (!r) return r;
-      partial_rows = backward_blocks(plan, a.rows, dev, per_sm);
-      a.dgamma_partial = dgamma != nullptr ? w : nullptr;
-      a.dbeta_partial = dbeta != nullptr ? w + (dgamma != nullptr ? std::size_t(partial_rows) * cols : 0) : nullptr;
-      const status l = launch(kernel, dim3(static_cast<unsigned>(partial_rows)), dim3(plan.block), plan.smem, stream,
-                              a, plan.tpr);
-      if (!l) return l;
-    }
-    const dim3 grid(static_cast<unsigned>(ceil_div(cols, kWarp))), block(kWarp, 8);
-    if (dgamma != nullptr) {
-      const status r = launch(reduce_partials_kernel<C, W>, grid, block, 0, stream,
-                              static_cast<const C*>(a.dgamma_partial), static_cast<int>(partial_rows), a.cols, dgamma);
+      const status r = with_items<T, VEC == 1 ? 1 : 2>(plan.items, [&](auto items) -> status {
+        void (*const kernel)(backward_args<T>, int) = backward_rows_kernel<T, VEC, decltype(items)::value>;
+        int per_sm = 0;
+        const status q = resident_blocks(reinterpret_cast<const void*>(kernel), plan.block, plan.smem,
+                                         smem_limit<T>(dev), dev, per_sm);
+        if (!q) return q;
+        partial_rows = backward_blocks(plan, a.rows, dev, per_sm);
+        a.dgamma_partial = dgamma != nullptr ? w : nullptr;
+        a.dbeta_partial = dbeta != nullptr ? w + (dgamma != nullptr ? std::size_t(partial_rows) * cols : 0) : nullptr;
+        return launch(kernel, dim3(static_cast<unsigned>(partial_rows)), dim3(plan.block), plan.smem, stream, a,
+                      plan.tpr);
+      });
       if (!r) return r;
     }
-    if (dbeta != nullptr) {
-      return launch(reduce_partials_kernel<C, W>, grid, block, 0, stream, static_cast<const C*>(a.dbeta_partial),
-                    static_cast<int>(partial_rows), a.cols, dbeta);
-    }
-    return status{};
+    if (dgamma == nullptr && dbeta == nullptr) return status{};
+    return launch(reduce_partials_kernel<C, W>, dim3(static_cast<unsigned>(ceil_div(cols, kWarp))), dim3(kWarp, 8), 0,
+                  stream, static_cast<const C*>(a.dgamma_partial), dgamma, static_cast<const C*>(a.dbeta_partial), dbeta,
+                  static_cast<int>(partial_rows), a.cols);
   });
 }
 
@@ -422,10 +502,13 @@ status run_backward(backward_args<T> a, std::int64_t cols, W* dgamma, W* dbeta, 
 // argument's name ("y: overlaps gamma; ..."). T: float, double, __half, __nv_bfloat16. W, the weights' type: T (the default) or
 // float, then given explicitly (layer_norm<__nv_bfloat16, float>(...)); weight pointers are not
 // deduced, so nullptr works for any of them. Pointers to parameters and statistics may be null where
-// noted (no weight: ones; no bias: zeros; no mean/rstd: not written). `workspace`: null lets a call
-// that needs one (the backward; the forward of rows too long for one block) allocate it
-// stream-ordered (cudaMallocAsync); or pass *_workspace_size() bytes (a null workspace with
-// workspace_bytes > 0 is refused: "workspace: data is null").
+// noted (no weight: ones; no bias: zeros; no mean/rstd: not written). `workspace`: pass
+// *_workspace_size() bytes (a null workspace with workspace_bytes > 0 is refused: "workspace: data
+// is null"); or null, and a call that needs one (the backward with dweight/dbias; rows too long for
+// one block) takes it stream-ordered from lnorm's memory pool on the device (cudaMallocFromPoolAsync;
+// the pool keeps up to 64 MiB between calls instead of handing memory back at every synchronize).
+// On a device without memory pools such a call is refused ("workspace: this device has no
+// stream-ordered memory pools; ...") and needs the workspace.
 
 /// A weight-shaped argument of the public calls: W, in a context that does not deduce it.
 template <class W>
@@ -522,7 +605,7 @@ status forward_workspace_size(std::int64_t rows, std::int64_t cols, std::size_t&
   status s = detail::check_shape(rows, cols);
   detail::device_info dev;
   if (!s || !(s = detail::current_device(dev))) return s;
-  bytes = detail::forward_workspace<T>(detail::plan_forward<T>(cols, dev), rows, cols);
+  bytes = detail::forward_workspace_bound<T>(rows, cols, dev);
   return {};
 }
 
@@ -535,7 +618,7 @@ status backward_workspace_size(std::int64_t rows, std::int64_t cols, bool dgamma
   detail::device_info dev;
   if (!s || !(s = detail::current_device(dev))) return s;
   const int nacc = int(dgamma) + int(dbeta);
-  bytes = detail::backward_workspace<T>(detail::plan_backward<T>(cols, nacc, dev), rows, cols, nacc, dev);
+  bytes = detail::backward_workspace_bound<T>(rows, cols, nacc, dev);
   return {};
 }
 
