@@ -78,16 +78,19 @@ inline row_plan rows_plan(std::int64_t cols, int items) {
 }
 
 /// The forward's plan for rows of `cols` elements of T, with 16-byte vectors (`vectors`): one to four
-/// vectors per thread in registers (the fewest that fit the row into kMaxBlock threads); beyond
+/// vectors per thread in registers (the fewest that fit the row into 256 threads, else into
+/// kMaxBlock: fewer threads per row spend fewer instructions per byte on the reductions); beyond
 /// four, the rest of the row in shared memory; rows too long for that are split over blocks. Without
 /// vectors (arrays that allow none), as many single elements per thread as one vector holds.
 template <class T>
 row_plan plan_forward(std::int64_t cols, const device_info& dev, bool vectors) {
   constexpr int m = max_vec_v<T>;
   const int widest = vectors ? 4 * m : m;
-  for (int items = m; items <= widest; items *= 2) {
-    const row_plan p = rows_plan(cols, items);
-    if (p.tpr <= kMaxBlock) return p;
+  for (int threads : {kMaxBlock / 2, kMaxBlock}) {  // more per thread before more threads per row
+    for (int items = m; items <= widest; items *= 2) {
+      const row_plan p = rows_plan(cols, items);
+      if (p.tpr <= threads) return p;
+    }
   }
   const std::size_t smem = cache_bytes<T>(cols, std::int64_t(kMaxBlock) * widest);
   if (smem <= smem_limit<T>(dev)) return {widest, kMaxBlock, kMaxBlock, smem, false};
@@ -110,11 +113,13 @@ row_plan plan_backward(std::int64_t cols, int nacc, const device_info& dev, bool
   constexpr int m = max_vec_v<T>;
   const int widest = vectors ? 2 * m : m;
   const row_plan split{kSplitItems, kSplitBlock, kSplitBlock, 0, true};
-  for (int items = m; items <= widest; items *= 2) {
-    row_plan p = rows_plan(cols, items);
-    if (p.tpr > kMaxBlock) continue;
-    p.smem = accumulator_bytes<T>(nacc, p, items);
-    return p.smem <= smem_limit<T>(dev) ? p : split;
+  for (int threads : {kMaxBlock / 2, kMaxBlock}) {  // more per thread before more threads per row
+    for (int items = m; items <= widest; items *= 2) {
+      row_plan p = rows_plan(cols, items);
+      if (p.tpr > threads) continue;
+      p.smem = accumulator_bytes<T>(nacc, p, items);
+      return p.smem <= smem_limit<T>(dev) ? p : split;
+    }
   }
   // x and dy beyond the registers in shared memory, and accumulators for every column.
   row_plan p{widest, kMaxBlock, kMaxBlock, 0, false};
