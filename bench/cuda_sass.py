@@ -11,16 +11,20 @@ cuobjdump -sass, and reports for every kernel (a function named *_kernel in lnor
 registers, stack frame and spill bytes (ptxas's report), SASS instructions in all, and those of its
 row loop, per 16 bytes of the global-memory traffic of one iteration of that loop.
 
-How the row loop is found: a loop is a backward branch, a predicated BRA (``@P0 BRA``, ``@!P1 BRA
-!P2, ...``) to a lower address of the same function (nvcc puts a loop's test at its bottom); the
-loop's body is the instructions from the target up to the branch. Unpredicated backward BRAs are not
-loops: they are jumps back from blocks laid out after the function's exit (cold paths, the
-``BRA.DIV`` fallbacks of warp shuffles) and the ``BRA`` to itself that pads a function's end. The
-row loop is the loop with the largest body (the outermost: every other loop of the row kernels
-nests in it, or is a short prologue or epilogue loop); its instructions are counted once each
-(NOPs excluded), inner loops once, inline cold paths (the overflow re-pass, rows longer than the
-registers hold, partial packs at a row's end) included, and both norms' paths where a kernel takes
-layer norm or RMSNorm as a run-time flag (as today's `a.rms`). It is a static count, not the executed one:
+How the row loop is found: the function's SASS is cut into basic blocks at branch targets and after
+control transfers (BRA, guarded or with a condition operand as in ``@!P3 BRA !P1, ...`` and
+``BRA.DIV``, also falls through; CALL goes to its target and on, as sm_80 code leaves loops by
+``@P0 CALL.REL.NOINC`` to the exit; EXIT and RET end a path). A loop is a natural loop of that
+graph: a back edge B -> H where H dominates B (every path from the entry to B passes H), its body H
+plus every block that reaches B without passing H. So a loop whose test is at its bottom (sm_90) or
+at its top (sm_80), and the cold blocks laid out after the exit that jump back into it (the
+``BRA.DIV`` fallbacks of warp shuffles), count as its own, while those jumps back are no loops of
+their own, nor is the ``BRA`` to itself that pads a function's end (unreachable). The row loop is
+the loop with the most instructions (the outermost: every other loop of the row kernels nests in it,
+or is a short prologue or epilogue loop). Its instructions are counted once each (NOPs excluded),
+inner loops once, inline cold paths (the overflow re-pass, rows longer than the registers hold,
+partial packs at a row's end) included, and both norms' paths where a kernel takes layer norm or
+RMSNorm as a run-time flag (as today's `a.rms`). It is a static count, not the executed one:
 compare kernels with each other and one version with the next, not with a measured time. A kernel
 without a loop is counted whole (marked "whole kernel"). The "inner" column counts the row loop's
 instructions that lie in loops nested in it.
@@ -255,9 +259,86 @@ class Instr:
 
 @dataclass
 class Loop:
-    start: int  # the branch target
-    end: int  # the branch
-    instructions: int  # in [start, end], NOPs excluded
+    header: int  # address of the loop's first block (the back edges' target)
+    addrs: frozenset  # addresses of its instructions (NOPs excluded)
+
+    @property
+    def instructions(self) -> int:
+        return len(self.addrs)
+
+    @property
+    def start(self) -> int:
+        return min(self.addrs)
+
+    @property
+    def end(self) -> int:
+        return max(self.addrs)
+
+
+def _successors(ins: Instr, next_addr: Optional[int]) -> Optional[List[int]]:
+    """Where control goes after `ins`: None for an instruction that falls through and ends no block;
+    else the list of successor addresses (empty for EXIT, RET, an indirect branch).
+
+    BRA is conditional when guarded (@P0), or when it has an operand before its target (BRA !P1,
+    BRA.DIV UR4, BRA.CONV ~URZ): then it also falls through. CALL goes to its target and on to the
+    next instruction: a call returns there, and sm_80 code also leaves loops by a guarded
+    CALL.REL.NOINC to the loop's exit."""
+    op = ins.opcode
+    guarded = ins.predicated and not ins.text.startswith("@PT ")
+    fall = [next_addr] if next_addr is not None else []
+    if op.startswith(("BRA", "CALL")):
+        target = _branch_target(ins.text)
+        targets = [target] if target is not None else []
+        operands = ins.text.split(op, 1)[1]
+        conditional = guarded or op.startswith("CALL") or "," in operands
+        return targets + fall if conditional else targets
+    if op.startswith(("EXIT", "RET", "BRX", "JMX", "JMP", "KILL")):
+        return fall if guarded else []
+    return None
+
+
+def _dominators(succ: Dict[int, List[int]], entry: int) -> Tuple[Dict[int, int], List[int]]:
+    """Immediate dominators of the blocks reachable from `entry` (Cooper, Harvey and Kennedy's
+    iteration over reverse postorder), and that order."""
+    order: List[int] = []
+    seen = {entry}
+    stack = [(entry, iter(succ[entry]))]
+    while stack:  # iterative DFS for the postorder
+        node, it = stack[-1]
+        for nxt in it:
+            if nxt in succ and nxt not in seen:
+                seen.add(nxt)
+                stack.append((nxt, iter(succ[nxt])))
+                break
+        else:
+            order.append(node)
+            stack.pop()
+    order.reverse()
+    index = {b: i for i, b in enumerate(order)}
+    preds: Dict[int, List[int]] = {b: [] for b in order}
+    for b in order:
+        for nxt in succ[b]:
+            if nxt in index:
+                preds[nxt].append(b)
+    idom = {entry: entry}
+    changed = True
+    while changed:
+        changed = False
+        for b in order[1:]:
+            done = [p for p in preds[b] if p in idom]
+            new = done[0]
+            for p in done[1:]:
+                x, y = p, new
+                while x != y:
+                    while index[x] > index[y]:
+                        x = idom[x]
+                    while index[y] > index[x]:
+                        y = idom[y]
+                new = x
+            if idom.get(b) != new:
+                idom[b] = new
+                changed = True
+    return idom, order
 
 
 @dataclass
@@ -266,19 +347,77 @@ class SassFunction:
     arch: str
     instrs: List[Instr] = field(default_factory=list)
 
-    def count(self, lo: int = -1, hi: int = 1 << 62) -> int:
-        return sum(1 for i in self.instrs if lo <= i.addr <= hi and i.opcode != "NOP")
+    def count(self) -> int:
+        return sum(1 for i in self.instrs if i.opcode != "NOP")
+
+    def blocks(self) -> Tuple[Dict[int, List[Instr]], Dict[int, List[int]]]:
+        """Basic blocks (by first address) and their successors."""
+        if not self.instrs:
+            return {}, {}
+        leaders = {self.instrs[0].addr}
+        addrs = [i.addr for i in self.instrs]
+        for k, ins in enumerate(self.instrs):
+            nxt = addrs[k + 1] if k + 1 < len(addrs) else None
+            out = _successors(ins, nxt)
+            if out is not None:
+                leaders.update(out)
+                if nxt is not None:
+                    leaders.add(nxt)
+        blocks: Dict[int, List[Instr]] = {}
+        succ: Dict[int, List[int]] = {}
+        current: Optional[int] = None
+        for k, ins in enumerate(self.instrs):
+            if ins.addr in leaders:
+                if current is not None and current not in succ:
+                    succ[current] = [ins.addr]  # fell into a leader
+                current = ins.addr
+                blocks[current] = []
+            blocks[current].append(ins)
+            nxt = addrs[k + 1] if k + 1 < len(addrs) else None
+            out = _successors(ins, nxt)
+            if out is not None:
+                succ[current] = [a for a in out if a in leaders]
+        for b in blocks:
+            succ.setdefault(b, [])
+            succ[b] = [a for a in succ[b] if a in blocks]
+        return blocks, succ
 
     def loops(self) -> List[Loop]:
-        """Predicated backward branches (see the module's docstring), largest body first."""
-        out = []
-        for ins in self.instrs:
-            if not ins.predicated or not ins.opcode.startswith("BRA"):
-                continue
-            target = _branch_target(ins.text)
-            if target is not None and target < ins.addr:
-                out.append(Loop(target, ins.addr, self.count(target, ins.addr)))
-        return sorted(out, key=lambda lp: (-lp.instructions, lp.start))
+        """The natural loops of the control-flow graph (see the module's docstring), one per
+        header, largest first."""
+        blocks, succ = self.blocks()
+        if not blocks:
+            return []
+        idom, order = _dominators(succ, self.instrs[0].addr)
+        reachable = set(order)
+
+        def dominates(h: int, b: int) -> bool:
+            while True:
+                if b == h:
+                    return True
+                if idom[b] == b:
+                    return False
+                b = idom[b]
+
+        preds: Dict[int, List[int]] = {b: [] for b in reachable}
+        for b in reachable:
+            for nxt in succ[b]:
+                if nxt in reachable:
+                    preds[nxt].append(b)
+        bodies: Dict[int, set] = {}
+        for b in order:
+            for h in succ[b]:
+                if h in reachable and dominates(h, b):  # a back edge b -> h
+                    body = bodies.setdefault(h, {h})
+                    work = [b]
+                    while work:
+                        x = work.pop()
+                        if x not in body:
+                            body.add(x)
+                            work.extend(preds[x])
+        out = [Loop(h, frozenset(i.addr for x in body for i in blocks[x] if i.opcode != "NOP"))
+               for h, body in bodies.items()]
+        return sorted(out, key=lambda lp: (-lp.instructions, lp.header))
 
     def row_loop(self) -> Optional[Loop]:
         loops = self.loops()
@@ -286,9 +425,11 @@ class SassFunction:
 
     def inner_instructions(self, outer: Loop) -> int:
         """Instructions of `outer` that lie in loops nested in it."""
-        spans = [(lp.start, lp.end) for lp in self.loops()
-                 if outer.start <= lp.start and lp.end <= outer.end and (lp.start, lp.end) != (outer.start, outer.end)]
-        return sum(1 for i in self.instrs if i.opcode != "NOP" and any(a <= i.addr <= b for a, b in spans))
+        inner = set()
+        for lp in self.loops():
+            if lp.header != outer.header and lp.addrs <= outer.addrs:
+                inner |= lp.addrs
+        return len(inner)
 
 
 _FUNC = re.compile(r"^\s*Function : (\S+)\s*$", re.MULTILINE)
@@ -297,8 +438,10 @@ _INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+([^;]*?)\s*;")
 
 
 def _branch_target(text: str) -> Optional[int]:
-    m = re.findall(r"0x([0-9a-f]+)", text.split("BRA", 1)[1]) if "BRA" in text else []
-    return int(m[-1], 16) if m else None
+    """The address a BRA or CALL goes to (its last hexadecimal operand), or None."""
+    m = re.search(r"\b(?:BRA|CALL)\S*\s+(.*)$", text)
+    found = re.findall(r"0x([0-9a-f]+)", m.group(1)) if m else []
+    return int(found[-1], 16) if found else None
 
 
 def parse_sass(text: str) -> List[SassFunction]:
@@ -537,7 +680,7 @@ def section(rows: List[KernelRow], argv: Sequence[str], archs: Sequence[str], se
         f"From `python bench/cuda_sass.py {' '.join(argv)}` on {datetime.date.today().isoformat()} "
         f"({version}, {', '.join(archs)}, commit {commit.stdout.strip() or '?'}; nvcc took {seconds:.0f} s): "
         "static counts from `ptxas -v` and `cuobjdump -sass`, no GPU involved. **row loop**: the SASS "
-        "instructions of the kernel's largest loop (a predicated backward branch), each counted once: both "
+        "instructions of the kernel's largest loop (a natural loop of its control-flow graph), each counted once: both "
         "norms' paths where the kernel takes `rms` at run time (as today's do), cold paths too (overflow re-pass, rows "
         "longer than the registers hold, partial packs), so it overstates what one iteration executes; "
         "**inner**: those of them inside nested loops. **B/thread/iter**: bytes one thread reads+writes per "

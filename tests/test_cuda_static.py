@@ -95,24 +95,40 @@ def test_parsers_on_a_canned_report():
     assert (e.arch, e.registers, e.stack, e.spill_stores, e.spill_loads, e.smem) == ("sm_80", 64, 24, 28, 20, 512)
     assert e.spills and cuda_sass.is_lnorm_kernel(e.name)
     assert cuda_sass.short_name(e.name) in ("forward_rows_kernel<float, 4, 8>", name)
-    sass = ("arch = sm_80\n"
+    sass = ("arch = sm_90\n"
             f"\t\tFunction : {name}\n"
             "        /*0000*/                   MOV R1, c[0x0][0x28] ;\n"
             "        /*0010*/                   ISETP.GE.AND P0, PT, R0, c[0x0][0x160], PT ;\n"
             "        /*0020*/                   LDG.E.128 R4, [R2.64] ;\n"
             "        /*0030*/               @P1 BRA 0x20 ;\n"
             "        /*0040*/                   STG.E.128 [R2.64], R4 ;\n"
-            "        /*0050*/                   BRA.DIV UR4, 0x90 ;\n"
+            "        /*0050*/                   BRA.DIV UR4, 0x80 ;\n"
             "        /*0060*/              @!P0 BRA !P2, 0x10 ;\n"
             "        /*0070*/                   EXIT ;\n"
-            "        /*0080*/                   BRA 0x40 ;\n"
-            "        /*0090*/                   BRA 0x90 ;\n"
-            "        /*00a0*/                   NOP ;\n")
-    (f,) = cuda_sass.parse_sass(sass)
-    assert f.arch == "sm_80" and f.count() == 10
-    loops = f.loops()  # the two predicated backward branches; not the jump back nor the padding
-    assert [(lp.start, lp.end, lp.instructions) for lp in loops] == [(0x10, 0x60, 6), (0x20, 0x30, 2)]
-    assert f.inner_instructions(loops[0]) == 2
+            "        /*0080*/                   SHFL.BFLY PT, R5, R4, 0x1, 0x1f ;\n"
+            "        /*0090*/                   BRA 0x60 ;\n"
+            "        /*00a0*/                   BRA 0xa0 ;\n"
+            "        /*00b0*/                   NOP ;\n"
+            "arch = sm_80\n"
+            f"\t\tFunction : {name}\n"
+            "        /*0000*/                   MOV R1, c[0x0][0x28] ;\n"
+            "        /*0010*/                   BSSY B0, 0x60 ;\n"
+            "        /*0020*/                   LDG.E.128 R4, [R2.64] ;\n"
+            "        /*0030*/               @P0 CALL.REL.NOINC 0x60 ;\n"
+            "        /*0040*/                   BRA 0x20 ;\n"
+            "        /*0050*/                   NOP ;\n"
+            "        /*0060*/                   BSYNC B0 ;\n"
+            "        /*0070*/                   EXIT ;\n")
+    f90, f80 = cuda_sass.parse_sass(sass)
+    assert (f90.arch, f80.arch) == ("sm_90", "sm_80") and f90.count() == 11 and f80.count() == 7
+    # sm_90: the loop tested at its bottom with the cold block it jumps to, the inner loop; not the
+    # jump back from the cold block nor the padding.
+    loops = f90.loops()
+    assert [(lp.header, lp.instructions) for lp in loops] == [(0x10, 8), (0x20, 2)]
+    assert sorted(loops[0].addrs) == [0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x80, 0x90]
+    assert f90.row_loop() == loops[0] and f90.inner_instructions(loops[0]) == 2
+    # sm_80: tested at its top, left through a guarded CALL.REL.NOINC, closed by a plain BRA.
+    assert [(lp.header, sorted(lp.addrs)) for lp in f80.loops()] == [(0x20, [0x20, 0x30, 0x40])]
     declared = {"forward_rows_kernel": ["T", "ROWS", "VEC", "ITEMS"]}
     t = cuda_sass.kernel_traffic("forward_rows_kernel<__nv_bfloat16, 2, 8, 8>", declared)
     assert (t.vec, t.items, t.read, t.written) == (8, 8, 16, 16)
