@@ -79,6 +79,7 @@ INCLUDE = os.path.join(ROOT, "cpp", "include")
 CUDA_HEADERS = os.path.join(INCLUDE, "lnorm", "cuda")
 DEFAULT_OUT = os.path.join(HERE, "RESULTS_CUDA.md")
 SECTION = "## SASS per byte (static, no GPU)"
+COMMON_SECTION = "## SASS per byte, the common path (static, no GPU)"
 TITLE = "# lnorm CUDA benchmark results"
 
 # H100 SXM: SMs, schedulers per SM, boost clock (Hz), threads per warp instruction; copy rate (B/s).
@@ -142,7 +143,8 @@ def instantiation_source(types: Optional[Sequence[str]] = None) -> str:
     return line.sub("", src) + "\n".join(kept) + "\n"
 
 
-def compile_kernels(source: str, archs: Sequence[str], workdir: str, timeout: float = 1800) -> Tuple[str, str, float]:
+def compile_kernels(source: str, archs: Sequence[str], workdir: str, timeout: float = 1800,
+                    defines: Sequence[str] = ()) -> Tuple[str, str, float]:
     """nvcc -c -Xptxas -v of `source` for each of `archs` ("sm_90") in one call; returns (object
     file, ptxas's report, seconds). Raises RuntimeError with nvcc's output when it fails."""
     nvcc = find_tool("nvcc")
@@ -153,6 +155,7 @@ def compile_kernels(source: str, archs: Sequence[str], workdir: str, timeout: fl
     with open(src, "w") as f:
         f.write(source)
     cmd = [nvcc, "-std=c++17", "-O3", f"-I{INCLUDE}", "-Xptxas=-v", "-c", src, "-o", obj]
+    cmd += [f"-D{d}" for d in defines]
     for arch in archs:
         num = arch.split("_", 1)[1]
         cmd.append(f"-gencode=arch=compute_{num},code={arch}")
@@ -665,7 +668,8 @@ def markdown(rows: List[KernelRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def section(rows: List[KernelRow], argv: Sequence[str], archs: Sequence[str], seconds: float) -> str:
+def section(rows: List[KernelRow], argv: Sequence[str], archs: Sequence[str], seconds: float,
+            common: bool = False) -> str:
     nvcc = find_tool("nvcc")
     version = ""
     if nvcc:
@@ -674,9 +678,15 @@ def section(rows: List[KernelRow], argv: Sequence[str], archs: Sequence[str], se
         version = f"nvcc {m.group(1)}" if m else "nvcc"
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     spilling = sum(1 for r in rows if r.spills)
+    common_note = (
+        "**The common path**: built with `LNORM_CUDA_SASS_COMMON_PATH`, the row kernels keep only what most "
+        "rows execute (rows held in registers, no scaled second pass), so a row kernel's row loop is close to "
+        "the instructions one row iteration executes (the partial-pack branches still count). "
+        if common else "")
     return "\n".join([
-        SECTION,
+        COMMON_SECTION if common else SECTION,
         "",
+        common_note +
         f"From `python bench/cuda_sass.py {' '.join(argv)}` on {datetime.date.today().isoformat()} "
         f"({version}, {', '.join(archs)}, commit {commit.stdout.strip() or '?'}; nvcc took {seconds:.0f} s): "
         "static counts from `ptxas -v` and `cuobjdump -sass`, no GPU involved. **row loop**: the SASS "
@@ -694,18 +704,18 @@ def section(rows: List[KernelRow], argv: Sequence[str], archs: Sequence[str], se
     ])
 
 
-def update_section(path: str, text: str) -> None:
-    """Replace (or append) SECTION in `path`, creating the file with a title when missing."""
+def update_section(path: str, text: str, title: str = SECTION) -> None:
+    """Replace (or append) the section `title` in `path`, creating the file with a title when missing."""
     if os.path.exists(path):
         with open(path) as f:
             old = f.read()
     else:
         old = (f"{TITLE}\n\nlnorm's CUDA results: `bench/bench_cuda.py` appends one section per GPU run; "
                "`bench/cuda_sass.py` keeps one static section.\n\n")
-    start = old.find(SECTION + "\n")
+    start = old.find(title + "\n")
     if start >= 0:
-        nxt = re.search(r"^## ", old[start + len(SECTION):], re.MULTILINE)
-        end = start + len(SECTION) + nxt.start() if nxt else len(old)
+        nxt = re.search(r"^## ", old[start + len(title):], re.MULTILINE)
+        end = start + len(title) + nxt.start() if nxt else len(old)
         new = old[:start] + text.rstrip("\n") + "\n\n" + old[end:]
     else:
         new = old.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
@@ -720,6 +730,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--types", default="", help=f"comma list of {sorted(TYPE_KEYS)} (default: all)")
     p.add_argument("--quick", action="store_true", help="bf16 kernels only, sm_90 unless --arch")
     p.add_argument("--out", default="", help=f"write the section into this markdown file (e.g. {DEFAULT_OUT})")
+    p.add_argument("--common-path", action="store_true",
+                   help="build with LNORM_CUDA_SASS_COMMON_PATH: row loops hold only what most rows execute")
     p.add_argument("--keep", default="", help="keep the source, object, ptxas report and SASS in this folder")
     args = p.parse_args(argv)
     archs = args.arch or ["sm_90"]
@@ -738,7 +750,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     work = args.keep or tempfile.mkdtemp(prefix="lnorm_sass_")
     os.makedirs(work, exist_ok=True)
     try:
-        obj, report, seconds = compile_kernels(instantiation_source([TYPE_KEYS[k] for k in keys]), archs, work)
+        obj, report, seconds = compile_kernels(instantiation_source([TYPE_KEYS[k] for k in keys]), archs, work,
+                                               defines=["LNORM_CUDA_SASS_COMMON_PATH"] if args.common_path else [])
         sass = disassemble(obj)
         if args.keep:
             for name, text in (("ptxas.txt", report), ("sass.txt", sass)):
@@ -751,11 +764,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not rows:
         print("cuda_sass.py: no lnorm kernel found in the SASS", file=sys.stderr)
         return 1
-    text = section(rows, argv, archs, seconds)
+    text = section(rows, argv, archs, seconds, common=args.common_path)
     print(text)
     if args.out:
-        update_section(args.out, text)
-        print(f"wrote the section '{SECTION}' of {args.out}", file=sys.stderr)
+        title = COMMON_SECTION if args.common_path else SECTION
+        update_section(args.out, text, title)
+        print(f"wrote the section '{title}' of {args.out}", file=sys.stderr)
     return 0
 
 

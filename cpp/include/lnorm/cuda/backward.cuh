@@ -121,8 +121,8 @@ __global__ void __launch_bounds__(kMaxBlock, 1) backward_rows_kernel(const backw
   const int block = static_cast<int>(blockDim.x);
   const int groups = block / tpr;
   const int group = tid / tpr, t = tid - group * tpr;
-  const int row_packs = (a.cols + VEC - 1) / VEC;
   const int reg_packs = P * tpr;
+  const int row_packs = kCommonPathOnly ? reg_packs : (a.cols + VEC - 1) / VEC;
   const int extra_packs = row_packs > reg_packs ? row_packs - reg_packs : 0;  // whole-block rows only
   const int packs_per_thread = (row_packs + tpr - 1) / tpr;
   const int slots_per_thread = (packs_per_thread > P ? packs_per_thread : P) * VEC;  // accumulators

@@ -44,6 +44,16 @@ namespace detail {
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kWarp = 32;
 
+/// Built with LNORM_CUDA_SASS_COMMON_PATH (by bench/cuda_sass.py --common-path, for analysis only: such
+/// kernels are wrong for partial packs, long or overflowing rows), the kernels keep only the path most
+/// rows take: whole vectors, rows held in registers, statistics that need no second, scaled pass.
+/// Their row loop then counts about the instructions one row executes.
+#if defined(LNORM_CUDA_SASS_COMMON_PATH)
+constexpr bool kCommonPathOnly = true;
+#else
+constexpr bool kCommonPathOnly = false;
+#endif
+
 // ---- element types ----------------------------------------------------------------------------
 
 /// T, in a context that does not deduce it: the public calls' weights are `const identity_t<W>*`,
@@ -154,7 +164,7 @@ struct alignas(sizeof(T) * N < 16 ? sizeof(T) * N : 16) pack {
 template <int N, class T>
 __device__ __forceinline__ pack<T, N> load_pack(const T* p, int n) {
   pack<T, N> r;
-  if (n >= N) {
+  if (kCommonPathOnly || n >= N) {
     LNORM_CUDA_CHECK_ALIGNED(p, alignof(pack<T, N>));
     r = *reinterpret_cast<const pack<T, N>*>(p);
   } else {
@@ -167,7 +177,7 @@ __device__ __forceinline__ pack<T, N> load_pack(const T* p, int n) {
 /// Stores the first n elements of v at p (all N in one vector store when n >= N).
 template <int N, class T>
 __device__ __forceinline__ void store_pack(T* p, const pack<T, N>& v, int n) {
-  if (n >= N) {
+  if (kCommonPathOnly || n >= N) {
     LNORM_CUDA_CHECK_ALIGNED(p, alignof(pack<T, N>));
     *reinterpret_cast<pack<T, N>*>(p) = v;
   } else {
@@ -230,7 +240,7 @@ __device__ __forceinline__ C thread_sum(const pack<T, N> (&v)[P], C s) {
 /// Adds d = x*s - m0 and d^2 of the first `count` elements of one pack to d1 and d2.
 template <class C, int N, class T>
 __device__ __forceinline__ void add_deviations(const pack<T, N>& v, int count, C s, C m0, C& d1, C& d2) {
-  if (count >= N) {
+  if (kCommonPathOnly || count >= N) {
 #pragma unroll
     for (int e = 0; e < N; ++e) {
       const C d = fma(static_cast<C>(widen(v.v[e])), s, -m0);
@@ -290,10 +300,14 @@ __device__ __forceinline__ C warp_sum(C v, int width) {
 /// warp (l mod warps')'s sum, so each aligned group of lanes adds the same values in the same order.
 template <int NV, class C>
 __device__ __forceinline__ void row_sums(C (&v)[NV], int tpr, C (*slots)[2]) {
-  const int width = tpr < kWarp ? tpr : kWarp;
+  if (tpr < kWarp) {
 #pragma unroll
-  for (int k = 0; k < NV; ++k) v[k] = warp_sum(v[k], width);
-  if (tpr <= kWarp) return;
+    for (int k = 0; k < NV; ++k) v[k] = warp_sum(v[k], tpr);
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < NV; ++k) v[k] = warp_sum(v[k], kWarp);  // the whole warp: no test per level
+  if (tpr == kWarp) return;
   const int tid = static_cast<int>(threadIdx.x), lane = tid & (kWarp - 1), warps = tpr / kWarp;
   if (lane == 0) {
 #pragma unroll

@@ -64,11 +64,15 @@ __device__ __forceinline__ pack<T, N> fuse_add(const forward_args<T>& a, std::in
 
 /// The n valid elements of the pack at column `first` of a row's input: x, or for the fused add s.
 template <int N, class T>
-__device__ __forceinline__ pack<T, N> load_input(const forward_args<T>& a, std::int64_t row, int first, int n) {
+__device__ __forceinline__ pack<T, N> load_input(const forward_args<T>& a, bool add, std::int64_t row, int first,
+                                                 int n) {
   const pack<T, N> v = load_pack<N>(a.x + row * a.ld_x + first, n);
-  if (a.residual == nullptr) return v;
+  if (!add) return v;
   return fuse_add<N>(a, row, first, n, v, load_pack<N>(a.residual + row * a.ld_residual + first, n));
 }
+
+/// What a row kernel is compiled for (its MODE): RMSNorm or layer norm, with the fused add or not.
+constexpr int kModeRms = 1, kModeAdd = 2;
 
 /// A row's statistics at `scale` (1, or overflow_scale for rows whose sums overflowed): the mean is
 /// (m0 + off) / scale, m0 and off kept apart; rstd is what is reported (scaled back by `scale`),
@@ -180,21 +184,21 @@ inline constexpr bool loads_ahead_v = ITEMS * sizeof(T) <= 32 && ITEMS / VEC <= 
 /// (whole-block rows only; each thread reads back only what it wrote). Blocks stride over the rows,
 /// and each thread loads its packs of its next row before this row's reductions (loads_ahead_v). Every thread reads
 /// and writes only its own elements, and y is stored after the row's reductions: y, s may be x or
-/// residual as the API allows.
-template <class T, int VEC, int ITEMS>
+/// residual as the API allows. MODE (kModeRms, kModeAdd) compiles out the other norm and the add.
+template <class T, int VEC, int ITEMS, int MODE>
 __global__ void __launch_bounds__(kMaxBlock, 1) forward_rows_kernel(const forward_args<T> a, const int tpr) {
   using C = stat_t<T>;
   constexpr int P = ITEMS / VEC;
   constexpr bool kAhead = loads_ahead_v<T, VEC, ITEMS>;
+  constexpr bool kRms = (MODE & kModeRms) != 0, add = (MODE & kModeAdd) != 0;
   __shared__ C slots[2][kMaxWarps][2];
   pack<T, VEC>* const cache = reinterpret_cast<pack<T, VEC>*>(dynamic_smem());
   const int tid = static_cast<int>(threadIdx.x);
   const int groups = static_cast<int>(blockDim.x) / tpr;
   const int group = tid / tpr, t = tid - group * tpr;
-  const int row_packs = (a.cols + VEC - 1) / VEC;
   const int reg_packs = P * tpr;  // packs of a row held in registers; the rest go to `cache`
+  const int row_packs = kCommonPathOnly ? reg_packs : (a.cols + VEC - 1) / VEC;
   const C inv_cols = a.inv_cols;
-  const bool add = a.residual != nullptr;
   const std::int64_t step = static_cast<std::int64_t>(gridDim.x) * groups;
   row_weights<T, VEC, P> w;
   w.init(a, tpr, t);
@@ -221,13 +225,13 @@ __global__ void __launch_bounds__(kMaxBlock, 1) forward_rows_kernel(const forwar
     for (int j = 0; j < P; ++j) {
       const int first = (j * tpr + t) * VEC, count = valid_in_pack(cols, first, VEC);
       if (!kAhead) {
-        v[j] = load_input<VEC>(a, row, first, count);
+        v[j] = load_input<VEC>(a, add, row, first, count);
       } else {
         v[j] = add ? fuse_add<VEC>(a, row, first, count, x_next[j], r_next[j]) : x_next[j];
       }
     }
     for (int p = reg_packs + t; p < row_packs; p += tpr) {
-      cache[p - reg_packs] = load_input<VEC>(a, row, p * VEC, valid_in_pack(cols, p * VEC, VEC));
+      cache[p - reg_packs] = load_input<VEC>(a, add, row, p * VEC, valid_in_pack(cols, p * VEC, VEC));
     }
     if (kAhead && row0 + step < a.rows) load_next(row0 + step + group);
 
@@ -240,7 +244,7 @@ __global__ void __launch_bounds__(kMaxBlock, 1) forward_rows_kernel(const forwar
     for (int pass = 0; pass < 2; ++pass) {
       const C s = pass == 0 ? C(1) : overflow_scale<C>();
       C m0 = C(0), sums[2] = {C(0), C(0)};
-      if (!a.rms) {
+      if (!kRms) {
         C total[1] = {thread_sum<C>(v, s)};
         for (int p = reg_packs + t; p < row_packs; p += tpr) {
           const pack<T, VEC> one[1] = {cache[p - reg_packs]};
@@ -268,11 +272,11 @@ __global__ void __launch_bounds__(kMaxBlock, 1) forward_rows_kernel(const forwar
       }
       parity ^= 1;
       bool ok = true;
-      const row_stats<C> now = finish_stats(a.rms, m0, sums[0], sums[1], inv_cols, a.eps, s, ok);
+      const row_stats<C> now = finish_stats(kRms, m0, sums[0], sums[1], inv_cols, a.eps, s, ok);
       if (pass == 0) {
         st = now;
         bad = !ok;
-        if (!row_uniform_any(bad, tpr)) break;
+        if (kCommonPathOnly || !row_uniform_any(bad, tpr)) break;
       } else if (bad) {
         st = now;
       }
@@ -311,7 +315,7 @@ __global__ void __launch_bounds__(kSplitBlock, 1) forward_chunk_stats_kernel(con
 #pragma unroll
     for (int j = 0; j < P; ++j) {
       const int first = chunk_first + (j * tpr + tid) * VEC;
-      v[j] = load_input<VEC>(a, row, first, valid_in_pack(a.cols, first, VEC));
+      v[j] = load_input<VEC>(a, a.residual != nullptr, row, first, valid_in_pack(a.cols, first, VEC));
     }
     C out[3] = {C(0), C(0), C(0)}, scale = C(1);
 #pragma unroll 1

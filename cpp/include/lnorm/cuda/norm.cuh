@@ -406,11 +406,18 @@ status run_forward(forward_args<T> a, std::int64_t cols, double eps, cudaStream_
                     static_cast<const stat_t<T>*>(w));
     }
     return with_items<T, VEC == 1 ? 1 : 4>(plan.items, [&](auto items) -> status {
-      void (*const kernel)(forward_args<T>, int) = forward_rows_kernel<T, VEC, decltype(items)::value>;
-      std::int64_t grid = 0;
-      const status g = rows_grid<T>(kernel, plan, a.rows, dev, grid);
-      if (!g) return g;
-      return launch(kernel, dim3(static_cast<unsigned>(grid)), dim3(plan.block), plan.smem, stream, a, plan.tpr);
+      constexpr int ITEMS = decltype(items)::value;
+      auto run = [&](void (*kernel)(forward_args<T>, int)) -> status {
+        std::int64_t grid = 0;
+        const status g = rows_grid<T>(kernel, plan, a.rows, dev, grid);
+        if (!g) return g;
+        return launch(kernel, dim3(static_cast<unsigned>(grid)), dim3(plan.block), plan.smem, stream, a, plan.tpr);
+      };
+      if (a.rms) {
+        return add ? run(forward_rows_kernel<T, VEC, ITEMS, kModeRms | kModeAdd>)
+                   : run(forward_rows_kernel<T, VEC, ITEMS, kModeRms>);
+      }
+      return add ? run(forward_rows_kernel<T, VEC, ITEMS, kModeAdd>) : run(forward_rows_kernel<T, VEC, ITEMS, 0>);
     });
   });
 }
