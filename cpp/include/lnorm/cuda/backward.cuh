@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(kMaxBlock, 1) backward_rows_kernel(const backw
       dv[j] = dy_next[j];
     }
     const C mu = mean_next, rs = rstd_next;
-    for (int p = reg_packs + t; p < row_packs; p += tpr) {
+    for (int p = reg_packs + t; !kCommonPathOnly && p < row_packs; p += tpr) {
       const int count = valid_in_pack(cols, p * VEC, VEC);
       x_cache[p - reg_packs] = load_pack<VEC>(a.x + row * a.ld_x + p * VEC, count);
       dy_cache[p - reg_packs] = load_pack<VEC>(a.dy + row * a.ld_dy + p * VEC, count);
@@ -185,7 +185,7 @@ __global__ void __launch_bounds__(kMaxBlock, 1) backward_rows_kernel(const backw
         add_row_sums<VEC>(count, xv[j], dv[j], wp, mu, rs, sums[0], sums[1]);
       }
     }
-    for (int p = reg_packs + t; p < row_packs; p += tpr) {
+    for (int p = reg_packs + t; !kCommonPathOnly && p < row_packs; p += tpr) {
       const int count = valid_in_pack(cols, p * VEC, VEC);
       C wp[VEC];
       load_gamma<VEC>(a, p * VEC, count, wp);
@@ -205,7 +205,7 @@ __global__ void __launch_bounds__(kMaxBlock, 1) backward_rows_kernel(const backw
                       want_dg ? acc_dg + j * VEC * tpr : nullptr, want_db ? acc_db + j * VEC * tpr : nullptr, tpr);
       }
     }
-    for (int p = reg_packs + t; p < row_packs; p += tpr) {
+    for (int p = reg_packs + t; !kCommonPathOnly && p < row_packs; p += tpr) {
       const std::size_t at = static_cast<std::size_t>(p / tpr) * VEC * tpr;  // slot (p / tpr) * VEC
       const int count = valid_in_pack(cols, p * VEC, VEC);
       C wp[VEC];

@@ -257,6 +257,54 @@ __device__ __forceinline__ void add_deviations(const pack<T, N>& v, int count, C
   }
 }
 
+/// A thread's P*N register elements as compute type, widened once for all passes over them.
+template <class C, int P, int N, class T>
+__device__ __forceinline__ void widen_all(const pack<T, N> (&v)[P], C (&f)[P][N]) {
+#pragma unroll
+  for (int j = 0; j < P; ++j) {
+#pragma unroll
+    for (int e = 0; e < N; ++e) f[j][e] = static_cast<C>(widen(v[j].v[e]));
+  }
+}
+
+/// Sum of f*s over widened register elements (padding is zero).
+template <class C, int P, int N>
+__device__ __forceinline__ C thread_sum(const C (&f)[P][N], C s) {
+  C acc = 0;
+#pragma unroll
+  for (int j = 0; j < P; ++j) {
+#pragma unroll
+    for (int e = 0; e < N; ++e) acc = fma(f[j][e], s, acc);
+  }
+  return acc;
+}
+
+/// Adds d = f*s - m0 and d^2 of the first `count` widened elements of one pack to d1 and d2.
+template <class C, int N>
+__device__ __forceinline__ void add_deviations(const C (&f)[N], int count, C s, C m0, C& d1, C& d2) {
+#pragma unroll
+  for (int e = 0; e < N; ++e) {
+    const C d = (kCommonPathOnly || count >= N || e < count) ? fma(f[e], s, -m0) : C(0);
+    d1 += d;
+    d2 = fma(d, d, d2);
+  }
+}
+
+/// Sum of (f*s)^2 over widened register elements (RMSNorm; padding is zero).
+template <class C, int P, int N>
+__device__ __forceinline__ C thread_sum_squares(const C (&f)[P][N], C s) {
+  C acc = 0;
+#pragma unroll
+  for (int j = 0; j < P; ++j) {
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+      const C d = f[j][e] * s;
+      acc = fma(d, d, acc);
+    }
+  }
+  return acc;
+}
+
 /// Sum of (x*s)^2 over a thread's P*N register elements (RMSNorm; padding is zero).
 template <class C, int P, int N, class T>
 __device__ __forceinline__ C thread_sum_squares(const pack<T, N> (&v)[P], C s) {
@@ -297,7 +345,8 @@ __device__ __forceinline__ C warp_sum(C v, int width) {
 /// entries of shared memory; consecutive calls alternate two sets, which makes one barrier per call
 /// enough: a set is written again only after the next call's barrier, which every reader of its
 /// previous values has reached. The cross-warp stage is a shuffle too: lane l of every warp takes
-/// warp (l mod warps')'s sum, so each aligned group of lanes adds the same values in the same order.
+/// warp l's sum (0 past the last warp) and the whole warp adds them in one butterfly, the same in
+/// every warp.
 template <int NV, class C>
 __device__ __forceinline__ void row_sums(C (&v)[NV], int tpr, C (*slots)[2]) {
   if (tpr < kWarp) {
@@ -308,17 +357,15 @@ __device__ __forceinline__ void row_sums(C (&v)[NV], int tpr, C (*slots)[2]) {
 #pragma unroll
   for (int k = 0; k < NV; ++k) v[k] = warp_sum(v[k], kWarp);  // the whole warp: no test per level
   if (tpr == kWarp) return;
-  const int tid = static_cast<int>(threadIdx.x), lane = tid & (kWarp - 1), warps = tpr / kWarp;
+  const int tid = static_cast<int>(threadIdx.x), lane = tid & (kWarp - 1);
   if (lane == 0) {
 #pragma unroll
     for (int k = 0; k < NV; ++k) slots[tid / kWarp][k] = v[k];
   }
   __syncthreads();
-  int w2 = 1;
-  while (w2 < warps) w2 <<= 1;
-  const int from = lane & (w2 - 1);
+  const bool has = lane < (tpr >> 5);
 #pragma unroll
-  for (int k = 0; k < NV; ++k) v[k] = warp_sum(from < warps ? slots[from][k] : C(0), w2);
+  for (int k = 0; k < NV; ++k) v[k] = warp_sum(has ? slots[lane][k] : C(0), kWarp);
 }
 
 /// True in every thread of the warp when `pred` holds for any (tpr <= 32); the value itself

@@ -123,6 +123,21 @@ __device__ __forceinline__ void store_output(const forward_args<T>& a, std::int6
   store_pack<N>(a.y + row * a.ld_y + first, out, n);
 }
 
+/// The same from the pack's widened values (f).
+template <int N, class T>
+__device__ __forceinline__ void store_output(const forward_args<T>& a, std::int64_t row, int first, int n,
+                                             const stat_t<T> (&f)[N], const row_stats<stat_t<T>>& st,
+                                             const stat_t<T> (&g)[N], const stat_t<T> (&b)[N]) {
+  using C = stat_t<T>;
+  pack<T, N> out;
+#pragma unroll
+  for (int e = 0; e < N; ++e) {
+    const C xhat = (fma(f[e], st.scale, -st.m0) - st.off) * st.apply;
+    out.v[e] = narrow<T>(fma(xhat, g[e], b[e]));
+  }
+  store_pack<N>(a.y + row * a.ld_y + first, out, n);
+}
+
 /// The same, loading the pack's weights.
 template <int N, class T>
 __device__ __forceinline__ void store_output(const forward_args<T>& a, std::int64_t row, int first, int n,
@@ -158,8 +173,8 @@ struct row_weights {
     }
   }
   __device__ __forceinline__ void store(const forward_args<T>& a, int j, std::int64_t row, int first, int n,
-                                        const pack<T, VEC>& v, const row_stats<C>& st) const {
-    store_output<VEC>(a, row, first, n, v, st, g[j], b[j]);
+                                        const C (&f)[VEC], const row_stats<C>& st) const {
+    store_output<VEC>(a, row, first, n, f, st, g[j], b[j]);
   }
 };
 
@@ -167,8 +182,12 @@ template <class T, int VEC, int P>
 struct row_weights<T, VEC, P, false> {
   __device__ __forceinline__ void init(const forward_args<T>&, int, int) {}
   __device__ __forceinline__ void store(const forward_args<T>& a, int, std::int64_t row, int first, int n,
-                                        const pack<T, VEC>& v, const row_stats<stat_t<T>>& st) const {
-    store_output<VEC>(a, row, first, n, v, st);
+                                        const stat_t<T> (&f)[VEC], const row_stats<stat_t<T>>& st) const {
+    using C = stat_t<T>;
+    C g[VEC], b[VEC];
+    load_param<VEC, T>(a.gamma, a.w_float, first, n, C(1), g);
+    load_param<VEC, T>(a.beta, a.w_float, first, n, C(0), b);
+    store_output<VEC>(a, row, first, n, f, st, g, b);
   }
 };
 
@@ -230,10 +249,12 @@ __global__ void __launch_bounds__(kMaxBlock, 1) forward_rows_kernel(const forwar
         v[j] = add ? fuse_add<VEC>(a, row, first, count, x_next[j], r_next[j]) : x_next[j];
       }
     }
-    for (int p = reg_packs + t; p < row_packs; p += tpr) {
+    for (int p = reg_packs + t; !kCommonPathOnly && p < row_packs; p += tpr) {
       cache[p - reg_packs] = load_input<VEC>(a, add, row, p * VEC, valid_in_pack(cols, p * VEC, VEC));
     }
     if (kAhead && row0 + step < a.rows) load_next(row0 + step + group);
+    C f[P][VEC];  // the register elements, widened once for the sums and the output
+    widen_all(v, f);
 
     // The statistics at scale 1. Where they overflowed, or the row holds NaN/Inf, in any row of the
     // warp (of the block for whole-block rows): once more on values scaled by overflow_scale, kept
@@ -245,8 +266,8 @@ __global__ void __launch_bounds__(kMaxBlock, 1) forward_rows_kernel(const forwar
       const C s = pass == 0 ? C(1) : overflow_scale<C>();
       C m0 = C(0), sums[2] = {C(0), C(0)};
       if (!kRms) {
-        C total[1] = {thread_sum<C>(v, s)};
-        for (int p = reg_packs + t; p < row_packs; p += tpr) {
+        C total[1] = {thread_sum<C>(f, s)};
+        for (int p = reg_packs + t; !kCommonPathOnly && p < row_packs; p += tpr) {
           const pack<T, VEC> one[1] = {cache[p - reg_packs]};
           total[0] += thread_sum<C>(one, s);
         }
@@ -255,15 +276,15 @@ __global__ void __launch_bounds__(kMaxBlock, 1) forward_rows_kernel(const forwar
         m0 = total[0] * inv_cols;
 #pragma unroll
         for (int j = 0; j < P; ++j) {
-          add_deviations<C>(v[j], valid_in_pack(cols, (j * tpr + t) * VEC, VEC), s, m0, sums[0], sums[1]);
+          add_deviations<C>(f[j], valid_in_pack(cols, (j * tpr + t) * VEC, VEC), s, m0, sums[0], sums[1]);
         }
-        for (int p = reg_packs + t; p < row_packs; p += tpr) {
+        for (int p = reg_packs + t; !kCommonPathOnly && p < row_packs; p += tpr) {
           add_deviations<C>(cache[p - reg_packs], valid_in_pack(cols, p * VEC, VEC), s, m0, sums[0], sums[1]);
         }
         row_sums(sums, tpr, slots[parity]);
       } else {
-        C total[1] = {thread_sum_squares<C>(v, s)};
-        for (int p = reg_packs + t; p < row_packs; p += tpr) {
+        C total[1] = {thread_sum_squares<C>(f, s)};
+        for (int p = reg_packs + t; !kCommonPathOnly && p < row_packs; p += tpr) {
           const pack<T, VEC> one[1] = {cache[p - reg_packs]};
           total[0] += thread_sum_squares<C>(one, s);
         }
@@ -286,9 +307,9 @@ __global__ void __launch_bounds__(kMaxBlock, 1) forward_rows_kernel(const forwar
     for (int j = 0; j < P; ++j) {
       const int first = (j * tpr + t) * VEC;
       const int count = valid_in_pack(cols, first, VEC);
-      if (count > 0) w.store(a, j, row, first, count, v[j], st);
+      if (count > 0) w.store(a, j, row, first, count, f[j], st);
     }
-    for (int p = reg_packs + t; p < row_packs; p += tpr) {
+    for (int p = reg_packs + t; !kCommonPathOnly && p < row_packs; p += tpr) {
       store_output<VEC>(a, row, p * VEC, valid_in_pack(cols, p * VEC, VEC), cache[p - reg_packs], st);
     }
     if (t == 0 && cols > 0) store_stats(a, row, st);
@@ -309,7 +330,6 @@ __global__ void __launch_bounds__(kSplitBlock, 1) forward_chunk_stats_kernel(con
   const int chunk = static_cast<int>(blockIdx.x), chunks = static_cast<int>(gridDim.x);
   const int chunk_first = chunk * tpr * ITEMS;
   const C inv_n = chunk + 1 < static_cast<int>(gridDim.x) ? a.inv_chunk : a.inv_last_chunk;
-  int parity = 0;
   for (std::int64_t row = blockIdx.y; row < a.rows; row += gridDim.y) {
     pack<T, VEC> v[P];
 #pragma unroll
@@ -324,14 +344,14 @@ __global__ void __launch_bounds__(kSplitBlock, 1) forward_chunk_stats_kernel(con
       bool ok;
       if (!a.rms) {
         C total[1] = {thread_sum<C>(v, s)}, sums[2] = {C(0), C(0)};
-        row_sums(total, tpr, slots[parity]);
+        row_sums(total, tpr, slots[0]);
         const C m0 = total[0] * inv_n;
 #pragma unroll
         for (int j = 0; j < P; ++j) {
           add_deviations<C>(v[j], valid_in_pack(a.cols, chunk_first + (j * tpr + tid) * VEC, VEC), s, m0, sums[0],
                             sums[1]);
         }
-        row_sums(sums, tpr, slots[parity ^ 1]);
+        row_sums(sums, tpr, slots[1]);
         const C off = sums[0] * inv_n, m2 = sums[1] - sums[0] * off;
         out[0] = m0;
         out[1] = off;
@@ -339,7 +359,7 @@ __global__ void __launch_bounds__(kSplitBlock, 1) forward_chunk_stats_kernel(con
         ok = finite(m0) && finite(out[2]);
       } else {
         C total[1] = {thread_sum_squares<C>(v, s)};
-        row_sums(total, tpr, slots[parity]);
+        row_sums(total, tpr, slots[0]);
         out[2] = total[0];
         ok = finite(total[0]);
       }

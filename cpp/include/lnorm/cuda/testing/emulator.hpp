@@ -318,6 +318,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int dev
     case cudaDevAttrMultiProcessorCount: *value = m.sms; return cudaSuccess;
     case cudaDevAttrMaxThreadsPerMultiProcessor: *value = m.max_threads_per_sm; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = m.smem_per_block_optin; return cudaSuccess;
+    case cudaDevAttrMemoryPoolsSupported: *value = 1; return cudaSuccess;
     default: return cudaErrorInvalidValue;
   }
 }
@@ -363,6 +364,14 @@ cudaError_t cudaFree(void* ptr) {
   return cudaSuccess;
 }
 cudaError_t cudaMallocAsync(void** ptr, size_t size, cudaStream_t) { return cudaMalloc(ptr, size); }
+cudaError_t cudaMemPoolCreate(cudaMemPool_t* pool, const cudaMemPoolProps*) {
+  static int handle;
+  *pool = reinterpret_cast<cudaMemPool_t>(&handle);
+  return cudaSuccess;
+}
+cudaError_t cudaMemPoolDestroy(cudaMemPool_t) { return cudaSuccess; }
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, enum cudaMemPoolAttr, void*) { return cudaSuccess; }
+cudaError_t cudaMallocFromPoolAsync(void** ptr, size_t size, cudaMemPool_t, cudaStream_t) { return cudaMalloc(ptr, size); }
 cudaError_t cudaFreeAsync(void* ptr, cudaStream_t) { return cudaFree(ptr); }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpyKind) {
   std::memcpy(dst, src, count);
