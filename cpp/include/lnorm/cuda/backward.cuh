@@ -49,20 +49,29 @@ __device__ __forceinline__ void load_rows(const backward_args<T>& a, std::int64_
   rstd = cols > 0 ? a.rstd[row] : C(0);
 }
 
-/// Adds one pack's part of a row's sums: g = dy * gamma, sum_g += g, sum_gx += g * xhat (w: the
-/// pack's gamma as compute type).
+/// xhat = (x - mean) * rstd and dy of one pack as compute type.
 template <int VEC, class T>
-__device__ __forceinline__ void add_row_sums(int count, const pack<T, VEC>& xv, const pack<T, VEC>& dv,
-                                             const stat_t<T> (&w)[VEC], stat_t<T> mu, stat_t<T> rs, stat_t<T>& sum_g,
-                                             stat_t<T>& sum_gx) {
+__device__ __forceinline__ void normalized(const pack<T, VEC>& xv, const pack<T, VEC>& dv, stat_t<T> mu, stat_t<T> rs,
+                                           stat_t<T> (&xhat)[VEC], stat_t<T> (&d)[VEC]) {
   using C = stat_t<T>;
 #pragma unroll
   for (int e = 0; e < VEC; ++e) {
-    if (e < count) {
-      const C xhat = (static_cast<C>(widen(xv.v[e])) - mu) * rs;
-      const C gd = static_cast<C>(widen(dv.v[e])) * w[e];
+    xhat[e] = (static_cast<C>(widen(xv.v[e])) - mu) * rs;
+    d[e] = static_cast<C>(widen(dv.v[e]));
+  }
+}
+
+/// Adds one pack's part of a row's sums: g = dy * gamma, sum_g += g, sum_gx += g * xhat (w: the
+/// pack's gamma as compute type).
+template <int VEC, class C>
+__device__ __forceinline__ void add_row_sums(int count, const C (&xhat)[VEC], const C (&d)[VEC], const C (&w)[VEC],
+                                             C& sum_g, C& sum_gx) {
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) {
+    if (kCommonPathOnly || e < count) {
+      const C gd = d[e] * w[e];
       sum_g += gd;
-      sum_gx = fma(gd, xhat, sum_gx);
+      sum_gx = fma(gd, xhat[e], sum_gx);
     }
   }
 }
@@ -71,19 +80,16 @@ __device__ __forceinline__ void add_row_sums(int count, const pack<T, VEC>& xv, 
 /// accumulators, element e at acc_dg[e * stride] and acc_db[e * stride] (either may be null).
 template <int VEC, class T>
 __device__ __forceinline__ void store_dx(const backward_args<T>& a, std::int64_t row, int first, int count,
-                                         const pack<T, VEC>& xv, const pack<T, VEC>& dv, const stat_t<T> (&w)[VEC],
-                                         stat_t<T> mu, stat_t<T> rs, stat_t<T> c1, stat_t<T> c2, stat_t<T>* acc_dg,
-                                         stat_t<T>* acc_db, int stride) {
-  using C = stat_t<T>;
+                                         const stat_t<T> (&xhat)[VEC], const stat_t<T> (&d)[VEC],
+                                         const stat_t<T> (&w)[VEC], stat_t<T> rs, stat_t<T> c1, stat_t<T> c2,
+                                         stat_t<T>* acc_dg, stat_t<T>* acc_db, int stride) {
   pack<T, VEC> out;
 #pragma unroll
   for (int e = 0; e < VEC; ++e) {
-    const C xhat = (static_cast<C>(widen(xv.v[e])) - mu) * rs;
-    const C d = static_cast<C>(widen(dv.v[e]));
-    out.v[e] = narrow<T>(rs * (fma(d, w[e], -c1) - xhat * c2));
-    if (e < count) {
-      if (acc_dg != nullptr) acc_dg[e * stride] = fma(d, xhat, acc_dg[e * stride]);
-      if (acc_db != nullptr) acc_db[e * stride] += d;
+    out.v[e] = narrow<T>(rs * (fma(d[e], w[e], -c1) - xhat[e] * c2));
+    if (kCommonPathOnly || e < count) {
+      if (acc_dg != nullptr) acc_dg[e * stride] = fma(d[e], xhat[e], acc_dg[e * stride]);
+      if (acc_db != nullptr) acc_db[e * stride] += d[e];
     }
   }
   store_pack<VEC>(a.dx + row * a.ld_dx + first, out, count);
@@ -173,23 +179,27 @@ __global__ void __launch_bounds__(kMaxBlock, 1) backward_rows_kernel(const backw
     }
     if (kAhead && row0 + step < a.rows) load_rows(a, row0 + step + group, tpr, t, x_next, dy_next, mean_next, rstd_next);
 
+    C xh[P][VEC], dd[P][VEC];  // xhat and dy of the register packs, computed once for both passes
+#pragma unroll
+    for (int j = 0; j < P; ++j) normalized<VEC>(xv[j], dv[j], mu, rs, xh[j], dd[j]);
     C sums[2] = {C(0), C(0)};  // sum of g, of g * xhat
 #pragma unroll
     for (int j = 0; j < P; ++j) {
       const int first = (j * tpr + t) * VEC, count = valid_in_pack(cols, first, VEC);
       if (kHeld) {
-        add_row_sums<VEC>(count, xv[j], dv[j], w[kHeld ? j : 0], mu, rs, sums[0], sums[1]);
+        add_row_sums<VEC>(count, xh[j], dd[j], w[kHeld ? j : 0], sums[0], sums[1]);
       } else {
         C wp[VEC];
         load_gamma<VEC>(a, first, count, wp);
-        add_row_sums<VEC>(count, xv[j], dv[j], wp, mu, rs, sums[0], sums[1]);
+        add_row_sums<VEC>(count, xh[j], dd[j], wp, sums[0], sums[1]);
       }
     }
     for (int p = reg_packs + t; !kCommonPathOnly && p < row_packs; p += tpr) {
       const int count = valid_in_pack(cols, p * VEC, VEC);
-      C wp[VEC];
+      C wp[VEC], xp[VEC], dp[VEC];
       load_gamma<VEC>(a, p * VEC, count, wp);
-      add_row_sums<VEC>(count, x_cache[p - reg_packs], dy_cache[p - reg_packs], wp, mu, rs, sums[0], sums[1]);
+      normalized<VEC>(x_cache[p - reg_packs], dy_cache[p - reg_packs], mu, rs, xp, dp);
+      add_row_sums<VEC>(count, xp, dp, wp, sums[0], sums[1]);
     }
     row_sums(sums, tpr, slots[parity]);
     const C c1 = a.rms ? C(0) : sums[0] * inv_cols, c2 = sums[1] * inv_cols;
@@ -201,17 +211,18 @@ __global__ void __launch_bounds__(kMaxBlock, 1) backward_rows_kernel(const backw
       if (count > 0) {
         C wp[VEC];
         if (!kHeld) load_gamma<VEC>(a, first, count, wp);
-        store_dx<VEC>(a, row, first, count, xv[j], dv[j], kHeld ? w[kHeld ? j : 0] : wp, mu, rs, c1, c2,
+        store_dx<VEC>(a, row, first, count, xh[j], dd[j], kHeld ? w[kHeld ? j : 0] : wp, rs, c1, c2,
                       want_dg ? acc_dg + j * VEC * tpr : nullptr, want_db ? acc_db + j * VEC * tpr : nullptr, tpr);
       }
     }
     for (int p = reg_packs + t; !kCommonPathOnly && p < row_packs; p += tpr) {
       const std::size_t at = static_cast<std::size_t>(p / tpr) * VEC * tpr;  // slot (p / tpr) * VEC
       const int count = valid_in_pack(cols, p * VEC, VEC);
-      C wp[VEC];
+      C wp[VEC], xp[VEC], dp[VEC];
       load_gamma<VEC>(a, p * VEC, count, wp);
-      store_dx<VEC>(a, row, p * VEC, count, x_cache[p - reg_packs], dy_cache[p - reg_packs], wp, mu, rs, c1, c2,
-                    want_dg ? acc_dg + at : nullptr, want_db ? acc_db + at : nullptr, tpr);
+      normalized<VEC>(x_cache[p - reg_packs], dy_cache[p - reg_packs], mu, rs, xp, dp);
+      store_dx<VEC>(a, row, p * VEC, count, xp, dp, wp, rs, c1, c2, want_dg ? acc_dg + at : nullptr,
+                    want_db ? acc_db + at : nullptr, tpr);
     }
     parity ^= 1;
   }
@@ -258,8 +269,10 @@ __global__ void __launch_bounds__(kSplitBlock, 1) backward_chunk_sums_kernel(con
     for (int j = 0; j < P; ++j) {
       const int first = chunk_first + (j * tpr + tid) * VEC;
       const int count = valid_in_pack(a.cols, first, VEC);
-      add_row_sums<VEC>(count, load_pack<VEC>(a.x + row * a.ld_x + first, count),
-                        load_pack<VEC>(a.dy + row * a.ld_dy + first, count), w[j], mu, rs, sums[0], sums[1]);
+      C xp[VEC], dp[VEC];
+      normalized<VEC>(load_pack<VEC>(a.x + row * a.ld_x + first, count),
+                      load_pack<VEC>(a.dy + row * a.ld_dy + first, count), mu, rs, xp, dp);
+      add_row_sums<VEC>(count, xp, dp, w[j], sums[0], sums[1]);
     }
     row_sums(sums, tpr, slots[parity]);
     if (tid == 0) {
@@ -306,7 +319,9 @@ __global__ void __launch_bounds__(kSplitBlock, 1) backward_chunk_kernel(const ba
       if (count <= 0) continue;
       const pack<T, VEC> xv = load_pack<VEC>(a.x + row * a.ld_x + first, count);
       const pack<T, VEC> dv = load_pack<VEC>(a.dy + row * a.ld_dy + first, count);
-      store_dx<VEC>(a, row, first, count, xv, dv, w[j], mu, rs, c1, c2, acc_dg + j * VEC, acc_db + j * VEC, 1);
+      C xp[VEC], dp[VEC];
+      normalized<VEC>(xv, dv, mu, rs, xp, dp);
+      store_dx<VEC>(a, row, first, count, xp, dp, w[j], rs, c1, c2, acc_dg + j * VEC, acc_db + j * VEC, 1);
     }
   }
 #pragma unroll
