@@ -9,6 +9,16 @@
 // sqrt. It also defines the few CUDA runtime functions lnorm calls (memory is host memory), so
 // include it in one translation unit of a program only.
 //
+// The schedule: a fiber runs until it waits (a barrier, a shuffle, a vote) or exits; the scheduler
+// then sweeps the block's fibers again, and runs a launch's blocks one after the other. By default
+// in a fixed order (fibers 0..n-1 each sweep, blocks in index order), which hides races: a thread
+// that writes memory another thread of the block reads in the same barrier interval (or another
+// block reads at all) may look right only because it happens to run first. A seeded schedule
+// (set_schedule_seed, or the environment variable LNORM_EMULATOR_SEED, read once) runs the fibers
+// runnable at the start of each sweep (each barrier interval) in a new random permutation and a
+// launch's blocks in a random order; the same seed gives the same schedule. kReversedSchedule (or
+// LNORM_EMULATOR_SEED=reversed) runs them in reverse order: a fixed adversarial schedule.
+//
 // Emulated devices (cudaSetDevice): 0 has 3 multiprocessors and 227 KiB of shared memory per block
 // (an H100's); 1 has 2 multiprocessors and 3 KiB, so that every long row takes the split path.
 #pragma once
@@ -40,6 +50,7 @@
 #pragma GCC diagnostic ignored "-Wclobbered"
 #endif
 
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -48,6 +59,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <utility>
 #include <vector>
 
 using std::sqrt;
@@ -70,6 +82,81 @@ inline const device_model& model(int device) {
 inline int& current_device() {
   static int device = 0;
   return device;
+}
+
+// ---- the schedule ---------------------------------------------------------------------------------
+
+/// The seed of the schedule that runs fibers and blocks in reverse order.
+constexpr std::uint64_t kReversedSchedule = ~std::uint64_t(0);
+
+/// splitmix64: a small, fast generator, the same sequence for a seed on every platform.
+inline std::uint64_t splitmix64(std::uint64_t& state) {
+  std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+/// "reversed" as kReversedSchedule, else a number (decimal, 0x hex); false if neither.
+inline bool parse_schedule_seed(const char* text, std::uint64_t& seed) {
+  if (text == nullptr || *text == '\0') return false;
+  if (std::strcmp(text, "reversed") == 0) {
+    seed = kReversedSchedule;
+    return true;
+  }
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long v = std::strtoull(text, &end, 0);
+  if (errno != 0 || end == text || *end != '\0' || text[0] == '-') return false;
+  seed = v;
+  return true;
+}
+
+struct schedule_state {
+  std::uint64_t seed = 0;   // 0: fixed order; kReversedSchedule: reverse order; else random
+  std::uint64_t state = 0;  // the generator's state, advanced by every random choice
+};
+
+inline void fail(const char* what);
+
+/// The schedule, initialised from LNORM_EMULATOR_SEED on first use.
+inline schedule_state& schedule() {
+  static schedule_state s = [] {
+    schedule_state init;
+    const char* env = std::getenv("LNORM_EMULATOR_SEED");
+    if (env != nullptr && *env != '\0' && !parse_schedule_seed(env, init.seed))
+      fail("LNORM_EMULATOR_SEED: expected a number (0: fixed order) or \"reversed\"");
+    init.state = init.seed;
+    return init;
+  }();
+  return s;
+}
+
+/// Sets the schedule: 0 the fixed order, kReversedSchedule the reverse order, any other seed a
+/// random order (the generator restarts: the same seed, the same schedule from here on).
+inline void set_schedule_seed(std::uint64_t seed) {
+  schedule().seed = seed;
+  schedule().state = seed;
+}
+
+/// The seed last set (by set_schedule_seed or LNORM_EMULATOR_SEED).
+inline std::uint64_t schedule_seed() { return schedule().seed; }
+
+/// Puts `order` (any order of some items) in the schedule's order: as is for the fixed order,
+/// reversed, or a uniformly random permutation (Fisher-Yates).
+template <class V>
+void schedule_order(V& order) {
+  schedule_state& s = schedule();
+  if (s.seed == 0) return;
+  const std::size_t n = order.size();
+  if (s.seed == kReversedSchedule) {
+    for (std::size_t i = 0; i < n / 2; ++i) std::swap(order[i], order[n - 1 - i]);
+    return;
+  }
+  for (std::size_t i = n; i > 1; --i) {
+    const std::size_t j = static_cast<std::size_t>(splitmix64(s.state) % i);  // bias negligible for i <= 2^16
+    std::swap(order[i - 1], order[j]);
+  }
 }
 
 struct fiber {
@@ -116,16 +203,23 @@ inline void fail(const char* what) {
   std::abort();
 }
 
-/// Blocks the running fiber until every member of `b` has arrived.
+/// Blocks the running fiber until every member of `b` has arrived. The last to arrive goes on at
+/// once in the fixed order; under another schedule it yields too, so that it does not always start
+/// the next interval.
 inline void wait(barrier& b, const char* where) {
   block_run& run = *active();
+  fiber& f = self();
   const unsigned long generation = b.generation;
   if (++b.arrived == b.size) {
     b.arrived = 0;
     ++b.generation;
+    if (schedule_seed() != 0) {
+      f.wait_generation = nullptr;  // runnable: the next sweep runs it in its turn
+      f.waiting_at = where;
+      swapcontext(&f.context, &run.scheduler);
+    }
     return;
   }
-  fiber& f = self();
   f.wait_generation = &b.generation;
   f.wait_value = generation;
   f.waiting_at = where;
@@ -162,7 +256,8 @@ inline std::map<const void*, int>& smem_attributes() {
 
 inline unsigned char* dynamic_smem() { return active()->smem.data(); }
 
-/// Runs every block of a launch, one after the other, each as fibers until all have finished.
+/// Runs every block of a launch, one after the other (in the schedule's order), each as fibers until
+/// all have finished.
 template <class... Params, class... Args>
 cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t,
                    Args... args) {
@@ -187,50 +282,68 @@ cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t
   run.grid_dim = grid;
   run.body = [&] { kernel(args...); };
   active() = &run;
-  for (unsigned by = 0; by < grid.y; ++by) {
-    for (unsigned bx = 0; bx < grid.x; ++bx) {
-      run.block = uint3{bx, by, 0};
-      run.smem.assign(smem + 16, 0xCD);  // garbage, as a GPU's shared memory would hold
-      run.block_barrier = barrier{static_cast<int>(threads), 0, 0};
-      for (unsigned w = 0; w < warps; ++w) {
-        const unsigned size = threads - 32 * w < 32 ? threads - 32 * w : 32;
-        run.warp_barriers[w] = barrier{static_cast<int>(size), 0, 0};
-      }
-      for (unsigned i = 0; i < threads; ++i) {
+  std::vector<uint3> blocks;  // in the schedule's order
+  blocks.reserve(static_cast<std::size_t>(grid.x) * grid.y);
+  for (unsigned by = 0; by < grid.y; ++by)
+    for (unsigned bx = 0; bx < grid.x; ++bx) blocks.push_back(uint3{bx, by, 0});
+  schedule_order(blocks);
+  const bool fixed = schedule_seed() == 0;
+  std::vector<unsigned> order;  // a sweep's fibers
+  order.reserve(threads);
+  for (const uint3& b : blocks) {
+    const unsigned bx = b.x, by = b.y;
+    run.block = b;
+    run.smem.assign(smem + 16, 0xCD);  // garbage, as a GPU's shared memory would hold
+    run.block_barrier = barrier{static_cast<int>(threads), 0, 0};
+    for (unsigned w = 0; w < warps; ++w) {
+      const unsigned size = threads - 32 * w < 32 ? threads - 32 * w : 32;
+      run.warp_barriers[w] = barrier{static_cast<int>(size), 0, 0};
+    }
+    for (unsigned i = 0; i < threads; ++i) {
+      fiber& f = run.fibers[i];
+      f.thread = uint3{i % block.x, i / block.x, 0};
+      f.linear = static_cast<int>(i);
+      f.done = false;
+      f.wait_generation = nullptr;
+      getcontext(&f.context);
+      f.context.uc_stack.ss_sp = f.stack.get();
+      f.context.uc_stack.ss_size = kStack;
+      f.context.uc_link = &run.scheduler;
+      makecontext(&f.context, entry, 0);
+    }
+    auto runnable = [&](const fiber& f) {
+      return !f.done && (f.wait_generation == nullptr || *f.wait_generation != f.wait_value);
+    };
+    unsigned finished = 0;
+    while (finished < threads) {
+      bool progress = false;
+      // The fixed order: 0..n-1, each fiber run if runnable when its turn comes (so a fiber a
+      // barrier released earlier in the sweep runs in the same sweep). Otherwise: the fibers
+      // runnable at the start of the sweep, in the schedule's order.
+      order.clear();
+      for (unsigned i = 0; i < threads; ++i)
+        if (fixed || runnable(run.fibers[i])) order.push_back(i);
+      schedule_order(order);
+      for (const unsigned i : order) {
         fiber& f = run.fibers[i];
-        f.thread = uint3{i % block.x, i / block.x, 0};
-        f.linear = static_cast<int>(i);
-        f.done = false;
+        if (!runnable(f)) continue;
         f.wait_generation = nullptr;
-        getcontext(&f.context);
-        f.context.uc_stack.ss_sp = f.stack.get();
-        f.context.uc_stack.ss_size = kStack;
-        f.context.uc_link = &run.scheduler;
-        makecontext(&f.context, entry, 0);
+        run.current = static_cast<int>(i);
+        swapcontext(&run.scheduler, &f.context);
+        progress = true;
+        if (f.done) ++finished;
       }
-      unsigned finished = 0;
-      while (finished < threads) {
-        bool progress = false;
+      if (!progress) {
+        std::fprintf(stderr, "lnorm CUDA emulator: deadlock in block (%u, %u), schedule seed %llu:", bx, by,
+                     static_cast<unsigned long long>(schedule_seed()));
         for (unsigned i = 0; i < threads; ++i) {
-          fiber& f = run.fibers[i];
-          if (f.done || (f.wait_generation != nullptr && *f.wait_generation == f.wait_value)) continue;
-          f.wait_generation = nullptr;
-          run.current = static_cast<int>(i);
-          swapcontext(&run.scheduler, &f.context);
-          progress = true;
-          if (f.done) ++finished;
+          const fiber& f = run.fibers[i];
+          if (i < 64 || !f.done) std::fprintf(stderr, " t%u:%s", i, f.done ? "exited" : f.waiting_at);
+          if (i == 64) std::fprintf(stderr, " ...");
         }
-        if (!progress) {
-          std::fprintf(stderr, "lnorm CUDA emulator: deadlock in block (%u, %u):", bx, by);
-          for (unsigned i = 0; i < threads; ++i) {
-            const fiber& f = run.fibers[i];
-            if (i < 64 || !f.done) std::fprintf(stderr, " t%u:%s", i, f.done ? "exited" : f.waiting_at);
-            if (i == 64) std::fprintf(stderr, " ...");
-          }
-          std::fprintf(stderr, "\n");
-          active() = nullptr;
-          return cudaErrorLaunchFailure;
-        }
+        std::fprintf(stderr, "\n");
+        active() = nullptr;
+        return cudaErrorLaunchFailure;
       }
     }
   }
