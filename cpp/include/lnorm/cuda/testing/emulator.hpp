@@ -244,6 +244,26 @@ std::uint64_t warp_exchange(unsigned mask, std::uint64_t bits, F read, const cha
   return got;
 }
 
+/// A shuffle: every lane publishes v and gets the value of lane src(lane), its own where src
+/// returns -1 (a source outside its segment of `width` lanes, a power of two up to 32).
+template <class V, class Src>
+V shuffle(unsigned mask, V v, int width, Src src, const char* where) {
+  static_assert(sizeof(V) <= 8, "shuffles move at most 8 bytes");
+  if (width < 1 || width > 32 || (width & (width - 1)) != 0) fail("shuffle width not a power of two up to 32");
+  std::uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(V));
+  bits = warp_exchange(
+      mask, bits,
+      [&](const std::uint64_t* slots, int lane) {
+        const int from = src(lane);
+        return slots[from < 0 ? lane : from];
+      },
+      where);
+  V out;
+  std::memcpy(&out, &bits, sizeof(V));
+  return out;
+}
+
 inline void entry() {
   active()->body();
   self().done = true;
@@ -351,6 +371,65 @@ cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t
   return cudaSuccess;
 }
 
+// ---- memory: host memory, with stream-ordered pools ------------------------------------------------
+//
+// Device 0 supports memory pools (cudaDevAttrMemoryPoolsSupported 1), device 1 does not (0), so that
+// a caller's path without pools runs too. A pool is a handle with its attributes and its bytes in
+// use; every allocation is malloc'd and filled with garbage. Streams are synchronous.
+
+struct mem_pool {
+  int device = 0;
+  bool destroyed = false;
+  std::uint64_t release_threshold = 0;
+  std::uint64_t used = 0, used_high = 0;
+};
+
+struct allocation {
+  std::size_t size;
+  mem_pool* pool;  // null: cudaMalloc
+};
+
+inline std::map<const void*, allocation>& allocations() {
+  static std::map<const void*, allocation> live;
+  return live;
+}
+
+inline bool pools_supported(int device) { return device == 0; }
+
+/// The default pool of a device that supports pools (never freed).
+inline mem_pool* default_pool(int device) {
+  static mem_pool pools[1] = {mem_pool{0, false, 0, 0, 0}};
+  return pools_supported(device) ? &pools[0] : nullptr;
+}
+
+inline mem_pool* pool_of(cudaMemPool_t handle) { return reinterpret_cast<mem_pool*>(handle); }
+inline cudaMemPool_t handle_of(mem_pool* pool) { return reinterpret_cast<cudaMemPool_t>(pool); }
+
+/// size bytes (at least one) of garbage, recorded as taken from `pool` (null: cudaMalloc).
+inline cudaError_t allocate(void** ptr, std::size_t size, mem_pool* pool) {
+  if (ptr == nullptr) return cudaErrorInvalidValue;
+  *ptr = std::malloc(size ? size : 1);
+  if (*ptr == nullptr) return cudaErrorMemoryAllocation;
+  std::memset(*ptr, 0xAB, size);  // not zero: a kernel must not rely on it
+  allocations()[*ptr] = allocation{size, pool};
+  if (pool != nullptr) {
+    pool->used += size;
+    if (pool->used > pool->used_high) pool->used_high = pool->used;
+  }
+  return cudaSuccess;
+}
+
+/// Frees what allocate returned (null: nothing); an unknown pointer is an error, as on a GPU.
+inline cudaError_t release(void* ptr) {
+  if (ptr == nullptr) return cudaSuccess;
+  auto it = allocations().find(ptr);
+  if (it == allocations().end()) return cudaErrorInvalidValue;
+  if (it->second.pool != nullptr) it->second.pool->used -= it->second.size;
+  allocations().erase(it);
+  std::free(ptr);
+  return cudaSuccess;
+}
+
 inline void check_aligned(const void* p, std::size_t align, const char* file, int line) {
   if (reinterpret_cast<std::uintptr_t>(p) % align != 0) {
     std::fprintf(stderr, "lnorm CUDA emulator: %zu-byte access at %p not aligned (%s:%d)\n", align, p, file, line);
@@ -380,21 +459,61 @@ inline void __syncthreads() {
   lnorm::cuda::emulator::wait(lnorm::cuda::emulator::active()->block_barrier, "__syncthreads");
 }
 
+// Shuffles: a lane's source outside its segment of `width` lanes gives the lane its own value.
 template <class V>
 V __shfl_xor_sync(unsigned mask, V v, int lane_mask, int width = 32) {
-  static_assert(sizeof(V) <= 8, "shuffles move at most 8 bytes");
-  std::uint64_t bits = 0;
-  std::memcpy(&bits, &v, sizeof(V));
-  bits = lnorm::cuda::emulator::warp_exchange(
-      mask, bits,
-      [&](const std::uint64_t* slots, int lane) {
-        const int src = lane ^ lane_mask;
-        return slots[(src & ~(width - 1)) == (lane & ~(width - 1)) ? src : lane];
+  return lnorm::cuda::emulator::shuffle(mask, v, width, [&](int lane) {
+    const int src = lane ^ lane_mask;
+    return (src & ~(width - 1)) == (lane & ~(width - 1)) ? src : -1;
+  }, "__shfl_xor_sync");
+}
+
+/// v of lane src_lane (modulo width) of this lane's segment.
+template <class V>
+V __shfl_sync(unsigned mask, V v, int src_lane, int width = 32) {
+  return lnorm::cuda::emulator::shuffle(mask, v, width, [&](int lane) {
+    return (lane & ~(width - 1)) + (src_lane & (width - 1));
+  }, "__shfl_sync");
+}
+
+/// v of lane - delta of this lane's segment.
+template <class V>
+V __shfl_up_sync(unsigned mask, V v, unsigned delta, int width = 32) {
+  return lnorm::cuda::emulator::shuffle(mask, v, width, [&](int lane) {
+    const int src = lane - static_cast<int>(delta);
+    return src >= (lane & ~(width - 1)) ? src : -1;
+  }, "__shfl_up_sync");
+}
+
+/// v of lane + delta of this lane's segment.
+template <class V>
+V __shfl_down_sync(unsigned mask, V v, unsigned delta, int width = 32) {
+  return lnorm::cuda::emulator::shuffle(mask, v, width, [&](int lane) {
+    const int src = lane + static_cast<int>(delta);
+    return src < (lane & ~(width - 1)) + width ? src : -1;
+  }, "__shfl_down_sync");
+}
+
+inline int __all_sync(unsigned mask, int predicate) {
+  return static_cast<int>(lnorm::cuda::emulator::warp_exchange(
+      mask, predicate != 0,
+      [](const std::uint64_t* slots, int) {
+        std::uint64_t all = 1;
+        for (int i = 0; i < 32; ++i) all &= slots[i];
+        return all;
       },
-      "__shfl_xor_sync");
-  V out;
-  std::memcpy(&out, &bits, sizeof(V));
-  return out;
+      "__all_sync"));
+}
+
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+  return static_cast<unsigned>(lnorm::cuda::emulator::warp_exchange(
+      mask, predicate != 0,
+      [](const std::uint64_t* slots, int) {
+        std::uint64_t bits = 0;
+        for (int i = 0; i < 32; ++i) bits |= slots[i] << i;
+        return bits;
+      },
+      "__ballot_sync"));
 }
 
 inline int __any_sync(unsigned mask, int predicate) {
@@ -426,11 +545,13 @@ cudaError_t cudaSetDevice(int device) {
   return cudaSuccess;
 }
 cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int device) {
+  if (device < 0 || device > 1) return cudaErrorInvalidDevice;
   const lnorm::cuda::emulator::device_model& m = lnorm::cuda::emulator::model(device);
   switch (attr) {
     case cudaDevAttrMultiProcessorCount: *value = m.sms; return cudaSuccess;
     case cudaDevAttrMaxThreadsPerMultiProcessor: *value = m.max_threads_per_sm; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = m.smem_per_block_optin; return cudaSuccess;
+    case cudaDevAttrMemoryPoolsSupported: *value = lnorm::cuda::emulator::pools_supported(device); return cudaSuccess;
     default: return cudaErrorInvalidValue;
   }
 }
@@ -463,20 +584,96 @@ const char* cudaGetErrorString(cudaError_t error) {
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorLaunchFailure: return "unspecified launch failure (emulator: deadlock)";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorNotSupported: return "operation not supported";
     default: return "emulated CUDA error";
   }
 }
-cudaError_t cudaMalloc(void** ptr, size_t size) {
-  *ptr = std::malloc(size ? size : 1);
-  if (*ptr != nullptr) std::memset(*ptr, 0xAB, size);  // not zero: a kernel must not rely on it
-  return *ptr ? cudaSuccess : cudaErrorMemoryAllocation;
+cudaError_t cudaMalloc(void** ptr, size_t size) { return lnorm::cuda::emulator::allocate(ptr, size, nullptr); }
+cudaError_t cudaFree(void* ptr) { return lnorm::cuda::emulator::release(ptr); }
+// Stream-ordered allocation: from the current device's default pool. (A GPU without pool support
+// refuses cudaMallocAsync; here it works on device 1 too, from no pool, as lnorm's callers use it.)
+cudaError_t cudaMallocAsync(void** ptr, size_t size, cudaStream_t) {
+  return lnorm::cuda::emulator::allocate(ptr, size,
+                                         lnorm::cuda::emulator::default_pool(lnorm::cuda::emulator::current_device()));
 }
-cudaError_t cudaFree(void* ptr) {
-  std::free(ptr);
+cudaError_t cudaMallocFromPoolAsync(void** ptr, size_t size, cudaMemPool_t memPool, cudaStream_t) {
+  lnorm::cuda::emulator::mem_pool* pool = lnorm::cuda::emulator::pool_of(memPool);
+  if (pool == nullptr || pool->destroyed) return cudaErrorInvalidValue;
+  return lnorm::cuda::emulator::allocate(ptr, size, pool);
+}
+cudaError_t cudaFreeAsync(void* ptr, cudaStream_t) { return lnorm::cuda::emulator::release(ptr); }
+cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* memPool, int device) {
+  if (device < 0 || device > 1) return cudaErrorInvalidDevice;
+  if (!lnorm::cuda::emulator::pools_supported(device)) return cudaErrorNotSupported;
+  *memPool = lnorm::cuda::emulator::handle_of(lnorm::cuda::emulator::default_pool(device));
   return cudaSuccess;
 }
-cudaError_t cudaMallocAsync(void** ptr, size_t size, cudaStream_t) { return cudaMalloc(ptr, size); }
-cudaError_t cudaFreeAsync(void* ptr, cudaStream_t) { return cudaFree(ptr); }
+cudaError_t cudaDeviceGetMemPool(cudaMemPool_t* memPool, int device) { return cudaDeviceGetDefaultMemPool(memPool, device); }
+cudaError_t cudaMemPoolCreate(cudaMemPool_t* memPool, const struct cudaMemPoolProps* poolProps) {
+  if (memPool == nullptr || poolProps == nullptr || poolProps->allocType != cudaMemAllocationTypePinned ||
+      poolProps->location.type != cudaMemLocationTypeDevice)
+    return cudaErrorInvalidValue;
+  const int device = poolProps->location.id;
+  if (device < 0 || device > 1) return cudaErrorInvalidDevice;
+  if (!lnorm::cuda::emulator::pools_supported(device)) return cudaErrorNotSupported;
+  // Never freed: a destroyed pool's handle stays recognizably destroyed.
+  *memPool = lnorm::cuda::emulator::handle_of(new lnorm::cuda::emulator::mem_pool{device, false, 0, 0, 0});
+  return cudaSuccess;
+}
+cudaError_t cudaMemPoolDestroy(cudaMemPool_t memPool) {
+  lnorm::cuda::emulator::mem_pool* pool = lnorm::cuda::emulator::pool_of(memPool);
+  if (pool == nullptr || pool->destroyed || pool == lnorm::cuda::emulator::default_pool(pool->device))
+    return cudaErrorInvalidValue;
+  pool->destroyed = true;  // its live allocations stay valid until freed, as on a GPU
+  return cudaSuccess;
+}
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t memPool, enum cudaMemPoolAttr attr, void* value) {
+  lnorm::cuda::emulator::mem_pool* pool = lnorm::cuda::emulator::pool_of(memPool);
+  if (pool == nullptr || pool->destroyed || value == nullptr) return cudaErrorInvalidValue;
+  switch (attr) {
+    case cudaMemPoolReuseFollowEventDependencies:
+    case cudaMemPoolReuseAllowOpportunistic:
+    case cudaMemPoolReuseAllowInternalDependencies:
+      return cudaSuccess;  // (int) no reuse to steer here
+    case cudaMemPoolAttrReleaseThreshold:
+      std::memcpy(&pool->release_threshold, value, sizeof(std::uint64_t));
+      return cudaSuccess;
+    case cudaMemPoolAttrReservedMemHigh:
+    case cudaMemPoolAttrUsedMemHigh: {  // may only be reset to zero
+      std::uint64_t v = 0;
+      std::memcpy(&v, value, sizeof v);
+      if (v != 0) return cudaErrorInvalidValue;
+      pool->used_high = pool->used;
+      return cudaSuccess;
+    }
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t memPool, enum cudaMemPoolAttr attr, void* value) {
+  lnorm::cuda::emulator::mem_pool* pool = lnorm::cuda::emulator::pool_of(memPool);
+  if (pool == nullptr || pool->destroyed || value == nullptr) return cudaErrorInvalidValue;
+  std::uint64_t v = 0;
+  switch (attr) {
+    case cudaMemPoolReuseFollowEventDependencies:
+    case cudaMemPoolReuseAllowOpportunistic:
+    case cudaMemPoolReuseAllowInternalDependencies: {
+      const int on = 1;
+      std::memcpy(value, &on, sizeof on);
+      return cudaSuccess;
+    }
+    case cudaMemPoolAttrReleaseThreshold: v = pool->release_threshold; break;
+    case cudaMemPoolAttrReservedMemCurrent:  // nothing held beyond what is in use
+    case cudaMemPoolAttrUsedMemCurrent: v = pool->used; break;
+    case cudaMemPoolAttrReservedMemHigh:
+    case cudaMemPoolAttrUsedMemHigh: v = pool->used_high; break;
+    default: return cudaErrorInvalidValue;
+  }
+  std::memcpy(value, &v, sizeof v);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpyKind) {
   std::memcpy(dst, src, count);
   return cudaSuccess;
