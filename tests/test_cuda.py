@@ -619,6 +619,28 @@ static std::vector<int> run_order(unsigned blocks, unsigned threads, int phases)
   return order_log;
 }
 
+static std::vector<int> access_log;  // the thread of each vector access, in the order they ran
+alignas(16) static float access_data[64 * 4];
+
+__global__ void vector_accesses(int steps) {
+  for (int k = 0; k < steps; ++k) {
+    LNORM_CUDA_CHECK_ALIGNED(&access_data[threadIdx.x * 4], 16);
+    access_log.push_back(static_cast<int>(threadIdx.x));
+  }
+}
+
+/// Whether some thread's accesses were interrupted by another's (no barrier in between).
+static bool interleaved(std::uint64_t seed) {
+  emu::set_schedule_seed(seed);
+  access_log.clear();
+  CHECK(emu::launch(vector_accesses, dim3(1), dim3(64), 0, nullptr, 8) == cudaSuccess);
+  CHECK(access_log.size() == 64u * 8);
+  std::vector<int> runs(64, 0);  // stretches of consecutive accesses per thread
+  for (std::size_t i = 0; i < access_log.size(); ++i)
+    if (i == 0 || access_log[i] != access_log[i - 1]) ++runs[static_cast<std::size_t>(access_log[i])];
+  return *std::max_element(runs.begin(), runs.end()) > 1;
+}
+
 __global__ void skip_barrier() {
   if (threadIdx.x != 3) __syncthreads();
 }
@@ -699,6 +721,11 @@ int main(int argc, char** argv) {
   }
   CHECK(blocks_shuffled);
 
+  // Within a barrier interval, threads interleave at vector accesses under a random schedule only.
+  CHECK(!interleaved(0));
+  CHECK(!interleaved(emu::kReversedSchedule));
+  CHECK(interleaved(12345));
+
   // A barrier one thread skips is a deadlock under every schedule.
   for (std::uint64_t s : {std::uint64_t(0), emu::kReversedSchedule, std::uint64_t(99)}) {
     emu::set_schedule_seed(s);
@@ -763,7 +790,7 @@ int main(int argc, char** argv) {
 def test_emulator_schedules_shuffles_and_pools(tmp_path):
     """The emulator itself: the fixed, reversed and seeded random schedules (a permutation of the
     block's threads per barrier interval, the blocks in a random order, the same seed the same
-    schedule), a skipped barrier a deadlock under each, the shuffles and votes, memory pools (device
+    schedule, threads interleaved at vector accesses), a skipped barrier a deadlock under each, the shuffles and votes, memory pools (device
     0 has them, device 1 not) and LNORM_EMULATOR_SEED."""
     exe = _emulator_program(tmp_path, "emulator_unit", EMULATOR_UNIT)
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)

@@ -16,8 +16,11 @@
 // block reads at all) may look right only because it happens to run first. A seeded schedule
 // (set_schedule_seed, or the environment variable LNORM_EMULATOR_SEED, read once) runs the fibers
 // runnable at the start of each sweep (each barrier interval) in a new random permutation and a
-// launch's blocks in a random order; the same seed gives the same schedule. kReversedSchedule (or
-// LNORM_EMULATOR_SEED=reversed) runs them in reverse order: a fixed adversarial schedule.
+// launch's blocks in a random order, and lets half the threads (drawn per block) yield now and then
+// at their vector loads and stores, so that threads interleave within an interval too; the same
+// seed gives the same schedule. kReversedSchedule (or LNORM_EMULATOR_SEED=reversed) runs fibers and
+// blocks in reverse order: a fixed adversarial schedule. Shared memory and global memory are one
+// coherent memory here: a race shows as a result that depends on the order, never as a stale read.
 //
 // Emulated devices (cudaSetDevice): 0 has 3 multiprocessors and 227 KiB of shared memory per block
 // (an H100's); 1 has 2 multiprocessors and 3 KiB, so that every long row takes the split path.
@@ -165,6 +168,7 @@ struct fiber {
   uint3 thread;
   int linear = 0;  // x + y * blockDim.x: the lane is linear % 32, the warp linear / 32
   bool done = false;
+  bool slow = false;  // yields at memory accesses now and then (maybe_yield)
   const unsigned long* wait_generation = nullptr;  // blocked until *wait_generation != wait_value
   unsigned long wait_value = 0;
   const char* waiting_at = "";
@@ -307,7 +311,7 @@ cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t
   for (unsigned by = 0; by < grid.y; ++by)
     for (unsigned bx = 0; bx < grid.x; ++bx) blocks.push_back(uint3{bx, by, 0});
   schedule_order(blocks);
-  const bool fixed = schedule_seed() == 0;
+  const bool fixed = schedule_seed() == 0, random_schedule = !fixed && schedule_seed() != kReversedSchedule;
   std::vector<unsigned> order;  // a sweep's fibers
   order.reserve(threads);
   for (const uint3& b : blocks) {
@@ -324,6 +328,7 @@ cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t
       f.thread = uint3{i % block.x, i / block.x, 0};
       f.linear = static_cast<int>(i);
       f.done = false;
+      f.slow = random_schedule && (splitmix64(schedule().state) & 1) != 0;
       f.wait_generation = nullptr;
       getcontext(&f.context);
       f.context.uc_stack.ss_sp = f.stack.get();
@@ -430,11 +435,27 @@ inline cudaError_t release(void* ptr) {
   return cudaSuccess;
 }
 
+/// A point where other threads may run first: under a random schedule, a slow thread (half of
+/// them, drawn per block) yields here one time in four and runs on in a later sweep, so that
+/// threads also interleave within a barrier interval, not only between their waits, while the fast
+/// ones still run their intervals at once. The vector loads and stores call it.
+inline void maybe_yield(const char* where) {
+  block_run* const run = active();
+  if (run == nullptr || !self().slow) return;
+  if ((splitmix64(schedule().state) & 3) != 0) return;
+  fiber& f = self();
+  f.wait_generation = nullptr;  // runnable
+  f.waiting_at = where;
+  swapcontext(&f.context, &run->scheduler);
+}
+
+/// Every vector access of the kernels: aligned, and a point where other threads may run first.
 inline void check_aligned(const void* p, std::size_t align, const char* file, int line) {
   if (reinterpret_cast<std::uintptr_t>(p) % align != 0) {
     std::fprintf(stderr, "lnorm CUDA emulator: %zu-byte access at %p not aligned (%s:%d)\n", align, p, file, line);
     std::abort();
   }
+  maybe_yield("a vector access");
 }
 
 inline const uint3& thread_idx() { return self().thread; }
