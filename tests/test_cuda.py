@@ -10,6 +10,7 @@ reference over many widths, strides, large means, NaN rows, every dtype, the bac
 add, in place, streams, and device-mixing errors.
 """
 
+import concurrent.futures
 import glob
 import os
 import re
@@ -488,13 +489,17 @@ SELFCHECK_MAIN = r"""
 int main(int argc, char** argv) { return lnorm::cuda::testing::selfcheck_main(argc, argv); }
 """
 
+# The emulator's schedules: 0 the fixed order (threads 0..n-1, blocks in order), then two random
+# ones (each barrier interval's threads and the blocks in a seeded random order). A race between the
+# threads of a block, or between blocks, shows under one order and hides under another.
+EMULATOR_SEEDS = ("0", "1", "2")
+FAILED_CASE = re.compile(r"^FAILED (\S+)$", re.MULTILINE)
+CASE_SUMMARY = re.compile(r"^FAIL (\S+): \d+ mismatches, largest .*$", re.MULTILINE)
 
-@pytest.mark.slow
-def test_kernels_under_the_cpu_emulator(tmp_path):
-    """The kernels' logic on the CPU: lnorm/cuda/testing/selfcheck.hpp (every call against a float64
-    reference: widths 1..33000, strides, misaligned starts, every dtype, large means, NaN/Inf and
-    overflowing rows, backward, fused add; an emulated device with little shared memory takes the
-    split paths) built with a host compiler under lnorm/cuda/testing/emulator.hpp."""
+
+def _emulator_program(tmp_path, name, source):
+    """Builds `source` with a host compiler under lnorm/cuda/testing/emulator.hpp (as a user of the
+    emulator would); skips where there is no compiler, no CUDA headers or no ucontext."""
     cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++") or shutil.which("clang++")
     cuda_include = _cuda_include()
     if cxx is None:
@@ -503,19 +508,281 @@ def test_kernels_under_the_cpu_emulator(tmp_path):
         pytest.skip("CUDA headers (cuda_fp16.h) not found: install the CUDA toolkit or set CUDA_HOME")
     if not sys.platform.startswith("linux"):
         pytest.skip("the emulator's fibers use ucontext (Linux)")
-    src = tmp_path / "selfcheck.cpp"
-    src.write_text(SELFCHECK_MAIN)
-    exe = tmp_path / "selfcheck"
+    src = tmp_path / f"{name}.cpp"
+    src.write_text(source)
+    exe = tmp_path / name
     build = [cxx, "-std=c++17", "-O1", "-DLNORM_CUDA_EMULATE", "-Wall", "-Wextra", "-Wno-unknown-pragmas", "-Werror",
              f"-I{INCLUDE}", f"-I{cuda_include}", str(src), "-o", str(exe)]
     proc = subprocess.run(build, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(build)} failed:\n{(proc.stdout + proc.stderr)[-6000:]}"
-    run = subprocess.run([str(exe), "--quick"], capture_output=True, text=True, timeout=1800)
-    output = run.stdout + run.stderr
-    summary = SUMMARY.search(output)
-    assert summary, output[-6000:]
-    assert run.returncode == 0 and summary.group(2) == "0", output[-6000:]
-    assert int(summary.group(1)) >= 600
+    return exe
+
+
+@pytest.mark.slow
+def test_kernels_under_the_cpu_emulator(tmp_path):
+    """The kernels' logic on the CPU: lnorm/cuda/testing/selfcheck.hpp (every call against a float64
+    reference: widths 1..33000, strides, misaligned starts, every dtype, large means, NaN/Inf and
+    overflowing rows, backward, fused add, and the forward in place, every aliasing the API allows
+    on every tier; an emulated device with little shared memory takes the split paths) built with a
+    host compiler under lnorm/cuda/testing/emulator.hpp, run under the fixed schedule and under two
+    random ones (EMULATOR_SEEDS). A failure names each failed case per seed."""
+    exe = _emulator_program(tmp_path, "selfcheck", SELFCHECK_MAIN)
+    listed = subprocess.run([str(exe), "--quick", "--list"], capture_output=True, text=True, timeout=60)
+    names = listed.stdout.split()
+    in_place = [n for n in names if re.search(r"/(y|s)=(x|res)", n)]
+    assert len(in_place) >= 150, f"expected the in-place cases in --quick, got {len(in_place)}"
+    # Rows per warp, one row per block, rows in shared memory (device 0), split rows (device 1).
+    for width, dev in (("x64/", "dev0/"), ("x512/", "dev0/"), ("x20000/", "dev0/"), ("x20000/", "dev1/")):
+        assert any(width in n and dev in n for n in in_place), f"no in-place case {width}...{dev}"
+
+    def run_seed(seed):
+        start = time.monotonic()
+        run = subprocess.run([str(exe), "--quick", "--seed", seed], capture_output=True, text=True, timeout=1800)
+        return run, time.monotonic() - start
+
+    # Two at a time (CI machines have two cores; each run is one thread).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        runs = list(pool.map(run_seed, EMULATOR_SEEDS))
+    problems = []
+    for seed, (run, took) in zip(EMULATOR_SEEDS, runs):
+        output = run.stdout + run.stderr
+        summary = SUMMARY.search(output)
+        if not summary:
+            problems.append(f"seed {seed}: no summary (exit {run.returncode}, {took:.0f} s):\n{output[-4000:]}")
+            continue
+        assert f"schedule seed: {seed}" in output, output[:2000]
+        passed, failed = int(summary.group(1)), int(summary.group(2))
+        assert passed + failed >= 800, output[-6000:]
+        if run.returncode != 0 or failed != 0:
+            failures = FAILED_CASE.findall(output)
+            details = {m.group(1): m.group(0) for m in CASE_SUMMARY.finditer(output)}
+            lines = [details.get(name, f"FAIL {name}") for name in failures]
+            problems.append(f"seed {seed}: {passed} passed, {failed} failed ({took:.0f} s):\n  " + "\n  ".join(lines))
+    assert not problems, "\n".join(problems)
+
+
+EMULATOR_UNIT = r"""
+// The emulator's own pieces: its schedules, shuffles and votes, and memory pools.
+#include <lnorm/cuda/testing/emulator.hpp>
+#include <algorithm>
+#include <string>
+#include <vector>
+
+namespace emu = lnorm::cuda::emulator;
+static int failures = 0;
+#define CHECK(cond)                                                        \
+  do {                                                                     \
+    if (!(cond)) {                                                         \
+      std::printf("FAIL line %d: %s\n", __LINE__, #cond);                  \
+      ++failures;                                                          \
+    }                                                                      \
+  } while (0)
+
+static std::vector<int> order_log;  // (block, thread) of each fiber's turn, in the order they ran
+
+__global__ void record_order(int phases) {
+  const int who = static_cast<int>(blockIdx.x) * 1000 + static_cast<int>(threadIdx.x);
+  for (int p = 0; p < phases; ++p) {
+    order_log.push_back(who);
+    __syncthreads();
+  }
+}
+
+static std::vector<int> run_order(unsigned blocks, unsigned threads, int phases) {
+  order_log.clear();
+  const cudaError_t e = emu::launch(record_order, dim3(blocks), dim3(threads), 0, nullptr, phases);
+  CHECK(e == cudaSuccess);
+  return order_log;
+}
+
+static std::vector<int> access_log;  // the thread of each vector access, in the order they ran
+alignas(16) static float access_data[64 * 4];
+
+__global__ void vector_accesses(int steps) {
+  for (int k = 0; k < steps; ++k) {
+    LNORM_CUDA_CHECK_ALIGNED(&access_data[threadIdx.x * 4], 16);
+    access_log.push_back(static_cast<int>(threadIdx.x));
+  }
+}
+
+/// Whether some thread's accesses were interrupted by another's (no barrier in between).
+static bool interleaved(std::uint64_t seed) {
+  emu::set_schedule_seed(seed);
+  access_log.clear();
+  CHECK(emu::launch(vector_accesses, dim3(1), dim3(64), 0, nullptr, 8) == cudaSuccess);
+  CHECK(access_log.size() == 64u * 8);
+  std::vector<int> runs(64, 0);  // stretches of consecutive accesses per thread
+  for (std::size_t i = 0; i < access_log.size(); ++i)
+    if (i == 0 || access_log[i] != access_log[i - 1]) ++runs[static_cast<std::size_t>(access_log[i])];
+  return *std::max_element(runs.begin(), runs.end()) > 1;
+}
+
+__global__ void skip_barrier() {
+  if (threadIdx.x != 3) __syncthreads();
+}
+
+static int* shfl_out;
+__global__ void shuffles() {
+  const int lane = static_cast<int>(threadIdx.x) & 31, t = static_cast<int>(threadIdx.x);
+  int* o = shfl_out + t * 8;
+  o[0] = __shfl_sync(0xffffffffu, lane * 10, 5);
+  o[1] = __shfl_sync(0xffffffffu, lane * 10, 3, 8);
+  o[2] = __shfl_up_sync(0xffffffffu, lane * 10, 2, 16);
+  o[3] = __shfl_down_sync(0xffffffffu, lane * 10, 3, 8);
+  o[4] = __shfl_xor_sync(0xffffffffu, lane * 10, 4, 8);
+  o[5] = static_cast<int>(__ballot_sync(0xffffffffu, lane % 3 == 0));
+  o[6] = __all_sync(0xffffffffu, lane < 40) * 2 + __all_sync(0xffffffffu, lane < 31);
+  o[7] = static_cast<int>(__shfl_sync(0xffffffffu, static_cast<double>(lane) + 0.5, 31 - lane) * 2);
+}
+
+int main(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "all";
+  if (mode == "env") {  // LNORM_EMULATOR_SEED set by the caller: print the seed and the order
+    std::printf("seed %llu order", static_cast<unsigned long long>(emu::schedule_seed()));
+    for (int who : run_order(1, 8, 1)) std::printf(" %d", who);
+    std::printf("\n");
+    return 0;
+  }
+
+  // The fixed order: threads 0..n-1, blocks in order; the last thread to reach a barrier goes on.
+  emu::set_schedule_seed(0);
+  const std::vector<int> fixed = run_order(3, 64, 2);
+  std::vector<int> expect;
+  for (int b = 0; b < 3; ++b) {
+    for (int t = 0; t < 64; ++t) expect.push_back(b * 1000 + t);
+    expect.push_back(b * 1000 + 63);
+    for (int t = 0; t < 63; ++t) expect.push_back(b * 1000 + t);
+  }
+  CHECK(fixed == expect);
+
+  // Reversed: blocks and threads in reverse order.
+  emu::set_schedule_seed(emu::kReversedSchedule);
+  expect.clear();
+  for (int b = 2; b >= 0; --b)
+    for (int p = 0; p < 2; ++p)
+      for (int t = 63; t >= 0; --t) expect.push_back(b * 1000 + t);
+  CHECK(run_order(3, 64, 2) == expect);
+
+  // Random: each interval a permutation of the block's threads, a new one each interval; the same
+  // seed the same schedule, another seed another; every block once, not always in order.
+  emu::set_schedule_seed(12345);
+  const std::vector<int> a = run_order(5, 64, 4);
+  emu::set_schedule_seed(12345);
+  CHECK(run_order(5, 64, 4) == a);
+  emu::set_schedule_seed(777);
+  CHECK(run_order(5, 64, 4) != a);
+  CHECK(a.size() == 5u * 4 * 64);
+  std::vector<int> block_order;
+  bool intervals_differ = false;
+  for (std::size_t i = 0; i < a.size(); i += 64) {
+    std::vector<int> interval(a.begin() + static_cast<long>(i), a.begin() + static_cast<long>(i) + 64), sorted = interval;
+    std::sort(sorted.begin(), sorted.end());
+    const int b = interval[0] / 1000;
+    for (int t = 0; t < 64; ++t) CHECK(sorted[static_cast<std::size_t>(t)] == b * 1000 + t);
+    std::vector<int> in_order = sorted;
+    CHECK(interval != in_order);
+    if (i % 256 == 0) block_order.push_back(b);
+    else if (interval != std::vector<int>(a.begin() + static_cast<long>(i) - 64, a.begin() + static_cast<long>(i)))
+      intervals_differ = true;
+  }
+  CHECK(intervals_differ);
+  std::vector<int> blocks_sorted = block_order;
+  std::sort(blocks_sorted.begin(), blocks_sorted.end());
+  CHECK((blocks_sorted == std::vector<int>{0, 1, 2, 3, 4}));
+  bool blocks_shuffled = block_order != blocks_sorted;
+  for (std::uint64_t s = 2; s < 6 && !blocks_shuffled; ++s) {  // one seed may keep the order by chance
+    emu::set_schedule_seed(s);
+    const std::vector<int> o = run_order(5, 32, 1);
+    for (std::size_t i = 0; i < 5 && !blocks_shuffled; ++i) blocks_shuffled = o[i * 32] / 1000 != static_cast<int>(i);
+  }
+  CHECK(blocks_shuffled);
+
+  // Within a barrier interval, threads interleave at vector accesses under a random schedule only.
+  CHECK(!interleaved(0));
+  CHECK(!interleaved(emu::kReversedSchedule));
+  CHECK(interleaved(12345));
+
+  // A barrier one thread skips is a deadlock under every schedule.
+  for (std::uint64_t s : {std::uint64_t(0), emu::kReversedSchedule, std::uint64_t(99)}) {
+    emu::set_schedule_seed(s);
+    CHECK(emu::launch(skip_barrier, dim3(2), dim3(64), 0, nullptr) == cudaErrorLaunchFailure);
+  }
+
+  // Shuffles and votes, under a random schedule.
+  emu::set_schedule_seed(4242);
+  std::vector<int> out(64 * 8, -1);
+  shfl_out = out.data();
+  CHECK(emu::launch(shuffles, dim3(1), dim3(64), 0, nullptr) == cudaSuccess);
+  for (int t = 0; t < 64; ++t) {
+    const int lane = t & 31, *o = &out[static_cast<std::size_t>(t) * 8];
+    CHECK(o[0] == 50);
+    CHECK(o[1] == ((lane & ~7) + 3) * 10);
+    CHECK(o[2] == ((lane & 15) >= 2 ? lane - 2 : lane) * 10);
+    CHECK(o[3] == ((lane & 7) + 3 < 8 ? lane + 3 : lane) * 10);
+    CHECK(o[4] == (lane ^ 4) * 10);
+    CHECK(static_cast<unsigned>(o[5]) == 0x49249249u);
+    CHECK(o[6] == 2);
+    CHECK(o[7] == (31 - lane) * 2 + 1);
+  }
+
+  // Memory pools: device 0 has them, device 1 not.
+  int supported = -1;
+  CHECK(cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, 0) == cudaSuccess && supported == 1);
+  CHECK(cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, 1) == cudaSuccess && supported == 0);
+  cudaMemPool_t pool = nullptr, def = nullptr;
+  CHECK(cudaDeviceGetDefaultMemPool(&def, 0) == cudaSuccess && def != nullptr);
+  CHECK(cudaDeviceGetDefaultMemPool(&pool, 1) == cudaErrorNotSupported);
+  cudaMemPoolProps props = {};
+  props.allocType = cudaMemAllocationTypePinned;
+  props.location.type = cudaMemLocationTypeDevice;
+  props.location.id = 1;
+  CHECK(cudaMemPoolCreate(&pool, &props) == cudaErrorNotSupported);
+  props.location.id = 0;
+  CHECK(cudaMemPoolCreate(&pool, &props) == cudaSuccess && pool != nullptr && pool != def);
+  unsigned long long threshold = ~0ull, got = 0;
+  CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold) == cudaSuccess);
+  CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &got) == cudaSuccess && got == threshold);
+  void* p = nullptr;
+  CHECK(cudaMallocFromPoolAsync(&p, 1000, pool, nullptr) == cudaSuccess && p != nullptr);
+  CHECK(static_cast<unsigned char*>(p)[0] == 0xAB && static_cast<unsigned char*>(p)[999] == 0xAB);
+  CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &got) == cudaSuccess && got == 1000);
+  CHECK(cudaFreeAsync(p, nullptr) == cudaSuccess);
+  CHECK(cudaFreeAsync(p, nullptr) == cudaErrorInvalidValue);  // twice: not an allocation any more
+  CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &got) == cudaSuccess && got == 0);
+  CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &got) == cudaSuccess && got == 1000);
+  CHECK(cudaStreamSynchronize(nullptr) == cudaSuccess);
+  CHECK(cudaMemPoolDestroy(pool) == cudaSuccess);
+  CHECK(cudaMallocFromPoolAsync(&p, 8, pool, nullptr) == cudaErrorInvalidValue);
+  CHECK(cudaMemPoolDestroy(def) == cudaErrorInvalidValue);
+  CHECK(cudaMallocFromPoolAsync(&p, 8, def, nullptr) == cudaSuccess && cudaFreeAsync(p, nullptr) == cudaSuccess);
+  CHECK(cudaFree(nullptr) == cudaSuccess);
+
+  std::printf("%s\n", failures == 0 ? "emulator unit checks passed" : "emulator unit checks FAILED");
+  return failures == 0 ? 0 : 1;
+}
+"""
+
+
+def test_emulator_schedules_shuffles_and_pools(tmp_path):
+    """The emulator itself: the fixed, reversed and seeded random schedules (a permutation of the
+    block's threads per barrier interval, the blocks in a random order, the same seed the same
+    schedule, threads interleaved at vector accesses), a skipped barrier a deadlock under each, the shuffles and votes, memory pools (device
+    0 has them, device 1 not) and LNORM_EMULATOR_SEED."""
+    exe = _emulator_program(tmp_path, "emulator_unit", EMULATOR_UNIT)
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "emulator unit checks passed" in run.stdout, run.stdout + run.stderr[-3000:]
+
+    def env_run(value):
+        env = dict(os.environ, LNORM_EMULATOR_SEED=value)
+        return subprocess.run([str(exe), "env"], capture_output=True, text=True, timeout=60, env=env)
+
+    assert env_run("reversed").stdout.split("order")[1].split() == [str(t) for t in range(7, -1, -1)]
+    assert env_run("0").stdout.split("order")[1].split() == [str(t) for t in range(8)]
+    first, again, other = env_run("5").stdout, env_run("5").stdout, env_run("6").stdout
+    assert first.startswith("seed 5 order") and first == again and first.split("order")[1] != other.split("order")[1]
+    assert sorted(first.split("order")[1].split(), key=int) == [str(t) for t in range(8)]
+    bad = env_run("soon")
+    assert bad.returncode != 0 and "LNORM_EMULATOR_SEED" in bad.stderr
 
 
 # ---- on a GPU -------------------------------------------------------------------------------------

@@ -9,6 +9,19 @@
 // sqrt. It also defines the few CUDA runtime functions lnorm calls (memory is host memory), so
 // include it in one translation unit of a program only.
 //
+// The schedule: a fiber runs until it waits (a barrier, a shuffle, a vote) or exits; the scheduler
+// then sweeps the block's fibers again, and runs a launch's blocks one after the other. By default
+// in a fixed order (fibers 0..n-1 each sweep, blocks in index order), which hides races: a thread
+// that writes memory another thread of the block reads in the same barrier interval (or another
+// block reads at all) may look right only because it happens to run first. A seeded schedule
+// (set_schedule_seed, or the environment variable LNORM_EMULATOR_SEED, read once) runs the fibers
+// runnable at the start of each sweep (each barrier interval) in a new random permutation and a
+// launch's blocks in a random order, and lets half the threads (drawn per block) yield now and then
+// at their vector loads and stores, so that threads interleave within an interval too; the same
+// seed gives the same schedule. kReversedSchedule (or LNORM_EMULATOR_SEED=reversed) runs fibers and
+// blocks in reverse order: a fixed adversarial schedule. Shared memory and global memory are one
+// coherent memory here: a race shows as a result that depends on the order, never as a stale read.
+//
 // Emulated devices (cudaSetDevice): 0 has 3 multiprocessors and 227 KiB of shared memory per block
 // (an H100's); 1 has 2 multiprocessors and 3 KiB, so that every long row takes the split path.
 #pragma once
@@ -40,6 +53,7 @@
 #pragma GCC diagnostic ignored "-Wclobbered"
 #endif
 
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -48,6 +62,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <utility>
 #include <vector>
 
 using std::sqrt;
@@ -72,12 +87,88 @@ inline int& current_device() {
   return device;
 }
 
+// ---- the schedule ---------------------------------------------------------------------------------
+
+/// The seed of the schedule that runs fibers and blocks in reverse order.
+constexpr std::uint64_t kReversedSchedule = ~std::uint64_t(0);
+
+/// splitmix64: a small, fast generator, the same sequence for a seed on every platform.
+inline std::uint64_t splitmix64(std::uint64_t& state) {
+  std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+/// "reversed" as kReversedSchedule, else a number (decimal, 0x hex); false if neither.
+inline bool parse_schedule_seed(const char* text, std::uint64_t& seed) {
+  if (text == nullptr || *text == '\0') return false;
+  if (std::strcmp(text, "reversed") == 0) {
+    seed = kReversedSchedule;
+    return true;
+  }
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long v = std::strtoull(text, &end, 0);
+  if (errno != 0 || end == text || *end != '\0' || text[0] == '-') return false;
+  seed = v;
+  return true;
+}
+
+struct schedule_state {
+  std::uint64_t seed = 0;   // 0: fixed order; kReversedSchedule: reverse order; else random
+  std::uint64_t state = 0;  // the generator's state, advanced by every random choice
+};
+
+inline void fail(const char* what);
+
+/// The schedule, initialised from LNORM_EMULATOR_SEED on first use.
+inline schedule_state& schedule() {
+  static schedule_state s = [] {
+    schedule_state init;
+    const char* env = std::getenv("LNORM_EMULATOR_SEED");
+    if (env != nullptr && *env != '\0' && !parse_schedule_seed(env, init.seed))
+      fail("LNORM_EMULATOR_SEED: expected a number (0: fixed order) or \"reversed\"");
+    init.state = init.seed;
+    return init;
+  }();
+  return s;
+}
+
+/// Sets the schedule: 0 the fixed order, kReversedSchedule the reverse order, any other seed a
+/// random order (the generator restarts: the same seed, the same schedule from here on).
+inline void set_schedule_seed(std::uint64_t seed) {
+  schedule().seed = seed;
+  schedule().state = seed;
+}
+
+/// The seed last set (by set_schedule_seed or LNORM_EMULATOR_SEED).
+inline std::uint64_t schedule_seed() { return schedule().seed; }
+
+/// Puts `order` (any order of some items) in the schedule's order: as is for the fixed order,
+/// reversed, or a uniformly random permutation (Fisher-Yates).
+template <class V>
+void schedule_order(V& order) {
+  schedule_state& s = schedule();
+  if (s.seed == 0) return;
+  const std::size_t n = order.size();
+  if (s.seed == kReversedSchedule) {
+    for (std::size_t i = 0; i < n / 2; ++i) std::swap(order[i], order[n - 1 - i]);
+    return;
+  }
+  for (std::size_t i = n; i > 1; --i) {
+    const std::size_t j = static_cast<std::size_t>(splitmix64(s.state) % i);  // bias negligible for i <= 2^16
+    std::swap(order[i - 1], order[j]);
+  }
+}
+
 struct fiber {
   ucontext_t context;
   std::unique_ptr<char[]> stack;
   uint3 thread;
   int linear = 0;  // x + y * blockDim.x: the lane is linear % 32, the warp linear / 32
   bool done = false;
+  bool slow = false;  // yields at memory accesses now and then (maybe_yield)
   const unsigned long* wait_generation = nullptr;  // blocked until *wait_generation != wait_value
   unsigned long wait_value = 0;
   const char* waiting_at = "";
@@ -116,16 +207,23 @@ inline void fail(const char* what) {
   std::abort();
 }
 
-/// Blocks the running fiber until every member of `b` has arrived.
+/// Blocks the running fiber until every member of `b` has arrived. The last to arrive goes on at
+/// once in the fixed order; under another schedule it yields too, so that it does not always start
+/// the next interval.
 inline void wait(barrier& b, const char* where) {
   block_run& run = *active();
+  fiber& f = self();
   const unsigned long generation = b.generation;
   if (++b.arrived == b.size) {
     b.arrived = 0;
     ++b.generation;
+    if (schedule_seed() != 0) {
+      f.wait_generation = nullptr;  // runnable: the next sweep runs it in its turn
+      f.waiting_at = where;
+      swapcontext(&f.context, &run.scheduler);
+    }
     return;
   }
-  fiber& f = self();
   f.wait_generation = &b.generation;
   f.wait_value = generation;
   f.waiting_at = where;
@@ -150,6 +248,26 @@ std::uint64_t warp_exchange(unsigned mask, std::uint64_t bits, F read, const cha
   return got;
 }
 
+/// A shuffle: every lane publishes v and gets the value of lane src(lane), its own where src
+/// returns -1 (a source outside its segment of `width` lanes, a power of two up to 32).
+template <class V, class Src>
+V shuffle(unsigned mask, V v, int width, Src src, const char* where) {
+  static_assert(sizeof(V) <= 8, "shuffles move at most 8 bytes");
+  if (width < 1 || width > 32 || (width & (width - 1)) != 0) fail("shuffle width not a power of two up to 32");
+  std::uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(V));
+  bits = warp_exchange(
+      mask, bits,
+      [&](const std::uint64_t* slots, int lane) {
+        const int from = src(lane);
+        return slots[from < 0 ? lane : from];
+      },
+      where);
+  V out;
+  std::memcpy(&out, &bits, sizeof(V));
+  return out;
+}
+
 inline void entry() {
   active()->body();
   self().done = true;
@@ -162,7 +280,8 @@ inline std::map<const void*, int>& smem_attributes() {
 
 inline unsigned char* dynamic_smem() { return active()->smem.data(); }
 
-/// Runs every block of a launch, one after the other, each as fibers until all have finished.
+/// Runs every block of a launch, one after the other (in the schedule's order), each as fibers until
+/// all have finished.
 template <class... Params, class... Args>
 cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t,
                    Args... args) {
@@ -187,50 +306,69 @@ cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t
   run.grid_dim = grid;
   run.body = [&] { kernel(args...); };
   active() = &run;
-  for (unsigned by = 0; by < grid.y; ++by) {
-    for (unsigned bx = 0; bx < grid.x; ++bx) {
-      run.block = uint3{bx, by, 0};
-      run.smem.assign(smem + 16, 0xCD);  // garbage, as a GPU's shared memory would hold
-      run.block_barrier = barrier{static_cast<int>(threads), 0, 0};
-      for (unsigned w = 0; w < warps; ++w) {
-        const unsigned size = threads - 32 * w < 32 ? threads - 32 * w : 32;
-        run.warp_barriers[w] = barrier{static_cast<int>(size), 0, 0};
-      }
-      for (unsigned i = 0; i < threads; ++i) {
+  std::vector<uint3> blocks;  // in the schedule's order
+  blocks.reserve(static_cast<std::size_t>(grid.x) * grid.y);
+  for (unsigned by = 0; by < grid.y; ++by)
+    for (unsigned bx = 0; bx < grid.x; ++bx) blocks.push_back(uint3{bx, by, 0});
+  schedule_order(blocks);
+  const bool fixed = schedule_seed() == 0, random_schedule = !fixed && schedule_seed() != kReversedSchedule;
+  std::vector<unsigned> order;  // a sweep's fibers
+  order.reserve(threads);
+  for (const uint3& b : blocks) {
+    const unsigned bx = b.x, by = b.y;
+    run.block = b;
+    run.smem.assign(smem + 16, 0xCD);  // garbage, as a GPU's shared memory would hold
+    run.block_barrier = barrier{static_cast<int>(threads), 0, 0};
+    for (unsigned w = 0; w < warps; ++w) {
+      const unsigned size = threads - 32 * w < 32 ? threads - 32 * w : 32;
+      run.warp_barriers[w] = barrier{static_cast<int>(size), 0, 0};
+    }
+    for (unsigned i = 0; i < threads; ++i) {
+      fiber& f = run.fibers[i];
+      f.thread = uint3{i % block.x, i / block.x, 0};
+      f.linear = static_cast<int>(i);
+      f.done = false;
+      f.slow = random_schedule && (splitmix64(schedule().state) & 1) != 0;
+      f.wait_generation = nullptr;
+      getcontext(&f.context);
+      f.context.uc_stack.ss_sp = f.stack.get();
+      f.context.uc_stack.ss_size = kStack;
+      f.context.uc_link = &run.scheduler;
+      makecontext(&f.context, entry, 0);
+    }
+    auto runnable = [&](const fiber& f) {
+      return !f.done && (f.wait_generation == nullptr || *f.wait_generation != f.wait_value);
+    };
+    unsigned finished = 0;
+    while (finished < threads) {
+      bool progress = false;
+      // The fixed order: 0..n-1, each fiber run if runnable when its turn comes (so a fiber a
+      // barrier released earlier in the sweep runs in the same sweep). Otherwise: the fibers
+      // runnable at the start of the sweep, in the schedule's order.
+      order.clear();
+      for (unsigned i = 0; i < threads; ++i)
+        if (fixed || runnable(run.fibers[i])) order.push_back(i);
+      schedule_order(order);
+      for (const unsigned i : order) {
         fiber& f = run.fibers[i];
-        f.thread = uint3{i % block.x, i / block.x, 0};
-        f.linear = static_cast<int>(i);
-        f.done = false;
+        if (!runnable(f)) continue;
         f.wait_generation = nullptr;
-        getcontext(&f.context);
-        f.context.uc_stack.ss_sp = f.stack.get();
-        f.context.uc_stack.ss_size = kStack;
-        f.context.uc_link = &run.scheduler;
-        makecontext(&f.context, entry, 0);
+        run.current = static_cast<int>(i);
+        swapcontext(&run.scheduler, &f.context);
+        progress = true;
+        if (f.done) ++finished;
       }
-      unsigned finished = 0;
-      while (finished < threads) {
-        bool progress = false;
+      if (!progress) {
+        std::fprintf(stderr, "lnorm CUDA emulator: deadlock in block (%u, %u), schedule seed %llu:", bx, by,
+                     static_cast<unsigned long long>(schedule_seed()));
         for (unsigned i = 0; i < threads; ++i) {
-          fiber& f = run.fibers[i];
-          if (f.done || (f.wait_generation != nullptr && *f.wait_generation == f.wait_value)) continue;
-          f.wait_generation = nullptr;
-          run.current = static_cast<int>(i);
-          swapcontext(&run.scheduler, &f.context);
-          progress = true;
-          if (f.done) ++finished;
+          const fiber& f = run.fibers[i];
+          if (i < 64 || !f.done) std::fprintf(stderr, " t%u:%s", i, f.done ? "exited" : f.waiting_at);
+          if (i == 64) std::fprintf(stderr, " ...");
         }
-        if (!progress) {
-          std::fprintf(stderr, "lnorm CUDA emulator: deadlock in block (%u, %u):", bx, by);
-          for (unsigned i = 0; i < threads; ++i) {
-            const fiber& f = run.fibers[i];
-            if (i < 64 || !f.done) std::fprintf(stderr, " t%u:%s", i, f.done ? "exited" : f.waiting_at);
-            if (i == 64) std::fprintf(stderr, " ...");
-          }
-          std::fprintf(stderr, "\n");
-          active() = nullptr;
-          return cudaErrorLaunchFailure;
-        }
+        std::fprintf(stderr, "\n");
+        active() = nullptr;
+        return cudaErrorLaunchFailure;
       }
     }
   }
@@ -238,11 +376,86 @@ cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t
   return cudaSuccess;
 }
 
+// ---- memory: host memory, with stream-ordered pools ------------------------------------------------
+//
+// Device 0 supports memory pools (cudaDevAttrMemoryPoolsSupported 1), device 1 does not (0), so that
+// a caller's path without pools runs too. A pool is a handle with its attributes and its bytes in
+// use; every allocation is malloc'd and filled with garbage. Streams are synchronous.
+
+struct mem_pool {
+  int device = 0;
+  bool destroyed = false;
+  std::uint64_t release_threshold = 0;
+  std::uint64_t used = 0, used_high = 0;
+};
+
+struct allocation {
+  std::size_t size;
+  mem_pool* pool;  // null: cudaMalloc
+};
+
+inline std::map<const void*, allocation>& allocations() {
+  static std::map<const void*, allocation> live;
+  return live;
+}
+
+inline bool pools_supported(int device) { return device == 0; }
+
+/// The default pool of a device that supports pools (never freed).
+inline mem_pool* default_pool(int device) {
+  static mem_pool pools[1] = {mem_pool{0, false, 0, 0, 0}};
+  return pools_supported(device) ? &pools[0] : nullptr;
+}
+
+inline mem_pool* pool_of(cudaMemPool_t handle) { return reinterpret_cast<mem_pool*>(handle); }
+inline cudaMemPool_t handle_of(mem_pool* pool) { return reinterpret_cast<cudaMemPool_t>(pool); }
+
+/// size bytes (at least one) of garbage, recorded as taken from `pool` (null: cudaMalloc).
+inline cudaError_t allocate(void** ptr, std::size_t size, mem_pool* pool) {
+  if (ptr == nullptr) return cudaErrorInvalidValue;
+  *ptr = std::malloc(size ? size : 1);
+  if (*ptr == nullptr) return cudaErrorMemoryAllocation;
+  std::memset(*ptr, 0xAB, size);  // not zero: a kernel must not rely on it
+  allocations()[*ptr] = allocation{size, pool};
+  if (pool != nullptr) {
+    pool->used += size;
+    if (pool->used > pool->used_high) pool->used_high = pool->used;
+  }
+  return cudaSuccess;
+}
+
+/// Frees what allocate returned (null: nothing); an unknown pointer is an error, as on a GPU.
+inline cudaError_t release(void* ptr) {
+  if (ptr == nullptr) return cudaSuccess;
+  auto it = allocations().find(ptr);
+  if (it == allocations().end()) return cudaErrorInvalidValue;
+  if (it->second.pool != nullptr) it->second.pool->used -= it->second.size;
+  allocations().erase(it);
+  std::free(ptr);
+  return cudaSuccess;
+}
+
+/// A point where other threads may run first: under a random schedule, a slow thread (half of
+/// them, drawn per block) yields here one time in four and runs on in a later sweep, so that
+/// threads also interleave within a barrier interval, not only between their waits, while the fast
+/// ones still run their intervals at once. The vector loads and stores call it.
+inline void maybe_yield(const char* where) {
+  block_run* const run = active();
+  if (run == nullptr || !self().slow) return;
+  if ((splitmix64(schedule().state) & 3) != 0) return;
+  fiber& f = self();
+  f.wait_generation = nullptr;  // runnable
+  f.waiting_at = where;
+  swapcontext(&f.context, &run->scheduler);
+}
+
+/// Every vector access of the kernels: aligned, and a point where other threads may run first.
 inline void check_aligned(const void* p, std::size_t align, const char* file, int line) {
   if (reinterpret_cast<std::uintptr_t>(p) % align != 0) {
     std::fprintf(stderr, "lnorm CUDA emulator: %zu-byte access at %p not aligned (%s:%d)\n", align, p, file, line);
     std::abort();
   }
+  maybe_yield("a vector access");
 }
 
 inline const uint3& thread_idx() { return self().thread; }
@@ -267,21 +480,61 @@ inline void __syncthreads() {
   lnorm::cuda::emulator::wait(lnorm::cuda::emulator::active()->block_barrier, "__syncthreads");
 }
 
+// Shuffles: a lane's source outside its segment of `width` lanes gives the lane its own value.
 template <class V>
 V __shfl_xor_sync(unsigned mask, V v, int lane_mask, int width = 32) {
-  static_assert(sizeof(V) <= 8, "shuffles move at most 8 bytes");
-  std::uint64_t bits = 0;
-  std::memcpy(&bits, &v, sizeof(V));
-  bits = lnorm::cuda::emulator::warp_exchange(
-      mask, bits,
-      [&](const std::uint64_t* slots, int lane) {
-        const int src = lane ^ lane_mask;
-        return slots[(src & ~(width - 1)) == (lane & ~(width - 1)) ? src : lane];
+  return lnorm::cuda::emulator::shuffle(mask, v, width, [&](int lane) {
+    const int src = lane ^ lane_mask;
+    return (src & ~(width - 1)) == (lane & ~(width - 1)) ? src : -1;
+  }, "__shfl_xor_sync");
+}
+
+/// v of lane src_lane (modulo width) of this lane's segment.
+template <class V>
+V __shfl_sync(unsigned mask, V v, int src_lane, int width = 32) {
+  return lnorm::cuda::emulator::shuffle(mask, v, width, [&](int lane) {
+    return (lane & ~(width - 1)) + (src_lane & (width - 1));
+  }, "__shfl_sync");
+}
+
+/// v of lane - delta of this lane's segment.
+template <class V>
+V __shfl_up_sync(unsigned mask, V v, unsigned delta, int width = 32) {
+  return lnorm::cuda::emulator::shuffle(mask, v, width, [&](int lane) {
+    const int src = lane - static_cast<int>(delta);
+    return src >= (lane & ~(width - 1)) ? src : -1;
+  }, "__shfl_up_sync");
+}
+
+/// v of lane + delta of this lane's segment.
+template <class V>
+V __shfl_down_sync(unsigned mask, V v, unsigned delta, int width = 32) {
+  return lnorm::cuda::emulator::shuffle(mask, v, width, [&](int lane) {
+    const int src = lane + static_cast<int>(delta);
+    return src < (lane & ~(width - 1)) + width ? src : -1;
+  }, "__shfl_down_sync");
+}
+
+inline int __all_sync(unsigned mask, int predicate) {
+  return static_cast<int>(lnorm::cuda::emulator::warp_exchange(
+      mask, predicate != 0,
+      [](const std::uint64_t* slots, int) {
+        std::uint64_t all = 1;
+        for (int i = 0; i < 32; ++i) all &= slots[i];
+        return all;
       },
-      "__shfl_xor_sync");
-  V out;
-  std::memcpy(&out, &bits, sizeof(V));
-  return out;
+      "__all_sync"));
+}
+
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+  return static_cast<unsigned>(lnorm::cuda::emulator::warp_exchange(
+      mask, predicate != 0,
+      [](const std::uint64_t* slots, int) {
+        std::uint64_t bits = 0;
+        for (int i = 0; i < 32; ++i) bits |= slots[i] << i;
+        return bits;
+      },
+      "__ballot_sync"));
 }
 
 inline int __any_sync(unsigned mask, int predicate) {
@@ -313,12 +566,13 @@ cudaError_t cudaSetDevice(int device) {
   return cudaSuccess;
 }
 cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int device) {
+  if (device < 0 || device > 1) return cudaErrorInvalidDevice;
   const lnorm::cuda::emulator::device_model& m = lnorm::cuda::emulator::model(device);
   switch (attr) {
     case cudaDevAttrMultiProcessorCount: *value = m.sms; return cudaSuccess;
     case cudaDevAttrMaxThreadsPerMultiProcessor: *value = m.max_threads_per_sm; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = m.smem_per_block_optin; return cudaSuccess;
-    case cudaDevAttrMemoryPoolsSupported: *value = 1; return cudaSuccess;
+    case cudaDevAttrMemoryPoolsSupported: *value = lnorm::cuda::emulator::pools_supported(device); return cudaSuccess;
     default: return cudaErrorInvalidValue;
   }
 }
@@ -351,28 +605,96 @@ const char* cudaGetErrorString(cudaError_t error) {
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorLaunchFailure: return "unspecified launch failure (emulator: deadlock)";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorNotSupported: return "operation not supported";
     default: return "emulated CUDA error";
   }
 }
-cudaError_t cudaMalloc(void** ptr, size_t size) {
-  *ptr = std::malloc(size ? size : 1);
-  if (*ptr != nullptr) std::memset(*ptr, 0xAB, size);  // not zero: a kernel must not rely on it
-  return *ptr ? cudaSuccess : cudaErrorMemoryAllocation;
+cudaError_t cudaMalloc(void** ptr, size_t size) { return lnorm::cuda::emulator::allocate(ptr, size, nullptr); }
+cudaError_t cudaFree(void* ptr) { return lnorm::cuda::emulator::release(ptr); }
+// Stream-ordered allocation: from the current device's default pool. (A GPU without pool support
+// refuses cudaMallocAsync; here it works on device 1 too, from no pool, as lnorm's callers use it.)
+cudaError_t cudaMallocAsync(void** ptr, size_t size, cudaStream_t) {
+  return lnorm::cuda::emulator::allocate(ptr, size,
+                                         lnorm::cuda::emulator::default_pool(lnorm::cuda::emulator::current_device()));
 }
-cudaError_t cudaFree(void* ptr) {
-  std::free(ptr);
+cudaError_t cudaMallocFromPoolAsync(void** ptr, size_t size, cudaMemPool_t memPool, cudaStream_t) {
+  lnorm::cuda::emulator::mem_pool* pool = lnorm::cuda::emulator::pool_of(memPool);
+  if (pool == nullptr || pool->destroyed) return cudaErrorInvalidValue;
+  return lnorm::cuda::emulator::allocate(ptr, size, pool);
+}
+cudaError_t cudaFreeAsync(void* ptr, cudaStream_t) { return lnorm::cuda::emulator::release(ptr); }
+cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* memPool, int device) {
+  if (device < 0 || device > 1) return cudaErrorInvalidDevice;
+  if (!lnorm::cuda::emulator::pools_supported(device)) return cudaErrorNotSupported;
+  *memPool = lnorm::cuda::emulator::handle_of(lnorm::cuda::emulator::default_pool(device));
   return cudaSuccess;
 }
-cudaError_t cudaMallocAsync(void** ptr, size_t size, cudaStream_t) { return cudaMalloc(ptr, size); }
-cudaError_t cudaMemPoolCreate(cudaMemPool_t* pool, const cudaMemPoolProps*) {
-  static int handle;
-  *pool = reinterpret_cast<cudaMemPool_t>(&handle);
+cudaError_t cudaDeviceGetMemPool(cudaMemPool_t* memPool, int device) { return cudaDeviceGetDefaultMemPool(memPool, device); }
+cudaError_t cudaMemPoolCreate(cudaMemPool_t* memPool, const struct cudaMemPoolProps* poolProps) {
+  if (memPool == nullptr || poolProps == nullptr || poolProps->allocType != cudaMemAllocationTypePinned ||
+      poolProps->location.type != cudaMemLocationTypeDevice)
+    return cudaErrorInvalidValue;
+  const int device = poolProps->location.id;
+  if (device < 0 || device > 1) return cudaErrorInvalidDevice;
+  if (!lnorm::cuda::emulator::pools_supported(device)) return cudaErrorNotSupported;
+  // Never freed: a destroyed pool's handle stays recognizably destroyed.
+  *memPool = lnorm::cuda::emulator::handle_of(new lnorm::cuda::emulator::mem_pool{device, false, 0, 0, 0});
   return cudaSuccess;
 }
-cudaError_t cudaMemPoolDestroy(cudaMemPool_t) { return cudaSuccess; }
-cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, enum cudaMemPoolAttr, void*) { return cudaSuccess; }
-cudaError_t cudaMallocFromPoolAsync(void** ptr, size_t size, cudaMemPool_t, cudaStream_t) { return cudaMalloc(ptr, size); }
-cudaError_t cudaFreeAsync(void* ptr, cudaStream_t) { return cudaFree(ptr); }
+cudaError_t cudaMemPoolDestroy(cudaMemPool_t memPool) {
+  lnorm::cuda::emulator::mem_pool* pool = lnorm::cuda::emulator::pool_of(memPool);
+  if (pool == nullptr || pool->destroyed || pool == lnorm::cuda::emulator::default_pool(pool->device))
+    return cudaErrorInvalidValue;
+  pool->destroyed = true;  // its live allocations stay valid until freed, as on a GPU
+  return cudaSuccess;
+}
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t memPool, enum cudaMemPoolAttr attr, void* value) {
+  lnorm::cuda::emulator::mem_pool* pool = lnorm::cuda::emulator::pool_of(memPool);
+  if (pool == nullptr || pool->destroyed || value == nullptr) return cudaErrorInvalidValue;
+  switch (attr) {
+    case cudaMemPoolReuseFollowEventDependencies:
+    case cudaMemPoolReuseAllowOpportunistic:
+    case cudaMemPoolReuseAllowInternalDependencies:
+      return cudaSuccess;  // (int) no reuse to steer here
+    case cudaMemPoolAttrReleaseThreshold:
+      std::memcpy(&pool->release_threshold, value, sizeof(std::uint64_t));
+      return cudaSuccess;
+    case cudaMemPoolAttrReservedMemHigh:
+    case cudaMemPoolAttrUsedMemHigh: {  // may only be reset to zero
+      std::uint64_t v = 0;
+      std::memcpy(&v, value, sizeof v);
+      if (v != 0) return cudaErrorInvalidValue;
+      pool->used_high = pool->used;
+      return cudaSuccess;
+    }
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t memPool, enum cudaMemPoolAttr attr, void* value) {
+  lnorm::cuda::emulator::mem_pool* pool = lnorm::cuda::emulator::pool_of(memPool);
+  if (pool == nullptr || pool->destroyed || value == nullptr) return cudaErrorInvalidValue;
+  std::uint64_t v = 0;
+  switch (attr) {
+    case cudaMemPoolReuseFollowEventDependencies:
+    case cudaMemPoolReuseAllowOpportunistic:
+    case cudaMemPoolReuseAllowInternalDependencies: {
+      const int on = 1;
+      std::memcpy(value, &on, sizeof on);
+      return cudaSuccess;
+    }
+    case cudaMemPoolAttrReleaseThreshold: v = pool->release_threshold; break;
+    case cudaMemPoolAttrReservedMemCurrent:  // nothing held beyond what is in use
+    case cudaMemPoolAttrUsedMemCurrent: v = pool->used; break;
+    case cudaMemPoolAttrReservedMemHigh:
+    case cudaMemPoolAttrUsedMemHigh: v = pool->used_high; break;
+    default: return cudaErrorInvalidValue;
+  }
+  std::memcpy(value, &v, sizeof v);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpyKind) {
   std::memcpy(dst, src, count);
   return cudaSuccess;

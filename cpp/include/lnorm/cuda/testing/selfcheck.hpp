@@ -8,8 +8,16 @@
 //   #include <lnorm/cuda/testing/selfcheck.hpp>
 //   int main(int argc, char** argv) { return lnorm::cuda::testing::selfcheck_main(argc, argv); }
 //
+// The forward also runs in place, with the outputs the API lets alias an input (y = x; in the fused
+// add s = x or residual, y = x or residual, s and y never the same), on every tier; every call is
+// checked not to write between rows.
+//
 // Arguments: --quick (fewer cases: what the emulator can run in a minute), --filter TEXT (cases
-// whose name contains TEXT), --list. Prints one line per failed case and "N passed, M failed".
+// whose name contains TEXT), --list, --seed N (under the emulator: the schedule of its threads and
+// blocks; 0, the default, the fixed order, "reversed" the reverse order, any other number a random
+// order, each case's from N and its name, so --seed N --filter NAME replays one case; without
+// --seed, LNORM_EMULATOR_SEED's). Prints the seed, up to three mismatches and a summary line per
+// failed case, "FAILED name" for each at the end, and "N passed, M failed".
 #pragma once
 
 #include <lnorm/cuda/norm.cuh>
@@ -20,6 +28,7 @@
 #include <cstring>
 #include <algorithm>
 #include <functional>
+#include <iterator>
 #include <limits>
 #include <random>
 #include <string>
@@ -38,6 +47,19 @@ inline const char* op_name(op o) {
 
 enum class special { none, nan_row, inf_row, huge_row, constant_row };
 
+/// Outputs of the forward that are an input (in place), as the API allows: y may be x; in the fused
+/// add, s and y may each be x or residual, never the same array.
+enum class alias { none, y_is_x, s_is_x, s_is_residual, y_is_residual, s_is_x_y_is_residual, s_is_residual_y_is_x };
+
+inline const char* alias_name(alias a) {
+  static const char* names[] = {"", "/y=x", "/s=x", "/s=res", "/y=res", "/s=x,y=res", "/s=res,y=x"};
+  return names[static_cast<int>(a)];
+}
+inline bool y_is_x(alias a) { return a == alias::y_is_x || a == alias::s_is_residual_y_is_x; }
+inline bool y_is_residual(alias a) { return a == alias::y_is_residual || a == alias::s_is_x_y_is_residual; }
+inline bool s_is_x(alias a) { return a == alias::s_is_x || a == alias::s_is_x_y_is_residual; }
+inline bool s_is_residual(alias a) { return a == alias::s_is_residual || a == alias::s_is_residual_y_is_x; }
+
 /// One checked call.
 struct case_spec {
   op what = op::layer_norm;
@@ -53,11 +75,12 @@ struct case_spec {
   bool weight = true, bias = true, bias_in = false, stats = true;
   double eps = 1e-5;
   int device = 0;
+  alias in_place = alias::none;  // the forward only; y_offset 0 where y is an input
 
   std::string name() const {
     static const char* types[] = {"f32", "f64", "f16", "bf16"};
     char buf[256];
-    std::snprintf(buf, sizeof buf, "%s/%s%s/%lldx%lld/pad%lld/off%d%s/mean%g/%s%s%s%s%s/eps%g/dev%d", op_name(what),
+    std::snprintf(buf, sizeof buf, "%s/%s%s/%lldx%lld/pad%lld/off%d%s/mean%g/%s%s%s%s%s/eps%g/dev%d%s", op_name(what),
                   types[dtype], w_float && dtype != 0 ? "+f32w" : "", static_cast<long long>(rows),
                   static_cast<long long>(cols), static_cast<long long>(pad), offset, y_offset ? "+y1" : "", mean,
                   extra == special::nan_row        ? "nan"
@@ -65,7 +88,8 @@ struct case_spec {
                   : extra == special::huge_row     ? "huge"
                   : extra == special::constant_row ? "const"
                                                    : "-",
-                  weight ? "w" : "", bias ? "b" : "", bias_in ? "i" : "", stats ? "s" : "", eps, device);
+                  weight ? "w" : "", bias ? "b" : "", bias_in ? "i" : "", stats ? "s" : "", eps, device,
+                  alias_name(in_place));
     return buf;
   }
 };
@@ -119,22 +143,61 @@ class buffer {
   void* raw_ = nullptr;
 };
 
-/// Records mismatches; reports the first few.
+/// n elements of device memory at p.
+template <class U>
+std::vector<U> download(const U* p, std::size_t n) {
+  std::vector<U> host(n);
+  if (n > 0) cudaMemcpy(host.data(), p, n * sizeof(U), cudaMemcpyDeviceToHost);
+  return host;
+}
+
+/// Records mismatches; reports the first few, and on finish() their count and the largest error.
 struct verdict {
   std::string name;
   int shown = 0;
   bool ok = true;
+  std::int64_t count = 0;
+  double worst = -1;  // |got - want|, infinity where one of them is NaN
+  std::string worst_at = "";
   void fail(const char* what, std::int64_t r, std::int64_t c, double got, double want) {
     ok = false;
+    ++count;
     if (shown++ < 3)
       std::printf("FAIL %s: %s[%lld][%lld] = %.9g, expected %.9g\n", name.c_str(), what, static_cast<long long>(r),
                   static_cast<long long>(c), got, want);
+    const double err = std::isnan(got) != std::isnan(want) ? std::numeric_limits<double>::infinity()
+                                                           : std::fabs(got - want);
+    if (err > worst || worst_at.empty()) {
+      char buf[160];
+      std::snprintf(buf, sizeof buf, "%s[%lld][%lld] = %.9g, expected %.9g", what, static_cast<long long>(r),
+                    static_cast<long long>(c), got, want);
+      worst = err;
+      worst_at = buf;
+    }
   }
   void check(const char* what, std::int64_t r, std::int64_t c, double got, double want, double tol) {
     const bool both_nan = std::isnan(got) && std::isnan(want);
     if (!both_nan && !(std::fabs(got - want) <= tol)) fail(what, r, c, got, want);
   }
+  bool finish() const {
+    if (!ok && count > 0)
+      std::printf("FAIL %s: %lld mismatches, largest |error| %.3g at %s\n", name.c_str(), static_cast<long long>(count),
+                  worst, worst_at.c_str());
+    return ok;
+  }
 };
+
+/// The elements between rows (row stride ld > cols) of an output: as they were before the call.
+template <class U>
+void check_between_rows(verdict& v, const char* what, const std::vector<U>& before, const std::vector<U>& after,
+                        std::int64_t rows, std::int64_t cols, std::int64_t ld) {
+  for (std::int64_t r = 0; r + 1 < rows; ++r)
+    for (std::int64_t c = cols; c < ld; ++c) {
+      const std::size_t i = static_cast<std::size_t>(r * ld + c);
+      if (std::memcmp(&before[i], &after[i], sizeof(U)) != 0)
+        v.fail(what, r, c, from_elem(after[i]), from_elem(before[i]));
+    }
+}
 
 template <class T, class W>
 bool run_case(const case_spec& cs) {
@@ -224,10 +287,20 @@ bool run_case(const case_spec& cs) {
   const W* bi = cs.bias_in ? bi_buf.get() : nullptr;
   S* m_out = cs.stats && !rms ? mean_buf.get() : nullptr;
   S* r_out = cs.stats ? rstd_buf.get() : nullptr;
-  T* y = y_buf.get();
+  // The outputs, in place where the case says so (the expected values come from the host's copies
+  // of the inputs).
+  const alias al = cs.in_place;
+  T* const y = y_is_x(al) ? x_buf.get() : y_is_residual(al) ? res_buf.get() : y_buf.get();
+  T* const s_out = s_is_x(al) ? x_buf.get() : s_is_residual(al) ? res_buf.get() : s_buf.get();
+  if ((al != alias::none && (backward || (cs.y_offset != 0 && (y_is_x(al) || y_is_residual(al))))) ||
+      (!add && al != alias::y_is_x && al != alias::none)) {
+    std::printf("FAIL %s: not a case the API allows\n", v.name.c_str());
+    return false;
+  }
 
   status st;
   if (!backward) {
+    const std::vector<T> y_before = download(y, span), s_before = add ? download(s_out, span) : std::vector<T>();
     switch (cs.what) {
       case op::layer_norm:
         st = layer_norm<T, W>(x_buf.get(), ld, y, ld, rows, cols, g, b, cs.eps, m_out, r_out);
@@ -236,11 +309,11 @@ bool run_case(const case_spec& cs) {
         st = rms_norm<T, W>(x_buf.get(), ld, y, ld, rows, cols, g, cs.eps, r_out);
         break;
       case op::add_layer_norm:
-        st = add_layer_norm<T, W>(x_buf.get(), ld, res_buf.get(), ld, bi, s_buf.get(), ld, y, ld, rows, cols, g, b,
+        st = add_layer_norm<T, W>(x_buf.get(), ld, res_buf.get(), ld, bi, s_out, ld, y, ld, rows, cols, g, b,
                                   cs.eps, m_out, r_out);
         break;
       default:
-        st = add_rms_norm<T, W>(x_buf.get(), ld, res_buf.get(), ld, bi, s_buf.get(), ld, y, ld, rows, cols, g, cs.eps,
+        st = add_rms_norm<T, W>(x_buf.get(), ld, res_buf.get(), ld, bi, s_out, ld, y, ld, rows, cols, g, cs.eps,
                                 r_out);
         break;
     }
@@ -249,8 +322,10 @@ bool run_case(const case_spec& cs) {
       std::printf("FAIL %s: %s\n", v.name.c_str(), st.message ? st.message : "error");
       return false;
     }
-    const std::vector<T> y_got = y_buf.download();
-    const std::vector<T> s_got = add ? s_buf.download() : std::vector<T>();
+    const std::vector<T> y_got = download(y, span);
+    const std::vector<T> s_got = add ? download(s_out, span) : std::vector<T>();
+    check_between_rows(v, "y (between rows)", y_before, y_got, rows, cols, ld);
+    if (add) check_between_rows(v, "s (between rows)", s_before, s_got, rows, cols, ld);
     const std::vector<S> m_got = m_out ? mean_buf.download() : std::vector<S>();
     const std::vector<S> r_got = r_out ? rstd_buf.download() : std::vector<S>();
     for (std::int64_t r = 0; r < rows; ++r) {
@@ -289,7 +364,7 @@ bool run_case(const case_spec& cs) {
         }
       }
     }
-    return v.ok;
+    return v.finish();
   }
 
   // Backward: statistics from the reference, rounded to S, are the forward's output here.
@@ -302,6 +377,7 @@ bool run_case(const case_spec& cs) {
   rstd_buf.upload(rstd_s);
   W* dg = cs.weight ? dg_buf.get() : nullptr;
   W* db = rms ? nullptr : db_buf.get();
+  const std::vector<T> dx_before = download(dx_buf.get(), span);
   if (rms) {
     st = rms_norm_backward<T, W>(dy_buf.get(), ld, x_buf.get(), ld, rstd_buf.get(), g, dx_buf.get(), ld, rows, cols,
                                  dg);
@@ -315,6 +391,7 @@ bool run_case(const case_spec& cs) {
     return false;
   }
   const std::vector<T> dx_got = dx_buf.download();
+  check_between_rows(v, "dx (between rows)", dx_before, dx_got, rows, cols, ld);
   std::vector<double> dg_ref(static_cast<std::size_t>(cols)), db_ref(dg_ref.size()), dg_abs(dg_ref.size()),
       db_abs(dg_ref.size());
   for (std::int64_t r = 0; r < rows; ++r) {
@@ -361,7 +438,23 @@ bool run_case(const case_spec& cs) {
         v.check("dbeta", 0, c, from_elem(got[static_cast<std::size_t>(c)]), db_ref[static_cast<std::size_t>(c)],
                 sum_tol * (2 + db_abs[static_cast<std::size_t>(c)]));
   }
-  return v.ok;
+  return v.finish();
+}
+
+/// The schedule seed of one case: 0 and reversed as they are; another seed mixed with the case's
+/// name (FNV-1a, the same on every platform), so that a case replays alone (--filter).
+inline std::uint64_t case_seed(std::uint64_t seed, const std::string& name) {
+#if defined(LNORM_CUDA_EMULATE)
+  if (seed == 0 || seed == emulator::kReversedSchedule) return seed;
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (const char c : name) h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ull;
+  std::uint64_t state = seed ^ h;
+  const std::uint64_t mixed = emulator::splitmix64(state);
+  return mixed == 0 || mixed == emulator::kReversedSchedule ? 1 : mixed;
+#else
+  (void)name;
+  return seed;
+#endif
 }
 
 inline bool run(const case_spec& cs) {
@@ -453,6 +546,49 @@ inline std::vector<case_spec> cases(bool quick) {
       }
     }
   }
+  // In place: every aliasing the API allows, on every tier of plan_forward: several rows per warp
+  // (64, 100), one row per block (512 and up: two warps and more per row), the rest of the row in
+  // shared memory (10000, 20000 on device 0), and split over blocks (10000, 20000 on device 1,
+  // which has 3 KiB of shared memory; 3000 there is still one row per block).
+  const struct {
+    std::int64_t cols;
+    int device;
+  } tiers[] = {{64, 0},    {100, 0},   {512, 0},   {768, 0},   {1000, 0},  {4099, 0},
+               {10000, 0}, {20000, 0}, {3000, 1},  {10000, 1}, {20000, 1}};
+  const alias plain[] = {alias::y_is_x};
+  const alias fused[] = {alias::y_is_x,        alias::s_is_x,           alias::s_is_residual,
+                         alias::y_is_residual, alias::s_is_x_y_is_residual, alias::s_is_residual_y_is_x};
+  for (int t = 0; t < static_cast<int>(std::size(tiers)); ++t) {
+    int i = 0;  // the case within the tier: with t, turns the options (every option across the tiers)
+    for (op o : {op::layer_norm, op::rms_norm, op::add_layer_norm, op::add_rms_norm}) {
+      const bool add = o == op::add_layer_norm || o == op::add_rms_norm;
+      for (alias al : add ? std::vector<alias>(std::begin(fused), std::end(fused))
+                          : std::vector<alias>(std::begin(plain), std::end(plain))) {
+        for (int k = 0; k < (quick ? 1 : 3); ++k) {
+          case_spec cs;
+          cs.what = o;
+          cs.in_place = al;
+          const int pair = (i + 3 * t + 2 * k) % 7;  // the (type, weight) pairs, as above
+          static const int dtype_of[] = {0, 1, 1, 2, 2, 3, 3};
+          cs.dtype = dtype_of[pair];
+          cs.w_float = pair == 2 || pair == 4 || pair == 6;
+          cs.cols = tiers[t].cols;
+          cs.device = tiers[t].device;
+          cs.rows = cs.cols < 512 ? 37 : (cs.cols < 10000 ? 5 : 3);
+          const int turn = i + t + k;
+          cs.pad = (i + 2 * t + k) % 3 == 0 ? 0 : ((i + 2 * t + k) % 3 == 1 ? 8 : 3);
+          cs.offset = turn % 5 == 4 ? 1 : 0;
+          cs.y_offset = !y_is_x(al) && !y_is_residual(al) && turn % 2 == 0 ? 1 : 0;
+          cs.bias_in = turn % 2 == 1;
+          cs.weight = (i + 3 * t) % 4 != 3;
+          cs.stats = turn % 7 != 6;
+          cs.mean = turn % 3 == 2 ? 10 : 0;  // a shift that matters: x[row, 0] far from 0
+          out.push_back(cs);
+        }
+        ++i;
+      }
+    }
+  }
   // Empty batches.
   for (op o : ops) {
     case_spec cs;
@@ -469,13 +605,35 @@ inline std::vector<case_spec> cases(bool quick) {
 inline int selfcheck_main(int argc, char** argv) {
   bool quick = false, list = false;
   std::string filter;
+  const char* seed_text = nullptr;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--quick") quick = true;
     else if (arg == "--list") list = true;
     else if (arg == "--filter" && i + 1 < argc) filter = argv[++i];
+    else if (arg == "--seed" && i + 1 < argc) seed_text = argv[++i];
+    else {
+      std::fprintf(stderr, "unknown argument \"%s\" (--quick, --list, --filter TEXT, --seed N|reversed)\n", arg.c_str());
+      return 2;
+    }
   }
+#if defined(LNORM_CUDA_EMULATE)
+  std::uint64_t seed = emulator::schedule_seed();  // LNORM_EMULATOR_SEED's, or 0
+  if (seed_text != nullptr && !emulator::parse_schedule_seed(seed_text, seed)) {
+    std::fprintf(stderr, "--seed: expected a number (0: the fixed order) or \"reversed\", got \"%s\"\n", seed_text);
+    return 2;
+  }
+  if (!list) {
+    if (seed == emulator::kReversedSchedule) std::printf("schedule seed: reversed (threads and blocks in reverse order)\n");
+    else if (seed == 0) std::printf("schedule seed: 0 (the fixed order)\n");
+    else std::printf("schedule seed: %llu (a random order per case, from the seed and the case's name)\n",
+                     static_cast<unsigned long long>(seed));
+  }
+#else
+  if (seed_text != nullptr && !list) std::printf("schedule seed: ignored (a GPU schedules its own threads)\n");
+#endif
   int passed = 0, failed = 0;
+  std::vector<std::string> failures;
   for (const case_spec& cs : detail::cases(quick)) {
     const std::string name = cs.name();
     if (!filter.empty() && name.find(filter) == std::string::npos) continue;
@@ -483,9 +641,15 @@ inline int selfcheck_main(int argc, char** argv) {
       std::printf("%s\n", name.c_str());
       continue;
     }
-    (detail::run(cs) ? passed : failed) += 1;
+#if defined(LNORM_CUDA_EMULATE)
+    emulator::set_schedule_seed(detail::case_seed(seed, name));
+#endif
+    const bool ok = detail::run(cs);
+    (ok ? passed : failed) += 1;
+    if (!ok) failures.push_back(name);
     std::fflush(stdout);
   }
+  for (const std::string& name : failures) std::printf("FAILED %s\n", name.c_str());
   std::printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }
