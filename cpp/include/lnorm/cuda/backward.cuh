@@ -347,7 +347,7 @@ __global__ void __launch_bounds__(256) reduce_partials_kernel(const C* const dg_
                                                               const C* const db_partial, W* const db,
                                                               const int partial_rows, const int cols) {
   constexpr int kRowsPerBlock = 8;
-  __shared__ C tile[2][kRowsPerBlock][kWarp + 1];
+  __shared__ C tile[2][kRowsPerBlock][kWarp];  // row-wise writes and reads: no bank conflict, no padding
   const int tx = static_cast<int>(threadIdx.x), ty = static_cast<int>(threadIdx.y);
   const int c = static_cast<int>(blockIdx.x) * kWarp + tx;
   C s[2] = {C(0), C(0)};

@@ -177,7 +177,7 @@ struct verdict {
   }
   void check(const char* what, std::int64_t r, std::int64_t c, double got, double want, double tol) {
     const bool both_nan = std::isnan(got) && std::isnan(want);
-    if (!both_nan && !(std::fabs(got - want) <= tol)) fail(what, r, c, got, want);
+    if (!both_nan && got != want && !(std::fabs(got - want) <= tol)) fail(what, r, c, got, want);  // Inf == Inf
   }
   bool finish() const {
     if (!ok && count > 0)
@@ -298,25 +298,52 @@ bool run_case(const case_spec& cs) {
     return false;
   }
 
+  // A device without memory pools gets the workspace the size query names (the calls refuse to run
+  // without one there: checked first); a device with pools lets the calls take it from lnorm's pool.
+  int pools = 1;
+  if (cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, cs.device) != cudaSuccess) pools = 1;
+  std::size_t ws_bytes = 0;
+  const status sized = backward ? backward_workspace_size<T>(rows, cols, cs.weight, !rms, ws_bytes)
+                                : forward_workspace_size<T>(rows, cols, ws_bytes);
+  if (!sized) {
+    std::printf("FAIL %s: %s\n", v.name.c_str(), sized.message ? sized.message : "workspace size");
+    return false;
+  }
+  buffer<unsigned char> ws_buf(pools ? 0 : ws_bytes, 0);
+  void* const ws = pools || ws_bytes == 0 ? nullptr : ws_buf.get();
+  const std::size_t ws_given = ws == nullptr ? 0 : ws_bytes;
+
   status st;
   if (!backward) {
     const std::vector<T> y_before = download(y, span), s_before = add ? download(s_out, span) : std::vector<T>();
-    switch (cs.what) {
-      case op::layer_norm:
-        st = layer_norm<T, W>(x_buf.get(), ld, y, ld, rows, cols, g, b, cs.eps, m_out, r_out);
-        break;
-      case op::rms_norm:
-        st = rms_norm<T, W>(x_buf.get(), ld, y, ld, rows, cols, g, cs.eps, r_out);
-        break;
-      case op::add_layer_norm:
-        st = add_layer_norm<T, W>(x_buf.get(), ld, res_buf.get(), ld, bi, s_out, ld, y, ld, rows, cols, g, b,
-                                  cs.eps, m_out, r_out);
-        break;
-      default:
-        st = add_rms_norm<T, W>(x_buf.get(), ld, res_buf.get(), ld, bi, s_out, ld, y, ld, rows, cols, g, cs.eps,
-                                r_out);
-        break;
+    auto call = [&](void* work, std::size_t work_bytes) -> status {
+      switch (cs.what) {
+        case op::layer_norm:
+          return layer_norm<T, W>(x_buf.get(), ld, y, ld, rows, cols, g, b, cs.eps, m_out, r_out, nullptr, work,
+                                  work_bytes);
+        case op::rms_norm:
+          return rms_norm<T, W>(x_buf.get(), ld, y, ld, rows, cols, g, cs.eps, r_out, nullptr, work, work_bytes);
+        case op::add_layer_norm:
+          return add_layer_norm<T, W>(x_buf.get(), ld, res_buf.get(), ld, bi, s_out, ld, y, ld, rows, cols, g, b,
+                                      cs.eps, m_out, r_out, nullptr, work, work_bytes);
+        default:
+          return add_rms_norm<T, W>(x_buf.get(), ld, res_buf.get(), ld, bi, s_out, ld, y, ld, rows, cols, g, cs.eps,
+                                    r_out, nullptr, work, work_bytes);
+      }
+    };
+    // Without the workspace: refused (the call's plan needs one) or run (the size query bounds every
+    // plan the pointers may choose; this call's needs none), never anything else. Not in place: a
+    // second run would see its own output.
+    if (ws != nullptr && al == alias::none) {
+      const status without = call(nullptr, 0);
+      cudaDeviceSynchronize();
+      if (!without && (without.message == nullptr ||
+                       std::strncmp(without.message, "workspace: this device has no", 29) != 0)) {
+        std::printf("FAIL %s: without a workspace: %s\n", v.name.c_str(), without.message ? without.message : "?");
+        v.ok = false;
+      }
     }
+    st = call(ws, ws_given);
     cudaDeviceSynchronize();
     if (!st) {
       std::printf("FAIL %s: %s\n", v.name.c_str(), st.message ? st.message : "error");
@@ -335,9 +362,9 @@ bool run_case(const case_spec& cs) {
         const std::size_t i = static_cast<std::size_t>(r * ld + c);
         if (add && std::memcmp(&s_got[i], &s_expected[i], sizeof(T)) != 0)
           v.fail("s", r, c, from_elem(s_got[i]), from_elem(s_expected[i]));
-        const double xhat =
-            ((in[static_cast<std::size_t>(r * cols + c)] - shift_ref[static_cast<std::size_t>(r)]) -
-             offset_ref[static_cast<std::size_t>(r)]) * rr;
+        const double dev = (in[static_cast<std::size_t>(r * cols + c)] - shift_ref[static_cast<std::size_t>(r)]) -
+                           offset_ref[static_cast<std::size_t>(r)];
+        const double xhat = dev == 0 ? 0.0 : dev * rr;  // a constant row with eps = 0: rstd Inf, applied as 0
         const double gw = g ? from_elem(gamma[static_cast<std::size_t>(c)]) : 1.0;
         const double bw = b ? from_elem(beta[static_cast<std::size_t>(c)]) : 0.0;
         const double want = poisoned ? std::nan("") : xhat * gw + bw;
@@ -378,13 +405,24 @@ bool run_case(const case_spec& cs) {
   W* dg = cs.weight ? dg_buf.get() : nullptr;
   W* db = rms ? nullptr : db_buf.get();
   const std::vector<T> dx_before = download(dx_buf.get(), span);
-  if (rms) {
-    st = rms_norm_backward<T, W>(dy_buf.get(), ld, x_buf.get(), ld, rstd_buf.get(), g, dx_buf.get(), ld, rows, cols,
-                                 dg);
-  } else {
-    st = layer_norm_backward<T, W>(dy_buf.get(), ld, x_buf.get(), ld, mean_buf.get(), rstd_buf.get(), g, dx_buf.get(),
-                                   ld, rows, cols, dg, db);
+  auto call = [&](void* work, std::size_t work_bytes) -> status {
+    if (rms) {
+      return rms_norm_backward<T, W>(dy_buf.get(), ld, x_buf.get(), ld, rstd_buf.get(), g, dx_buf.get(), ld, rows,
+                                     cols, dg, nullptr, work, work_bytes);
+    }
+    return layer_norm_backward<T, W>(dy_buf.get(), ld, x_buf.get(), ld, mean_buf.get(), rstd_buf.get(), g,
+                                     dx_buf.get(), ld, rows, cols, dg, db, nullptr, work, work_bytes);
+  };
+  if (ws != nullptr) {  // without the workspace: refused or run, as for the forward
+    const status without = call(nullptr, 0);
+    cudaDeviceSynchronize();
+    if (!without &&
+        (without.message == nullptr || std::strncmp(without.message, "workspace: this device has no", 29) != 0)) {
+      std::printf("FAIL %s: without a workspace: %s\n", v.name.c_str(), without.message ? without.message : "?");
+      v.ok = false;
+    }
   }
+  st = call(ws, ws_given);
   cudaDeviceSynchronize();
   if (!st) {
     std::printf("FAIL %s: %s\n", v.name.c_str(), st.message ? st.message : "error");
@@ -539,6 +577,10 @@ inline std::vector<case_spec> cases(bool quick) {
         if (o == op::layer_norm) {
           cs.extra = special::constant_row;  // mean exactly the value, var exactly 0: y exactly bias
           out.push_back(cs);
+          const double eps = cs.eps;
+          cs.eps = 0.0;  // var + eps exactly 0: rstd reported Inf, applied as 0, y still exactly bias
+          out.push_back(cs);
+          cs.eps = eps;
         }
         cs.extra = special::none;
         cs.eps = cols == 77 ? 0.0 : 10.0;
