@@ -691,7 +691,7 @@ def section(rows: List[KernelRow], argv: Sequence[str], archs: Sequence[str], se
         f"({version}, {', '.join(archs)}, commit {commit.stdout.strip() or '?'}; nvcc took {seconds:.0f} s): "
         "static counts from `ptxas -v` and `cuobjdump -sass`, no GPU involved. **row loop**: the SASS "
         "instructions of the kernel's largest loop (a natural loop of its control-flow graph), each counted once: both "
-        "norms' paths where the kernel takes `rms` at run time (as today's do), cold paths too (overflow re-pass, rows "
+        "norms' paths where the kernel takes `rms` at run time (the backward's; the forward row kernels are compiled per norm and fused add), cold paths too (overflow re-pass, rows "
         "longer than the registers hold, partial packs), so it overstates what one iteration executes; "
         "**inner**: those of them inside nested loops. **B/thread/iter**: bytes one thread reads+writes per "
         "row iteration (ITEMS x sizeof(T) per array: forward x, y; backward x, dy, dx). **issue bound**: "
