@@ -316,21 +316,37 @@ bool run_case(const case_spec& cs) {
   status st;
   if (!backward) {
     const std::vector<T> y_before = download(y, span), s_before = add ? download(s_out, span) : std::vector<T>();
-    auto call = [&](void* work, std::size_t work_bytes) -> status {
+    auto call_into = [&](T* yy, T* ss, void* work, std::size_t work_bytes) -> status {
       switch (cs.what) {
         case op::layer_norm:
-          return layer_norm<T, W>(x_buf.get(), ld, y, ld, rows, cols, g, b, cs.eps, m_out, r_out, nullptr, work,
+          return layer_norm<T, W>(x_buf.get(), ld, yy, ld, rows, cols, g, b, cs.eps, m_out, r_out, nullptr, work,
                                   work_bytes);
         case op::rms_norm:
-          return rms_norm<T, W>(x_buf.get(), ld, y, ld, rows, cols, g, cs.eps, r_out, nullptr, work, work_bytes);
+          return rms_norm<T, W>(x_buf.get(), ld, yy, ld, rows, cols, g, cs.eps, r_out, nullptr, work, work_bytes);
         case op::add_layer_norm:
-          return add_layer_norm<T, W>(x_buf.get(), ld, res_buf.get(), ld, bi, s_out, ld, y, ld, rows, cols, g, b,
+          return add_layer_norm<T, W>(x_buf.get(), ld, res_buf.get(), ld, bi, ss, ld, yy, ld, rows, cols, g, b,
                                       cs.eps, m_out, r_out, nullptr, work, work_bytes);
         default:
-          return add_rms_norm<T, W>(x_buf.get(), ld, res_buf.get(), ld, bi, s_out, ld, y, ld, rows, cols, g, cs.eps,
+          return add_rms_norm<T, W>(x_buf.get(), ld, res_buf.get(), ld, bi, ss, ld, yy, ld, rows, cols, g, cs.eps,
                                     r_out, nullptr, work, work_bytes);
       }
     };
+    auto call = [&](void* work, std::size_t work_bytes) { return call_into(y, s_out, work, work_bytes); };
+    // In place: the same call into separate outputs first; the in-place results must be its bits.
+    std::vector<T> y_plain, s_plain;
+    std::vector<S> m_plain, r_plain;
+    if (al != alias::none) {
+      const status plain = call_into(y_buf.get(), s_buf.get(), ws, ws_given);
+      cudaDeviceSynchronize();
+      if (!plain) {
+        std::printf("FAIL %s: %s\n", v.name.c_str(), plain.message ? plain.message : "error");
+        return false;
+      }
+      y_plain = y_buf.download();
+      if (add) s_plain = s_buf.download();
+      if (m_out) m_plain = mean_buf.download();
+      if (r_out) r_plain = rstd_buf.download();
+    }
     // Without the workspace: refused (the call's plan needs one) or run (the size query bounds every
     // plan the pointers may choose; this call's needs none), never anything else. Not in place: a
     // second run would see its own output.
@@ -355,6 +371,24 @@ bool run_case(const case_spec& cs) {
     if (add) check_between_rows(v, "s (between rows)", s_before, s_got, rows, cols, ld);
     const std::vector<S> m_got = m_out ? mean_buf.download() : std::vector<S>();
     const std::vector<S> r_got = r_out ? rstd_buf.download() : std::vector<S>();
+    if (al != alias::none) {
+      for (std::int64_t r = 0; r < rows; ++r) {
+        for (std::int64_t c = 0; c < cols; ++c) {
+          const std::size_t i = static_cast<std::size_t>(r * ld + c);
+          if (std::memcmp(&y_got[i], &y_plain[i], sizeof(T)) != 0)
+            v.fail("y in place (the bits of the call into separate outputs expected)", r, c, from_elem(y_got[i]),
+                   from_elem(y_plain[i]));
+          if (add && std::memcmp(&s_got[i], &s_plain[i], sizeof(T)) != 0)
+            v.fail("s in place (the bits of the call into separate outputs expected)", r, c, from_elem(s_got[i]),
+                   from_elem(s_plain[i]));
+        }
+        const std::size_t k = static_cast<std::size_t>(r);
+        if (m_out && std::memcmp(&m_got[k], &m_plain[k], sizeof(S)) != 0)
+          v.fail("mean in place (the bits of the call into separate outputs expected)", r, 0, m_got[k], m_plain[k]);
+        if (r_out && std::memcmp(&r_got[k], &r_plain[k], sizeof(S)) != 0)
+          v.fail("rstd in place (the bits of the call into separate outputs expected)", r, 0, r_got[k], r_plain[k]);
+      }
+    }
     for (std::int64_t r = 0; r < rows; ++r) {
       const bool poisoned = (cs.extra == special::nan_row || cs.extra == special::inf_row) && r == rows / 2;
       const double mr = mean_ref[static_cast<std::size_t>(r)], rr = rstd_ref[static_cast<std::size_t>(r)];
