@@ -98,34 +98,30 @@ __device__ __forceinline__ bool finite(C v) {
 
 /// 1/sqrt(v): the hardware's reciprocal square root on a GPU (rsqrtf: 2 ulp at most); correctly
 /// rounded under the emulator.
-__device__ __forceinline__ float inv_sqrt(float v) {
+template <class C>
+__device__ __forceinline__ C inv_sqrt(C v) {
 #if defined(LNORM_CUDA_EMULATE)
-  return 1.0f / std::sqrt(v);
+  return C(1) / std::sqrt(v);
 #else
-  return rsqrtf(v);
-#endif
-}
-__device__ __forceinline__ double inv_sqrt(double v) {
-#if defined(LNORM_CUDA_EMULATE)
-  return 1.0 / std::sqrt(v);
-#else
-  return rsqrt(v);
+  if constexpr (std::is_same_v<C, float>) {
+    return rsqrtf(v);
+  } else {
+    return rsqrt(v);
+  }
 #endif
 }
 
 /// a*b + c rounded once (the emulator computes the same bits as the GPU's fused multiply-add).
-__device__ __forceinline__ float fma(float a, float b, float c) {
+template <class C>
+__device__ __forceinline__ C fma(C a, C b, C c) {
 #if defined(LNORM_CUDA_EMULATE)
   return std::fma(a, b, c);
 #else
-  return fmaf(a, b, c);
-#endif
-}
-__device__ __forceinline__ double fma(double a, double b, double c) {
-#if defined(LNORM_CUDA_EMULATE)
-  return std::fma(a, b, c);
-#else
-  return ::fma(a, b, c);
+  if constexpr (std::is_same_v<C, float>) {
+    return fmaf(a, b, c);
+  } else {
+    return ::fma(a, b, c);
+  }
 #endif
 }
 
