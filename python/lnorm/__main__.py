@@ -109,16 +109,14 @@ def channel_check(rng) -> int:
                         y, mean, rstd = (lnorm.group_norm(xl, groups, w, b, return_stats=True) if op == "group"
                                          else lnorm.instance_norm(xl, w, b, return_stats=True))
                         xs, axes = x64.reshape(shape[0], groups, -1), (2,)
-                    m, v = xs.mean(axis=axes, keepdims=True), xs.var(axis=axes, keepdims=True)
-                    ref = ((xs - m) / np.sqrt(v + 1e-5)).reshape(shape) * w.reshape(bc) + b.reshape(bc)
+                    # The statistics' axes of xs, then the per-channel affine: LayerNorm's references.
+                    ref = _reference(xs, axes, None, None, 1e-5, False).reshape(shape) * w.reshape(bc) + b.reshape(bc)
                     ok = np.abs(y - ref).max() <= tol * (1 + np.abs(ref).max())
                     if op == "group":
                         dy = np.ones_like(x)
                         dx, _, _ = lnorm.group_norm_backward(dy, xl, mean, rstd, w, num_groups=groups)
-                        g = (dy.astype(np.float64) * w.reshape(bc)).reshape(xs.shape)
-                        xh = ((xs - m) / np.sqrt(v + 1e-5))
-                        dref = ((g - g.mean(axis=2, keepdims=True) - xh * (g * xh).mean(axis=2, keepdims=True))
-                                / np.sqrt(v + 1e-5)).reshape(shape)
+                        g = (dy.astype(np.float64) * w.reshape(bc)).reshape(xs.shape)  # dy * weight, grouped
+                        dref = _backward_reference(g, xs, None, axes, 1e-5, False).reshape(shape)
                         ok = ok and np.abs(dx - dref).max() <= tol * 10 * (1 + np.abs(dref).max())
                     checked += 1
                     if not ok:

@@ -218,8 +218,7 @@ class _ChannelNorm(_Module):
     def _finish_backward(self, dx, dweight, dbias, dy):
         self.weight_grad = dweight if self.weight is not None else None
         self.bias_grad = dbias if self.bias is not None else None
-        lib = _interop.library_of(dy)
-        return _interop.from_numpy(dx, lib, dy) if lib else dx
+        return self._back(dx, _interop.library_of(dy), dy)
 
 
 class GroupNorm(_ChannelNorm):

@@ -221,38 +221,6 @@ __device__ __forceinline__ int valid_in_pack(int cols, int first, int n_max) {
 // division per reduction level. A constant row has d exactly equal in every element, so off equals it
 // exactly and d - off is exactly 0 (y is exactly the bias).
 
-/// Sum of x*s over a thread's P*N register elements (padding elements are zero: nothing to mask).
-template <class C, int P, int N, class T>
-__device__ __forceinline__ C thread_sum(const pack<T, N> (&v)[P], C s) {
-  C acc = 0;
-#pragma unroll
-  for (int j = 0; j < P; ++j) {
-#pragma unroll
-    for (int e = 0; e < N; ++e) acc = fma(static_cast<C>(widen(v[j].v[e])), s, acc);
-  }
-  return acc;
-}
-
-/// Adds d = x*s - m0 and d^2 of the first `count` elements of one pack to d1 and d2.
-template <class C, int N, class T>
-__device__ __forceinline__ void add_deviations(const pack<T, N>& v, int count, C s, C m0, C& d1, C& d2) {
-  if (kCommonPathOnly || count >= N) {
-#pragma unroll
-    for (int e = 0; e < N; ++e) {
-      const C d = fma(static_cast<C>(widen(v.v[e])), s, -m0);
-      d1 += d;
-      d2 = fma(d, d, d2);
-    }
-  } else {
-#pragma unroll
-    for (int e = 0; e < N; ++e) {
-      const C d = e < count ? fma(static_cast<C>(widen(v.v[e])), s, -m0) : C(0);
-      d1 += d;
-      d2 = fma(d, d, d2);
-    }
-  }
-}
-
 /// A thread's P*N register elements as compute type, widened once for all passes over them.
 template <class C, int P, int N, class T>
 __device__ __forceinline__ void widen_all(const pack<T, N> (&v)[P], C (&f)[P][N]) {
@@ -263,7 +231,7 @@ __device__ __forceinline__ void widen_all(const pack<T, N> (&v)[P], C (&f)[P][N]
   }
 }
 
-/// Sum of f*s over widened register elements (padding is zero).
+/// Sum of f*s over widened register elements (padding elements are zero: nothing to mask).
 template <class C, int P, int N>
 __device__ __forceinline__ C thread_sum(const C (&f)[P][N], C s) {
   C acc = 0;
@@ -301,19 +269,28 @@ __device__ __forceinline__ C thread_sum_squares(const C (&f)[P][N], C s) {
   return acc;
 }
 
-/// Sum of (x*s)^2 over a thread's P*N register elements (RMSNorm; padding is zero).
+// The same on packs as loaded (the shared-memory part of a row, the split tier's chunks).
+
+template <class C, int P, int N, class T>
+__device__ __forceinline__ C thread_sum(const pack<T, N> (&v)[P], C s) {
+  C f[P][N];
+  widen_all(v, f);
+  return thread_sum(f, s);
+}
+
+template <class C, int N, class T>
+__device__ __forceinline__ void add_deviations(const pack<T, N>& v, int count, C s, C m0, C& d1, C& d2) {
+  const pack<T, N> one[1] = {v};
+  C f[1][N];
+  widen_all(one, f);
+  add_deviations(f[0], count, s, m0, d1, d2);
+}
+
 template <class C, int P, int N, class T>
 __device__ __forceinline__ C thread_sum_squares(const pack<T, N> (&v)[P], C s) {
-  C acc = 0;
-#pragma unroll
-  for (int j = 0; j < P; ++j) {
-#pragma unroll
-    for (int e = 0; e < N; ++e) {
-      const C d = static_cast<C>(widen(v[j].v[e])) * s;
-      acc = fma(d, d, acc);
-    }
-  }
-  return acc;
+  C f[P][N];
+  widen_all(v, f);
+  return thread_sum_squares(f, s);
 }
 
 // ---- reductions over the threads of a row -----------------------------------------------------

@@ -83,21 +83,14 @@ struct row_stats {
   C scale, m0, off, rstd, apply;
 };
 
-/// The row's statistics from its sums at `scale`: for layer norm the two passes' sums (sum of x*s;
-/// of d and d^2), for RMSNorm the sum of squares alone (m0 = off = 0). `ok` is false where they
+/// A row's statistics at `scale` from its mean (m0 + off) and variance; `ok` is false where they
 /// overflowed or the row holds NaN/Inf.
 template <class C>
-__device__ __forceinline__ row_stats<C> finish_stats(bool rms, C m0, C sum_d, C sum_d2, C inv_cols, C eps, C scale,
-                                                     bool& ok) {
-  row_stats<C> st{scale, m0, C(0), C(0), C(0)};
-  C var;
+__device__ __forceinline__ row_stats<C> make_stats(bool rms, C m0, C off, C var, C eps, C scale, bool& ok) {
+  row_stats<C> st{scale, m0, off, C(0), C(0)};
   if (!rms) {
-    st.off = sum_d * inv_cols;
-    const C m2 = sum_d2 - sum_d * st.off;
-    var = (m2 < C(0) ? C(0) : m2) * inv_cols;  // not fmax: a NaN must stay NaN
     ok = finite(m0) && finite(var);
   } else {
-    var = sum_d2 * inv_cols;
     ok = finite(var);
     if (!ok) var = var - var;  // NaN, not rstd 0, for a row holding Inf
   }
@@ -107,23 +100,18 @@ __device__ __forceinline__ row_stats<C> finish_stats(bool rms, C m0, C sum_d, C 
   return st;
 }
 
-/// y = ((x*scale - m0) - off) * apply * gamma + beta for the n valid elements of one pack (g, b: the
-/// pack's weights as compute type).
-template <int N, class T>
-__device__ __forceinline__ void store_output(const forward_args<T>& a, std::int64_t row, int first, int n,
-                                             const pack<T, N>& v, const row_stats<stat_t<T>>& st,
-                                             const stat_t<T> (&g)[N], const stat_t<T> (&b)[N]) {
-  using C = stat_t<T>;
-  pack<T, N> out;
-#pragma unroll
-  for (int e = 0; e < N; ++e) {
-    const C xhat = (fma(static_cast<C>(widen(v.v[e])), st.scale, -st.m0) - st.off) * st.apply;
-    out.v[e] = narrow<T>(fma(xhat, g[e], b[e]));
-  }
-  store_pack<N>(a.y + row * a.ld_y + first, out, n);
+/// The row's statistics from its sums at `scale`: for layer norm the two passes' sums (sum of x*s;
+/// of d and d^2), for RMSNorm the sum of squares alone (m0 = off = 0).
+template <class C>
+__device__ __forceinline__ row_stats<C> finish_stats(bool rms, C m0, C sum_d, C sum_d2, C inv_cols, C eps, C scale,
+                                                     bool& ok) {
+  if (rms) return make_stats(true, C(0), C(0), sum_d2 * inv_cols, eps, scale, ok);
+  const C off = sum_d * inv_cols, m2 = sum_d2 - sum_d * off;
+  return make_stats(false, m0, off, (m2 < C(0) ? C(0) : m2) * inv_cols, eps, scale, ok);  // not fmax: NaN stays
 }
 
-/// The same from the pack's widened values (f).
+/// y = ((x*scale - m0) - off) * apply * gamma + beta for the n valid elements of one pack, from its
+/// widened values f (g, b: the pack's weights as compute type).
 template <int N, class T>
 __device__ __forceinline__ void store_output(const forward_args<T>& a, std::int64_t row, int first, int n,
                                              const stat_t<T> (&f)[N], const row_stats<stat_t<T>>& st,
@@ -141,12 +129,22 @@ __device__ __forceinline__ void store_output(const forward_args<T>& a, std::int6
 /// The same, loading the pack's weights.
 template <int N, class T>
 __device__ __forceinline__ void store_output(const forward_args<T>& a, std::int64_t row, int first, int n,
-                                             const pack<T, N>& v, const row_stats<stat_t<T>>& st) {
+                                             const stat_t<T> (&f)[N], const row_stats<stat_t<T>>& st) {
   using C = stat_t<T>;
   C g[N], b[N];
   load_param<N, T>(a.gamma, a.w_float, first, n, C(1), g);
   load_param<N, T>(a.beta, a.w_float, first, n, C(0), b);
-  store_output<N>(a, row, first, n, v, st, g, b);
+  store_output<N>(a, row, first, n, f, st, g, b);
+}
+
+/// The same from a pack as loaded (the shared-memory part of a row, the split tier).
+template <int N, class T>
+__device__ __forceinline__ void store_output(const forward_args<T>& a, std::int64_t row, int first, int n,
+                                             const pack<T, N>& v, const row_stats<stat_t<T>>& st) {
+  const pack<T, N> one[1] = {v};
+  stat_t<T> f[1][N];
+  widen_all(one, f);
+  store_output<N>(a, row, first, n, f[0], st);
 }
 
 /// The row's mean and rstd, where asked for (by one thread of the row).
@@ -183,11 +181,7 @@ struct row_weights<T, VEC, P, false> {
   __device__ __forceinline__ void init(const forward_args<T>&, int, int) {}
   __device__ __forceinline__ void store(const forward_args<T>& a, int, std::int64_t row, int first, int n,
                                         const stat_t<T> (&f)[VEC], const row_stats<stat_t<T>>& st) const {
-    using C = stat_t<T>;
-    C g[VEC], b[VEC];
-    load_param<VEC, T>(a.gamma, a.w_float, first, n, C(1), g);
-    load_param<VEC, T>(a.beta, a.w_float, first, n, C(0), b);
-    store_output<VEC>(a, row, first, n, f, st, g, b);
+    store_output<VEC>(a, row, first, n, f, st);
   }
 };
 
@@ -397,7 +391,7 @@ __global__ void __launch_bounds__(kSplitBlock, 1) forward_chunk_normalize_kernel
     // Every thread merges the same values in the same order: the same bits, no barrier. Chunk c's
     // mean relative to chunk 0's rough mean is (m0_c - m0_0) + off_c, the first difference exact
     // for nearby means; then the exact merge of counts, means and M2s.
-    auto merged = [&](C s, C& m0, C& off, C& sum_d2) {
+    auto merged = [&](C s, C& m0, C& off, C& m2_out) {  // RMSNorm: m0 = off = 0, M2 the sum of squares
       auto f = [&](int c) { return st[c * 4 + 3] == s ? C(1) : overflow_scale<C>(); };  // s = overflow_scale, chunk at 1
       m0 = st[0] * f(0);
       C weighted = C(0), m2 = C(0);
@@ -414,19 +408,17 @@ __global__ void __launch_bounds__(kSplitBlock, 1) forward_chunk_normalize_kernel
           m2 = fma(n * d, d, m2);
         }
       }
-      sum_d2 = m2;
+      m2_out = m2;
     };
-    C s = any_scaled ? overflow_scale<C>() : C(1), m0, off, sum_d2;
-    merged(s, m0, off, sum_d2);
+    C s = any_scaled ? overflow_scale<C>() : C(1), m0, off, m2;
+    merged(s, m0, off, m2);
     bool ok = true;
-    // finish_stats takes sums: off and M2 come as sum_d = off * cols, sum_d2 = M2 + sum_d * off.
-    row_stats<C> rs = finish_stats(a.rms, a.rms ? C(0) : m0, C(0), sum_d2, inv_cols, a.eps, s, ok);
+    row_stats<C> rs = make_stats(a.rms, m0, off, m2 * inv_cols, a.eps, s, ok);
     if (!ok && s == C(1)) {
       s = overflow_scale<C>();
-      merged(s, m0, off, sum_d2);
-      rs = finish_stats(a.rms, a.rms ? C(0) : m0, C(0), sum_d2, inv_cols, a.eps, s, ok);
+      merged(s, m0, off, m2);
+      rs = make_stats(a.rms, m0, off, m2 * inv_cols, a.eps, s, ok);
     }
-    if (!a.rms) rs.off = off;
 #pragma unroll
     for (int j = 0; j < P; ++j) {
       const int first = chunk_first + (j * tpr + tid) * VEC;

@@ -175,6 +175,16 @@ struct verdict {
       worst_at = buf;
     }
   }
+  /// A call made without the workspace that a device without memory pools needs: refused with the
+  /// workspace message (its plan needs one), or run (the size query bounds every plan the pointers
+  /// may choose, and this call's needs none); never anything else.
+  void refused_or_ran(const status& without) {
+    if (without || (without.message != nullptr &&
+                    std::strncmp(without.message, "workspace: this device has no", 29) == 0))
+      return;
+    std::printf("FAIL %s: without a workspace: %s\n", name.c_str(), without.message ? without.message : "?");
+    ok = false;
+  }
   void check(const char* what, std::int64_t r, std::int64_t c, double got, double want, double tol) {
     const bool both_nan = std::isnan(got) && std::isnan(want);
     if (!both_nan && got != want && !(std::fabs(got - want) <= tol)) fail(what, r, c, got, want);  // Inf == Inf
@@ -347,17 +357,9 @@ bool run_case(const case_spec& cs) {
       if (m_out) m_plain = mean_buf.download();
       if (r_out) r_plain = rstd_buf.download();
     }
-    // Without the workspace: refused (the call's plan needs one) or run (the size query bounds every
-    // plan the pointers may choose; this call's needs none), never anything else. Not in place: a
-    // second run would see its own output.
-    if (ws != nullptr && al == alias::none) {
-      const status without = call(nullptr, 0);
+    if (ws != nullptr && al == alias::none) {  // not in place: a second run would see its own output
+      v.refused_or_ran(call(nullptr, 0));
       cudaDeviceSynchronize();
-      if (!without && (without.message == nullptr ||
-                       std::strncmp(without.message, "workspace: this device has no", 29) != 0)) {
-        std::printf("FAIL %s: without a workspace: %s\n", v.name.c_str(), without.message ? without.message : "?");
-        v.ok = false;
-      }
     }
     st = call(ws, ws_given);
     cudaDeviceSynchronize();
@@ -447,14 +449,9 @@ bool run_case(const case_spec& cs) {
     return layer_norm_backward<T, W>(dy_buf.get(), ld, x_buf.get(), ld, mean_buf.get(), rstd_buf.get(), g,
                                      dx_buf.get(), ld, rows, cols, dg, db, nullptr, work, work_bytes);
   };
-  if (ws != nullptr) {  // without the workspace: refused or run, as for the forward
-    const status without = call(nullptr, 0);
+  if (ws != nullptr) {
+    v.refused_or_ran(call(nullptr, 0));
     cudaDeviceSynchronize();
-    if (!without &&
-        (without.message == nullptr || std::strncmp(without.message, "workspace: this device has no", 29) != 0)) {
-      std::printf("FAIL %s: without a workspace: %s\n", v.name.c_str(), without.message ? without.message : "?");
-      v.ok = false;
-    }
   }
   st = call(ws, ws_given);
   cudaDeviceSynchronize();
