@@ -730,6 +730,8 @@ NB_MODULE(_lnorm, m) {
     d["stream_min_bytes"] = p.stream_min_bytes;
     d["prefetch_float32"] = p.prefetch_4byte;
     d["prefetch_16bit"] = p.prefetch_2byte;
+    d["carry_min_bytes"] = p.carry_min_bytes;
+    d["prefetch_l1_max"] = p.prefetch_l1_max;
     d["source"] = std::string(p.source);
     return d;
   }, "The store and prefetch policy the kernels follow on this CPU (lnorm/policy.hpp).");

@@ -1,5 +1,6 @@
 """The per-CPU store and prefetch policy (lnorm/policy.hpp): the table's choice for this CPU, the
-LNORM_STORES / LNORM_PREFETCH overrides, and that no choice changes a single bit of any result."""
+LNORM_STORES / LNORM_PREFETCH / LNORM_CARRY overrides, and that no choice changes a single bit of any
+result."""
 import json
 import os
 import subprocess
@@ -24,8 +25,11 @@ def _cpuinfo():
     return fields
 
 
+_VARIABLES = ("LNORM_STORES", "LNORM_PREFETCH", "LNORM_CARRY")
+
+
 def _run(env_extra, code):
-    env = {k: v for k, v in os.environ.items() if k not in ("LNORM_STORES", "LNORM_PREFETCH")}
+    env = {k: v for k, v in os.environ.items() if k not in _VARIABLES}
     env.update(env_extra)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
@@ -35,14 +39,15 @@ def _run(env_extra, code):
 def test_policy_fields():
     p = lnorm.config()["policy"]
     assert set(p) == {"stream_float32", "stream_16bit", "stream_min_bytes", "prefetch_float32", "prefetch_16bit",
-                      "source"}
+                      "carry_min_bytes", "prefetch_l1_max", "source"}
     assert p["stream_min_bytes"] > 0
     assert 0 <= p["prefetch_float32"] <= 65536 and 0 <= p["prefetch_16bit"] <= 65536
+    assert 0 <= p["carry_min_bytes"] <= 1 << 30 and p["prefetch_l1_max"] >= 0
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/cpuinfo")
 def test_policy_follows_the_cpu_table():
-    if any(os.environ.get(v) for v in ("LNORM_STORES", "LNORM_PREFETCH")):
+    if any(os.environ.get(v) for v in _VARIABLES):
         pytest.skip("overridden by the environment")
     info = _cpuinfo()
     if "vendor_id" not in info:
@@ -52,6 +57,8 @@ def test_policy_follows_the_cpu_table():
     assert p["source"] == ("AMD Zen" if zen else "Intel and other CPUs")
     assert p["stream_float32"] is zen  # Intel: float32 keeps plain stores
     assert p["stream_16bit"] is True
+    # Zen: rows of up to 16 KiB take two sweeps, the next row prefetched into L2; Intel: every row carries.
+    assert (p["carry_min_bytes"], p["prefetch_l1_max"]) == ((16385, 0) if zen else (0, 16384))
 
 
 @pytest.mark.parametrize("env, expect", [
@@ -60,6 +67,11 @@ def test_policy_follows_the_cpu_table():
     ({"LNORM_PREFETCH": "0"}, {"prefetch_float32": 0, "prefetch_16bit": 0, "source": "LNORM_PREFETCH"}),
     ({"LNORM_STORES": "plain", "LNORM_PREFETCH": "4096"},
      {"stream_float32": False, "prefetch_16bit": 4096, "source": "LNORM_STORES, LNORM_PREFETCH"}),
+    ({"LNORM_CARRY": "0"}, {"carry_min_bytes": 0, "source": "LNORM_CARRY"}),
+    ({"LNORM_STORES": "streaming", "LNORM_CARRY": str(1 << 30)},
+     {"stream_16bit": True, "carry_min_bytes": 1 << 30, "source": "LNORM_STORES, LNORM_CARRY"}),
+    ({"LNORM_PREFETCH": "64", "LNORM_CARRY": "4096"},
+     {"prefetch_float32": 64, "carry_min_bytes": 4096, "source": "LNORM_PREFETCH, LNORM_CARRY"}),
 ])
 def test_policy_environment_overrides(env, expect):
     out = _run(env, "import json, lnorm; print(json.dumps(lnorm.config()['policy']))")
@@ -70,7 +82,8 @@ def test_policy_environment_overrides(env, expect):
 
 @pytest.mark.parametrize("var, value", [("LNORM_STORES", "fast"), ("LNORM_STORES", "Plain"),
                                         ("LNORM_PREFETCH", "-1"), ("LNORM_PREFETCH", "65537"),
-                                        ("LNORM_PREFETCH", "2k")])
+                                        ("LNORM_PREFETCH", "2k"), ("LNORM_CARRY", "-1"),
+                                        ("LNORM_CARRY", str((1 << 30) + 1))])
 def test_policy_environment_unusable_values_warn_and_are_ignored(var, value):
     code = ("import json, warnings\nwarnings.simplefilter('always')\n"
             "with warnings.catch_warnings(record=True) as w:\n    import lnorm\n"
@@ -129,6 +142,9 @@ def test_policy_never_changes_results():
         {"LNORM_STORES": "streaming", "LNORM_PREFETCH": "0"},
         {"LNORM_STORES": "streaming", "LNORM_PREFETCH": "4096"},
         {"LNORM_STORES": "plain", "LNORM_PREFETCH": "640"},
+        {"LNORM_STORES": "streaming", "LNORM_CARRY": "0"},  # every row carries the next row's sums
+        {"LNORM_STORES": "streaming", "LNORM_CARRY": str(1 << 30)},  # every row takes two sweeps
+        {"LNORM_STORES": "plain", "LNORM_CARRY": str(1 << 30)},
         {},
     )]
     digests = [json.loads(r.stdout) for r in runs]

@@ -108,8 +108,9 @@ def config() -> dict:
 def _check_environment() -> None:
     """The environment's settings under one rule: a value that is not valid here is a RuntimeWarning
     naming the variable, and the default is used (the native side, which reads LNORM_ISA,
-    LNORM_NUM_THREADS, LNORM_STORES and LNORM_PREFETCH itself, ignores such values too)."""
+    LNORM_NUM_THREADS, LNORM_STORES, LNORM_PREFETCH and LNORM_CARRY itself, ignores such values too)."""
     env_choice("LNORM_ISA", available_isas())
     env_count("LNORM_NUM_THREADS", 1, MAX_THREADS)
     env_choice("LNORM_STORES", ("plain", "streaming", "auto"))
     env_count("LNORM_PREFETCH", 0, 65536)
+    env_count("LNORM_CARRY", 0, 1 << 30)

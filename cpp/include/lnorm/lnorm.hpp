@@ -372,6 +372,8 @@ inline status execute(const layout& L, T* const* base, const Op& op, const works
       T* buf = scratch_rows > 0 ? row_buffers + slot * scratch_rows * L.cols : nullptr;
       row_pipeline<T> pipe;  // this worker's, for this block of rows
       pipe.prefetch = policy().prefetch(sizeof(T));
+      pipe.carry_min_bytes = policy().carry_min_bytes;
+      pipe.prefetch_l1_max = policy().prefetch_l1_max;
       for_each_row(L, t0, t1, [&](std::int64_t r, const std::int64_t* off, const std::int64_t* next_off) {
         T *p[kMaxArrays], *next[kMaxArrays];
         for (int a = 0; a < Op::n_arrays; ++a) {

@@ -23,6 +23,12 @@ struct row_pipeline {
   using E = calc_t<T>;
 
   std::int64_t prefetch = 0;  // bytes past the next row's statistics sweep to prefetch (0: none)
+  // Rows of at least this many bytes carry the next row's sums in their output sweep; shorter rows
+  // take two sweeps of their own, from L1, with the next row prefetched meanwhile.
+  std::int64_t carry_min_bytes = 0;
+  std::int64_t prefetch_l1_max = 16384;  // next rows of up to this many bytes are prefetched into L1, longer into L2
+
+  bool carries(std::int64_t row_bytes) const noexcept { return row_bytes >= carry_min_bytes; }
 
   // The sums of the row (a, b) of n elements, left by the sweep of the row before it.
   struct sums {

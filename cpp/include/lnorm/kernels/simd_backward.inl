@@ -95,9 +95,10 @@
     constexpr std::int64_t L = V<T>::lanes;
     const R vm = V<T>::set1(static_cast<E>(mean_d)), vr = V<T>::set1(static_cast<E>(rstd_d));
     const R c1 = V<T>::set1(c1_s), c2 = V<T>::set1(c2_s);
+    const bool l1 = next_to_l1<T>(n);
     for (std::int64_t i = 0; i < n; i += L) {
-      prefetch_row(next_x, i, n);
-      prefetch_row(next_dy, i, n);
+      prefetch_row(next_x, i, l1);
+      prefetch_row(next_dy, i, l1);
       backward_apply_chunk<N>(x + i, dy + i, dx + i, n - i, gamma ? gamma + i : gamma, vm, vr, c1, c2);
     }
   }

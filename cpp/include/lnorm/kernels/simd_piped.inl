@@ -69,21 +69,30 @@
 
   template <class N = layer_norm_kind, class T, class W>
   static void normalize_row_any(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
-                                calc_t<T> c, calc_t<T> r, bool stream, const T* next = nullptr) noexcept {
+                                calc_t<T> c, calc_t<T> r, bool stream, const T* next = nullptr,
+                                bool next_l1 = false) noexcept {
     with_affine(gamma, beta, [&](auto g, auto b) {
-      normalize_row<decltype(g)::value, decltype(b)::value, N::centered>(x, y, n, gamma, beta, m0, c, r, stream, next);
+      normalize_row<decltype(g)::value, decltype(b)::value, N::centered>(x, y, n, gamma, beta, m0, c, r, stream, next,
+                                                                         next_l1);
     });
   }
 
   // Prefetches the line of `next` at element i. The next row is fetched while this one is worked on:
   // its first half during the statistics sweep (prefetch_first_half), its second half during the
-  // normalizing sweep, so that memory is busy in both. Rows up to 16 KiB go to L1, longer ones to L2
-  // so as not to evict the row in hand. (Lines are hinted more than once: harmless.)
+  // normalizing sweep, so that memory is busy in both. With l1 into L1, else into L2 so as not to
+  // evict the row in hand and the weights (next_to_l1). (Lines are hinted more than once: harmless.)
   // In a sweep of 4 vectors per step at element i: the matching part of next's first half.
   template <class T>
-  LNORM_VEC_INLINE static void prefetch_first_half(const T* next, std::int64_t i, std::int64_t lanes, std::int64_t n) noexcept {
-    prefetch_row(next, i / 2, n);
-    prefetch_row(next, i / 2 + lanes, n);
+  LNORM_VEC_INLINE static void prefetch_first_half(const T* next, std::int64_t i, std::int64_t lanes, bool l1) noexcept {
+    prefetch_row(next, i / 2, l1);
+    prefetch_row(next, i / 2 + lanes, l1);
+  }
+
+  // Whether a next row of n elements is prefetched into L1: rows of up to l1_max bytes (the worker's
+  // pipeline's, from the CPU policy; kPrefetchL1Bytes without one).
+  template <class T>
+  static bool next_to_l1(std::int64_t n, std::int64_t l1_max = kPrefetchL1Bytes) noexcept {
+    return n * static_cast<std::int64_t>(sizeof(T)) <= l1_max;
   }
 
   // The pipelined sweep's prefetch (the pipeline's distance, pf bytes; lnorm/policy.hpp) of the 4 vectors
@@ -99,21 +108,25 @@
   }
 
   template <class T>
-  LNORM_VEC_INLINE static void prefetch_row(const T* next, std::int64_t i, std::int64_t n) noexcept {
+  LNORM_VEC_INLINE static void prefetch_row(const T* next, std::int64_t i, bool l1) noexcept {
     if (!next) return;
-    if (n * static_cast<std::int64_t>(sizeof(T)) <= kPrefetchL1Bytes) __builtin_prefetch(next + i, 0, 3);
+    if (l1) __builtin_prefetch(next + i, 0, 3);
     else __builtin_prefetch(next + i, 0, 2);
   }
 
  public:
   // ---- rows ---------------------------------------------------------------------------------
 
-  // With a pipeline (the rows layout of lnorm.hpp; kernels/pipeline.hpp): the statistics of `next`
-  // are summed during this row's normalizing sweep and left in the pipeline for the call for `next`,
-  // so x is read from memory once, in one continuous stream, and memory never idles between a row's
-  // two sweeps. The sums are the ones a sweep of their own would give, bit for bit: results do not
-  // depend on where rows start. A piped call with `next` leaves its streaming stores unfenced: the
-  // worker must go on to `next`, and the chain's last call (no `next`) issues the one fence for all.
+  // With a pipeline (the rows layout of lnorm.hpp; kernels/pipeline.hpp) and a row of at least the
+  // pipeline's carry_min_bytes: the statistics of `next` are summed during this row's normalizing
+  // sweep and left in the pipeline for the call for `next`, so x is read from memory once, in one
+  // continuous stream, and memory never idles between a row's two sweeps. Shorter rows take their two
+  // sweeps from L1 while the next row is prefetched (into L2 where the policy says so: it would evict
+  // the row in hand and the weights). The sums are the ones a sweep of their own would give, bit for
+  // bit: results do not depend on where rows start, nor on which way a row goes. A piped call with
+  // `next` leaves its streaming stores unfenced: the worker must go on to `next`, and the chain's last
+  // call (no `next`) issues the one fence for all (a fence per row waits for the row's streaming stores
+  // to drain: a third of the float32 throughput of 4 KiB rows on Zen 4).
   template <class T, class W>
   static void layer_norm_row(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, double eps,
                              stat_t<T>* mean, stat_t<T>* rstd, bool stream = false, const T* next = nullptr,
@@ -121,28 +134,29 @@
     using E = calc_t<T>;
     E m0, c, var;
     typename pipeline<T>::sums in;
-    const bool piped = pipe != nullptr;
+    const bool piped = pipe != nullptr, chain = piped && next;
+    const bool l1 = piped ? next_to_l1<T>(n, pipe->prefetch_l1_max) : next_to_l1<T>(n);
     if (piped && pipe->take(carried_sums::forward, x, nullptr, n, true, in)) {
       m0 = in.shift;
       finish_moments(x, n, in.s1, in.s2, m0, c, var);
     } else {
-      row_moments(x, n, m0, c, var, next);
+      row_moments(x, n, m0, c, var, next, l1);
     }
     if (!stats_ok(m0, c, var, eps)) {
       scalar::kernels::layer_norm_row(x, y, n, gamma, beta, eps, mean, rstd);
-      if (stream && !(piped && next)) V<T>::fence();
+      if (stream && !chain) V<T>::fence();
       return;
     }
     const double ve = static_cast<double>(var) + eps;
     const E r = static_cast<E>(rstd_apply(ve));
-    if (piped && next) {
+    if (chain && pipe->carries(n * static_cast<std::int64_t>(sizeof(T)))) {
       const E shift = row_shift(next, n);
       row_sums<T, layer_norm_kind> acc(shift);
       normalize_row_piped_any(x, y, n, gamma, beta, m0, c, r, stream, next, acc, pipe->prefetch);
       pipe->leave({carried_sums::forward, next, nullptr, n, true, 0, shift, acc.sum_d(), acc.sum_q()});
     } else {
-      normalize_row_any(x, y, n, gamma, beta, m0, c, r, stream, next);
-      if (stream) V<T>::fence();  // the end of a piped chain
+      normalize_row_any(x, y, n, gamma, beta, m0, c, r, stream, next, l1);
+      if (stream && !chain) V<T>::fence();  // the end of a chain, or a row alone
     }
     if (mean) *mean = static_cast<stat_t<T>>(static_cast<double>(m0) + static_cast<double>(c));
     if (rstd) *rstd = static_cast<stat_t<T>>(1.0 / std::sqrt(ve));
@@ -154,24 +168,25 @@
     using E = calc_t<T>;
     E ms;
     typename pipeline<T>::sums in;
-    const bool piped = pipe != nullptr;
+    const bool piped = pipe != nullptr, chain = piped && next;
+    const bool l1 = piped ? next_to_l1<T>(n, pipe->prefetch_l1_max) : next_to_l1<T>(n);
     if (piped && pipe->take(carried_sums::forward, x, nullptr, n, false, in)) ms = in.s2 / static_cast<E>(n);
-    else row_mean_square(x, n, ms, next);
+    else row_mean_square(x, n, ms, next, l1);
     if (!stats_ok(E(0), E(0), ms, eps)) {
       scalar::kernels::rms_norm_row(x, y, n, gamma, eps, rstd);
-      if (stream && !(piped && next)) V<T>::fence();
+      if (stream && !chain) V<T>::fence();
       return;
     }
     const double ve = static_cast<double>(ms) + eps;
     const E r = static_cast<E>(rstd_apply(ve));
     const W* no_beta = nullptr;
-    if (piped && next) {
+    if (chain && pipe->carries(n * static_cast<std::int64_t>(sizeof(T)))) {
       row_sums<T, rms_norm_kind> acc(E(0));
       normalize_row_piped_any(x, y, n, gamma, no_beta, E(0), E(0), r, stream, next, acc, pipe->prefetch);
       pipe->leave({carried_sums::forward, next, nullptr, n, false, 0, E(0), E(0), acc.sum_q()});
     } else {
-      normalize_row_any<rms_norm_kind>(x, y, n, gamma, no_beta, E(0), E(0), r, stream, next);
-      if (stream) V<T>::fence();  // the end of a piped chain
+      normalize_row_any<rms_norm_kind>(x, y, n, gamma, no_beta, E(0), E(0), r, stream, next, l1);
+      if (stream && !chain) V<T>::fence();  // the end of a chain, or a row alone
     }
     if (rstd) *rstd = static_cast<stat_t<T>>(1.0 / std::sqrt(ve));
   }
@@ -212,8 +227,9 @@
     std::memmove(static_cast<void*>(dst), static_cast<const void*>(src), static_cast<std::size_t>(head) * sizeof(T));
     std::int64_t i = head;
     // Through the compute type: exact for every T (a widening and a narrowing of the same value).
+    const bool l1 = next_to_l1<T>(n);
     for (; i + L <= n; i += L) {
-      prefetch_row(next, i, n);
+      prefetch_row(next, i, l1);
       const R v = V<T>::load(src + i);
       V<T>::stream(dst + i, v);
     }

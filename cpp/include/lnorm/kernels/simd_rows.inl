@@ -123,30 +123,30 @@
   // non-temporally (a large output then costs no read-for-ownership) after a head that aligns y; the
   // caller fences them (once for a chain of rows).
   //
-  // `next` (may be null) is the row the caller handles next: it is prefetched while this row, already
-  // in cache, is normalized, so that the next row's read from memory overlaps this row's work.
+  // `next` (may be null) is the row the caller handles next: its second half is prefetched (into L1
+  // with next_l1, else L2) while this row, already in cache, is normalized, so that the next row's
+  // read from memory overlaps this row's work.
   template <bool G, bool B, bool S, class T, class W>
   static void normalize_row(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
-                            calc_t<T> c, calc_t<T> r, bool stream, const T* next) noexcept {
+                            calc_t<T> c, calc_t<T> r, bool stream, const T* next, bool next_l1) noexcept {
     using R = typename V<T>::reg;
     constexpr std::int64_t L = V<T>::lanes;
-    constexpr std::uintptr_t align = static_cast<std::uintptr_t>(L) * sizeof(T);
     const R vm = V<T>::set1(m0), vc = V<T>::set1(offset_term<S>(m0, c, r)), vr = V<T>::set1(r);
-    const std::uintptr_t addr = reinterpret_cast<std::uintptr_t>(y);
-    std::int64_t i = 0;
-    if (stream && addr % sizeof(T) == 0 && n >= 2 * L) {
+    auto part = [&](std::int64_t j, std::int64_t k) LNORM_LAMBDA_INLINE {
+      normalize_chunk<G, B, S>(x + j, y + j, k, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
+    };
+    // One line of next's second half per step of 2 * lanes elements (for 16-bit rows, half a line).
+    auto ahead = [&](std::int64_t i) LNORM_LAMBDA_INLINE { prefetch_row(next, n / 2 + i / 2, next_l1); };
+    const std::int64_t head = stream_head(y);
+    if (stream && head >= 0 && n >= 4 * L) {
       fetch_tail_line(y, n);
-      const std::int64_t head = static_cast<std::int64_t>(((align - addr % align) % align) / sizeof(T));
-      if (head > 0) normalize_chunk<G, B, S>(x, y, head, gamma, beta, vm, vc, vr);
-      for (i = head; i + L <= n; i += L) {
-        prefetch_row(next, n / 2 + i / 2, n);
-        normalize_chunk<G, B, S, true>(x + i, y + i, L, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
-      }
+      sweep<1, L>(n, head, part, [&](std::int64_t j) LNORM_LAMBDA_INLINE {
+        normalize_pair<G, B, S, true>(x + j, y + j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
+      }, ahead, no_side{});
     } else {
-      for (; i + L <= n; i += L) {
-        prefetch_row(next, n / 2 + i / 2, n);
-        normalize_chunk<G, B, S>(x + i, y + i, L, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
-      }
+      sweep<1, L>(n, 0, part, [&](std::int64_t j) LNORM_LAMBDA_INLINE {
+        normalize_pair<G, B, S, false>(x + j, y + j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
+      }, ahead, no_side{});
     }
-    if (i < n) normalize_chunk<G, B, S>(x + i, y + i, n - i, G ? gamma + i : gamma, B ? beta + i : beta, vm, vc, vr);
   }
+

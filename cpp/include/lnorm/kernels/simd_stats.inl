@@ -61,12 +61,12 @@
   // Sums of d = x - shift and d^2 over one row.
   template <class T>
   static void shifted_sums(const T* x, std::int64_t n, calc_t<T> shift, calc_t<T>& sum_d, calc_t<T>& sum_q,
-                           const T* next = nullptr) noexcept {
+                           const T* next = nullptr, bool next_l1 = false) noexcept {
     constexpr std::int64_t L = V<T>::lanes;
     row_sums<T, layer_norm_kind> acc(shift);
     std::int64_t i = 0;
     for (; i + 4 * L <= n; i += 4 * L) {
-      prefetch_first_half(next, i, L, n);
+      prefetch_first_half(next, i, L, next_l1);
       acc.step(x + i);
     }
     acc.tail(x + i, n - i);
@@ -87,11 +87,11 @@
   // (an outlier at the row's start) costs one more pass, from cache, around m0 + c.
   template <class T>
   static void row_moments(const T* x, std::int64_t n, calc_t<T>& m0, calc_t<T>& c, calc_t<T>& var,
-                          const T* next = nullptr) noexcept {
+                          const T* next = nullptr, bool next_l1 = false) noexcept {
     using E = calc_t<T>;
     m0 = row_shift(x, n);
     E sd, sq;
-    shifted_sums(x, n, m0, sd, sq, next);
+    shifted_sums(x, n, m0, sd, sq, next, next_l1);
     finish_moments(x, n, sd, sq, m0, c, var);
   }
 
@@ -112,12 +112,13 @@
   }
 
   template <class T>
-  static void row_mean_square(const T* x, std::int64_t n, calc_t<T>& ms, const T* next = nullptr) noexcept {
+  static void row_mean_square(const T* x, std::int64_t n, calc_t<T>& ms, const T* next = nullptr,
+                              bool next_l1 = false) noexcept {
     constexpr std::int64_t L = V<T>::lanes;
     row_sums<T, rms_norm_kind> acc(calc_t<T>(0));
     std::int64_t i = 0;
     for (; i + 4 * L <= n; i += 4 * L) {
-      prefetch_first_half(next, i, L, n);
+      prefetch_first_half(next, i, L, next_l1);
       acc.step(x + i);
     }
     acc.tail(x + i, n - i);
