@@ -89,16 +89,15 @@
   template <class N, class T, class W>
   static void backward_row_apply(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean_d,
                                  double rstd_d, calc_t<T> c1_s, calc_t<T> c2_s, const T* next_x = nullptr,
-                                 const T* next_dy = nullptr) noexcept {
+                                 const T* next_dy = nullptr, bool next_l1 = false) noexcept {
     using E = calc_t<T>;
     using R = typename V<T>::reg;
     constexpr std::int64_t L = V<T>::lanes;
     const R vm = V<T>::set1(static_cast<E>(mean_d)), vr = V<T>::set1(static_cast<E>(rstd_d));
     const R c1 = V<T>::set1(c1_s), c2 = V<T>::set1(c2_s);
-    const bool l1 = next_to_l1<T>(n);
     for (std::int64_t i = 0; i < n; i += L) {
-      prefetch_row(next_x, i, l1);
-      prefetch_row(next_dy, i, l1);
+      prefetch_row(next_x, i, next_l1);
+      prefetch_row(next_dy, i, next_l1);
       backward_apply_chunk<N>(x + i, dy + i, dx + i, n - i, gamma ? gamma + i : gamma, vm, vr, c1, c2);
     }
   }
@@ -156,9 +155,11 @@
   }
 
   // dx = rstd * (g*dy - mean(g*dy) - xhat * mean(g*dy*xhat)); dg += dy*xhat; db += dy.
-  // `piped` (the rows layout, next row's mean and rstd given): the next row's first sweep runs during
-  // this row's second, and its sums are handed to the next call on this thread, so x and dy stream
-  // from memory once; with `stream`, dx is stored non-temporally.
+  // `piped` (the rows layout, next row's mean and rstd given) and a row of at least the pipeline's
+  // carry_min_bytes: the next row's first sweep runs during this row's second, and its sums are
+  // handed to the next call on this thread, so x and dy stream from memory once. Shorter rows take
+  // both sweeps of their own while the next row is prefetched (as layer_norm_row's). With `stream`, dx
+  // is stored non-temporally, fenced by the chain's last row.
   template <class N, class T, class W>
   static void backward_row(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean_d,
                            double rstd_d, stat_t<T>* dg, stat_t<T>* db, const T* next_x, const T* next_dy,
@@ -167,7 +168,9 @@
     using E = calc_t<T>;
     E sg, sx;
     typename pipeline<T>::sums cr;
-    const bool piped = pipe != nullptr;
+    const bool piped = pipe != nullptr, chain = piped && next_x && next_dy;
+    const bool carry = chain && pipe->carries(n * static_cast<std::int64_t>(sizeof(T)));
+    const bool l1 = piped ? next_to_l1<T>(n, pipe->prefetch_l1_max) : next_to_l1<T>(n);
     if (piped && pipe->take(carried_sums::backward, x, dy, n, N::centered, cr)) {
       sg = cr.s1;
       sx = cr.s2;
@@ -175,11 +178,9 @@
       backward_row_sums<N>(x, dy, n, gamma, mean_d, rstd_d, dg, db, sg, sx);
     }
     const E c1 = sg / static_cast<E>(n), c2 = sx / static_cast<E>(n);
-    if (!(piped && next_x && next_dy)) {
-      if (!stream) {
-        backward_row_apply<N>(x, dy, dx, n, gamma, mean_d, rstd_d, c1, c2, next_x, next_dy);
-        return;
-      }
+    if (!carry && !stream) {
+      backward_row_apply<N>(x, dy, dx, n, gamma, mean_d, rstd_d, c1, c2, next_x, next_dy, l1);
+      return;
     }
     // Full vectors stored from a cache-line boundary on (see normalize_row_piped_any).
     const std::int64_t aligned_head = stream_head(dx);
@@ -187,7 +188,7 @@
     const bool streamed = stream && lined;
     const std::int64_t head = lined ? aligned_head : 0;
     if (streamed) fetch_tail_line(dx, n);
-    if (piped && next_x && next_dy) {
+    if (carry) {
       E nsg, nsx;
       if (streamed)
         backward_row_piped<N, true>(x, dy, dx, n, gamma, mean_d, rstd_d, c1, c2, head, next_x, next_dy, next_mean,
@@ -198,7 +199,7 @@
       pipe->leave({carried_sums::backward, next_x, next_dy, n, N::centered, 0, E(0), nsg, nsx});
       return;
     }
-    // Streamed, not piped (the last row of a block).
+    // Streamed, not carried: the next row (if any) prefetched, two lines of each array per step.
     using R = typename V<T>::reg;
     constexpr std::int64_t L = V<T>::lanes;
     const R vm = V<T>::set1(static_cast<E>(mean_d)), vr = V<T>::set1(static_cast<E>(rstd_d));
@@ -212,8 +213,14 @@
           [&](std::int64_t j) LNORM_LAMBDA_INLINE {
             backward_apply_pair<N>(x + j, dy + j, dx + j, gamma ? gamma + j : gamma, vm, vr, v1, v2);
           },
-          no_side{}, no_side{});
+          [&](std::int64_t i) LNORM_LAMBDA_INLINE {
+            for (std::int64_t o = 0; o < 2 * L; o += L) {
+              prefetch_row(next_x, i + o, l1);
+              prefetch_row(next_dy, i + o, l1);
+            }
+          },
+          no_side{});
     else
       for (std::int64_t j = 0; j < n; j += L) part(j, n - j);
-    V<T>::fence();  // this row's streaming stores, and those of the piped rows before it
+    if (!chain) V<T>::fence();  // this row's streaming stores, and those of the rows before it in the chain
   }
