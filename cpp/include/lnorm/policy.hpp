@@ -29,7 +29,8 @@ struct cpu_policy {
   int prefetch_4byte = 0;     // float32 rows: the pipelined sweep's prefetch distance in bytes
   int prefetch_2byte = 2048;  // 16-bit rows likewise
   // Rows (in the rows layout, several per worker) of at least this many bytes carry the next row's
-  // statistics in their output sweep (kernels/pipeline.hpp); shorter ones take two sweeps from L1.
+  // statistics in their output sweep (kernels/pipeline.hpp); shorter ones take two sweeps of their
+  // own. The norms and the backward follow it; the fused add & norm always carries.
   std::int64_t carry_min_bytes = 0;
   // A row's next row is prefetched into L1 while it is no longer than this, else into L2.
   std::int64_t prefetch_l1_max = 16384;
@@ -82,7 +83,9 @@ inline cpu_id identify_cpu() noexcept {
 //     rms_norm 8192x4096 float32 0.32-0.33 against 0.36-0.42, float16 0.14-0.17 against 0.20).
 //     Longer rows carry: at 512x16384 16-bit rows are 10-20 % faster carried. The backward takes the
 //     same rule (its carried sweep reads six arrays): 8192x4096 float16 0.44 ns against 0.68,
-//     16384x2048 float32 0.70-0.72 against 0.89-0.90.
+//     16384x2048 float32 0.70-0.72 against 0.89-0.90. The fused add & norm always carries: its two
+//     sweeps (the add, the statistics, then y and s from the row buffer) measured no faster at 4-16
+//     KiB rows (float32 8192x4096 0.81-0.85 ns against 0.73-0.77 carried).
 inline cpu_policy table_policy(const cpu_id& id) noexcept {
   cpu_policy p;
   p.source = "Intel and other CPUs";

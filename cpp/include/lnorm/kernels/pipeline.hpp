@@ -24,7 +24,8 @@ struct row_pipeline {
 
   std::int64_t prefetch = 0;  // bytes past the next row's statistics sweep to prefetch (0: none)
   // Rows of at least this many bytes carry the next row's sums in their output sweep; shorter rows
-  // take two sweeps of their own, from L1, with the next row prefetched meanwhile.
+  // take two sweeps of their own, from cache, with the next row prefetched meanwhile (the norms and
+  // the backward; the fused add & norm always carries).
   std::int64_t carry_min_bytes = 0;
   std::int64_t prefetch_l1_max = 16384;  // next rows of up to this many bytes are prefetched into L1, longer into L2
 
