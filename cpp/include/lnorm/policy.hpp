@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "dispatch.hpp"
+#include "kernels/pipeline.hpp"
 
 namespace lnorm {
 
@@ -33,7 +34,7 @@ struct cpu_policy {
   // own. The norms and the backward follow it; the fused add & norm always carries.
   std::int64_t carry_min_bytes = 0;
   // A row's next row is prefetched into L1 while it is no longer than this, else into L2.
-  std::int64_t prefetch_l1_max = 16384;
+  std::int64_t prefetch_l1_max = detail::row_pipeline<float>::default_prefetch_l1_max;
   const char* source = "default";  // the table row, or the LNORM_* variables that override it
 
   bool streams(std::size_t elem) const noexcept { return elem == 4 ? stream_4byte : elem == 2 ? stream_2byte : false; }

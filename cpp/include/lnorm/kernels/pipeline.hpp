@@ -27,9 +27,17 @@ struct row_pipeline {
   // take two sweeps of their own, from cache, with the next row prefetched meanwhile (the norms and
   // the backward; the fused add & norm always carries).
   std::int64_t carry_min_bytes = 0;
-  std::int64_t prefetch_l1_max = 16384;  // next rows of up to this many bytes are prefetched into L1, longer into L2
+  // Next rows of up to this many bytes are prefetched into L1, longer ones into L2; the default also
+  // serves row calls made without a pipeline.
+  static constexpr std::int64_t default_prefetch_l1_max = 16384;
+  std::int64_t prefetch_l1_max = default_prefetch_l1_max;
 
-  bool carries(std::int64_t row_bytes) const noexcept { return row_bytes >= carry_min_bytes; }
+  // Whether a row of n elements carries the next row's sums.
+  bool carries(std::int64_t n) const noexcept { return n * static_cast<std::int64_t>(sizeof(T)) >= carry_min_bytes; }
+  // Whether the next row of n elements after a row of `pipe` (may be null) is prefetched into L1.
+  static bool next_to_l1(std::int64_t n, const row_pipeline* pipe) noexcept {
+    return n * static_cast<std::int64_t>(sizeof(T)) <= (pipe ? pipe->prefetch_l1_max : default_prefetch_l1_max);
+  }
 
   // The sums of the row (a, b) of n elements, left by the sweep of the row before it.
   struct sums {

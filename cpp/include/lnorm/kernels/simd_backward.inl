@@ -169,8 +169,8 @@
     E sg, sx;
     typename pipeline<T>::sums cr;
     const bool piped = pipe != nullptr, chain = piped && next_x && next_dy;
-    const bool carry = chain && pipe->carries(n * static_cast<std::int64_t>(sizeof(T)));
-    const bool l1 = piped ? next_to_l1<T>(n, pipe->prefetch_l1_max) : next_to_l1<T>(n);
+    const bool carry = chain && pipe->carries(n);
+    const bool l1 = next_to_l1<T>(n, pipe);
     if (piped && pipe->take(carried_sums::backward, x, dy, n, N::centered, cr)) {
       sg = cr.s1;
       sx = cr.s2;

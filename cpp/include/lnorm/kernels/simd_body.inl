@@ -22,8 +22,6 @@ struct kernels {
   static constexpr const char* name = LNORM_SIMD_NAME;
   // Row kernels take the worker's pipeline (kernels/pipeline.hpp), a store kind and the next row.
   static constexpr bool pipelined = true;
-  // Next rows up to this size are prefetched into L1, longer ones into L2 (see prefetch_row).
-  static constexpr std::int64_t kPrefetchL1Bytes = 16384;
 
  private:
   template <class T>

@@ -80,7 +80,8 @@
   // Prefetches the line of `next` at element i. The next row is fetched while this one is worked on:
   // its first half during the statistics sweep (prefetch_first_half), its second half during the
   // normalizing sweep, so that memory is busy in both. With l1 into L1, else into L2 so as not to
-  // evict the row in hand and the weights (next_to_l1). (Lines are hinted more than once: harmless.)
+  // evict the row in hand and the weights (pipeline::next_to_l1). (Lines are hinted more than once:
+  // harmless.)
   // In a sweep of 4 vectors per step at element i: the matching part of next's first half.
   template <class T>
   LNORM_VEC_INLINE static void prefetch_first_half(const T* next, std::int64_t i, std::int64_t lanes, bool l1) noexcept {
@@ -88,11 +89,11 @@
     prefetch_row(next, i / 2 + lanes, l1);
   }
 
-  // Whether a next row of n elements is prefetched into L1: rows of up to l1_max bytes (the worker's
-  // pipeline's, from the CPU policy; kPrefetchL1Bytes without one).
+  // Whether a next row of n elements is prefetched into L1 (the worker's pipeline's choice, from the
+  // CPU policy; the pipeline's default without one).
   template <class T>
-  static bool next_to_l1(std::int64_t n, std::int64_t l1_max = kPrefetchL1Bytes) noexcept {
-    return n * static_cast<std::int64_t>(sizeof(T)) <= l1_max;
+  static bool next_to_l1(std::int64_t n, const pipeline<T>* pipe = nullptr) noexcept {
+    return pipeline<T>::next_to_l1(n, pipe);
   }
 
   // The pipelined sweep's prefetch (the pipeline's distance, pf bytes; lnorm/policy.hpp) of the 4 vectors
@@ -135,7 +136,7 @@
     E m0, c, var;
     typename pipeline<T>::sums in;
     const bool piped = pipe != nullptr, chain = piped && next;
-    const bool l1 = piped ? next_to_l1<T>(n, pipe->prefetch_l1_max) : next_to_l1<T>(n);
+    const bool l1 = next_to_l1<T>(n, pipe);
     if (piped && pipe->take(carried_sums::forward, x, nullptr, n, true, in)) {
       m0 = in.shift;
       finish_moments(x, n, in.s1, in.s2, m0, c, var);
@@ -149,7 +150,7 @@
     }
     const double ve = static_cast<double>(var) + eps;
     const E r = static_cast<E>(rstd_apply(ve));
-    if (chain && pipe->carries(n * static_cast<std::int64_t>(sizeof(T)))) {
+    if (chain && pipe->carries(n)) {
       const E shift = row_shift(next, n);
       row_sums<T, layer_norm_kind> acc(shift);
       normalize_row_piped_any(x, y, n, gamma, beta, m0, c, r, stream, next, acc, pipe->prefetch);
@@ -169,7 +170,7 @@
     E ms;
     typename pipeline<T>::sums in;
     const bool piped = pipe != nullptr, chain = piped && next;
-    const bool l1 = piped ? next_to_l1<T>(n, pipe->prefetch_l1_max) : next_to_l1<T>(n);
+    const bool l1 = next_to_l1<T>(n, pipe);
     if (piped && pipe->take(carried_sums::forward, x, nullptr, n, false, in)) ms = in.s2 / static_cast<E>(n);
     else row_mean_square(x, n, ms, next, l1);
     if (!stats_ok(E(0), E(0), ms, eps)) {
@@ -180,7 +181,7 @@
     const double ve = static_cast<double>(ms) + eps;
     const E r = static_cast<E>(rstd_apply(ve));
     const W* no_beta = nullptr;
-    if (chain && pipe->carries(n * static_cast<std::int64_t>(sizeof(T)))) {
+    if (chain && pipe->carries(n)) {
       row_sums<T, rms_norm_kind> acc(E(0));
       normalize_row_piped_any(x, y, n, gamma, no_beta, E(0), E(0), r, stream, next, acc, pipe->prefetch);
       pipe->leave({carried_sums::forward, next, nullptr, n, false, 0, E(0), E(0), acc.sum_q()});

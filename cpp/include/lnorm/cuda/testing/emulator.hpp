@@ -268,6 +268,18 @@ V shuffle(unsigned mask, V v, int width, Src src, const char* where) {
   return out;
 }
 
+// The warp's predicates as one bit per lane (full warps only, so all lanes vote): every vote reads it.
+inline unsigned vote(unsigned mask, int predicate, const char* where) {
+  return static_cast<unsigned>(warp_exchange(
+      mask, predicate != 0,
+      [](const std::uint64_t* slots, int) {
+        std::uint64_t bits = 0;
+        for (int i = 0; i < 32; ++i) bits |= slots[i] << i;
+        return bits;
+      },
+      where));
+}
+
 inline void entry() {
   active()->body();
   self().done = true;
@@ -515,37 +527,14 @@ V __shfl_down_sync(unsigned mask, V v, unsigned delta, int width = 32) {
   }, "__shfl_down_sync");
 }
 
-inline int __all_sync(unsigned mask, int predicate) {
-  return static_cast<int>(lnorm::cuda::emulator::warp_exchange(
-      mask, predicate != 0,
-      [](const std::uint64_t* slots, int) {
-        std::uint64_t all = 1;
-        for (int i = 0; i < 32; ++i) all &= slots[i];
-        return all;
-      },
-      "__all_sync"));
-}
-
 inline unsigned __ballot_sync(unsigned mask, int predicate) {
-  return static_cast<unsigned>(lnorm::cuda::emulator::warp_exchange(
-      mask, predicate != 0,
-      [](const std::uint64_t* slots, int) {
-        std::uint64_t bits = 0;
-        for (int i = 0; i < 32; ++i) bits |= slots[i] << i;
-        return bits;
-      },
-      "__ballot_sync"));
+  return lnorm::cuda::emulator::vote(mask, predicate, "__ballot_sync");
 }
-
+inline int __all_sync(unsigned mask, int predicate) {
+  return lnorm::cuda::emulator::vote(mask, predicate, "__all_sync") == 0xffffffffu;
+}
 inline int __any_sync(unsigned mask, int predicate) {
-  return static_cast<int>(lnorm::cuda::emulator::warp_exchange(
-      mask, predicate != 0,
-      [](const std::uint64_t* slots, int) {
-        std::uint64_t any = 0;
-        for (int i = 0; i < 32; ++i) any |= slots[i];
-        return any;
-      },
-      "__any_sync"));
+  return lnorm::cuda::emulator::vote(mask, predicate, "__any_sync") != 0u;
 }
 
 // ---- the CUDA runtime functions lnorm calls ---------------------------------------------------
