@@ -63,8 +63,12 @@ except ImportError:
     ml_dtypes = None
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ISA = lnorm.config()["isa"]  # what a user gets without set_isa: the "best" kernel set
+BEST_ISA = lnorm.available_isas()[-1]  # the set the CPU chooses
+# What a user gets without set_isa: the CPU's choice ("auto": the best set, with the CPU policy's
+# per-op choice, e.g. the float32 forward on AVX2 on AMD Zen), timed beside every forced set.
+DEFAULT_ISA = "auto"
 ISAS = list(lnorm.available_isas())
+SETS = ISAS + [DEFAULT_ISA]  # each set forced, then the default
 LN_EPS = 1e-5
 RMS_EPS = 1e-6
 
@@ -597,13 +601,13 @@ class Case:
         def contenders(threads):
             result = copy_contenders([inputs.x]) + copy_contenders([inputs.x, dy_half], "copy x1.5")
             for op in ("layer_norm", "rms_norm"):
-                result += [lnorm_forward(op, inputs, isa, v) for v in ("out", "alloc") for isa in ISAS]
+                result += [lnorm_forward(op, inputs, isa, v) for v in ("out", "alloc") for isa in SETS]
                 result.append(numpy_forward(op, inputs))
                 if torch is not None:
                     result.append(torch_forward(op, inputs))
             if onnxruntime is not None:
                 result.append(onnxruntime_forward(inputs, threads))
-            result += [lnorm_backward(inputs, mean, rstd, isa) for isa in ISAS]
+            result += [lnorm_backward(inputs, mean, rstd, isa) for isa in SETS]
             if torch is not None:
                 result.append(torch_backward(inputs))
             return result
@@ -619,7 +623,7 @@ class Case:
 
         def contenders(threads):
             result = copy_contenders([inputs.x])
-            result += [lnorm_forward("layer_norm", inputs, isa, "out") for isa in ISAS]
+            result += [lnorm_forward("layer_norm", inputs, isa, "out") for isa in SETS]
             result.append(lnorm_forward("layer_norm", inputs, DEFAULT_ISA, "alloc"))
             result.append(numpy_forward("layer_norm", inputs))
             if torch is not None:
@@ -645,7 +649,7 @@ class Case:
 
         # The scalar kernel set is left out here: its 16-bit conversions take seconds per call at this
         # size, and the goal section already gives each kernel set's speedup over it.
-        vector_isas = [isa for isa in ISAS if isa != "scalar"] or ISAS
+        vector_isas = ([isa for isa in ISAS if isa != "scalar"] or ISAS) + [DEFAULT_ISA]
 
         def contenders(threads):
             result = copy_contenders([inputs.x]) + copy_contenders([inputs.x, inputs.residual], "copy x2")
@@ -802,7 +806,7 @@ class Report:
         for copy in self.r.copies("goal", shape, threads):
             name = copy_name(copy) + (" **(limit)**" if copy is limit else "")
             body.append([name, fmt(copy.gbps), fmt(ratio(limit, copy)), fmt(copy.gbps), fmt(ratio(limit, copy))])
-        for isa in ISAS:
+        for isa in SETS:
             ln = self.r.get("goal", shape, threads, "lnorm", "layer_norm", isa, "out")
             rms = self.r.get("goal", shape, threads, "lnorm", "rms_norm", isa, "out")
             name = f"lnorm [{isa}]" + (" (default)" if isa == DEFAULT_ISA else "")
@@ -895,7 +899,7 @@ class Report:
 
     # -- sweep -----------------------------------------------------------------------------------
     SWEEP_COLUMNS = [("numpy.copyto", "copy", "", "out", "np.copyto")] + [
-        ("lnorm", "layer_norm", isa, "out", f"lnorm {isa} out=") for isa in ISAS
+        ("lnorm", "layer_norm", isa, "out", f"lnorm {isa} out=") for isa in SETS
     ] + [
         ("lnorm", "layer_norm", DEFAULT_ISA, "alloc", "lnorm alloc"),
         ("numpy", "layer_norm", "", "expression", "numpy"),
@@ -1044,7 +1048,7 @@ def write_results_md(path, report: Report, rows, command, started, elapsed, plot
         f"- Command: `{command}`",
         f"- Date: {started:%Y-%m-%d %H:%M} (run time {elapsed / 60:.1f} min)",
         f"- CPU: {cpu_description()}; timed at {', '.join(threads_name(t) for t in report.threads)}",
-        f"- lnorm.config(): `{lnorm.config() | {'isa': DEFAULT_ISA}}`",
+        f"- lnorm.config(): `{lnorm.config()}`",
         f"- Versions: {versions()}",
         f"- Method: {plan.repeat} repetitions, each contender ~{plan.rep_seconds * 1e3:.0f} ms (or at least 1 call) per "
         f"repetition, round-robin with the start rotated, {plan.settle_seconds * 1e3:.0f} ms pause between contenders; "
@@ -1066,7 +1070,9 @@ def write_results_md(path, report: Report, rows, command, started, elapsed, plot
         "- torch backward: `y.backward(dy, retain_graph=True)` on a graph built once, x/weight/bias leaves requiring "
         "grad, grads reset to None before each call; lnorm: `layer_norm_backward(dy, x, mean, rstd, weight)` with "
         "mean/rstd from `layer_norm(..., return_stats=True)`. Both allocate dx, dweight, dbias.",
-        f"- Speedups and ratios use lnorm's default kernel set (`{DEFAULT_ISA}`) unless a column names another.",
+        f"- Speedups and ratios use lnorm's default (`{DEFAULT_ISA}`: the CPU's choice, `{BEST_ISA}` with the CPU "
+        f"policy's per-op choice, AVX2 for {lnorm.config()['policy']['avx2_ops'] or 'no op'}) unless a column names "
+        "a forced kernel set.",
         "",
         "## Headline",
         "",

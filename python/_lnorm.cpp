@@ -717,6 +717,8 @@ NB_MODULE(_lnorm, m) {
   }, "Every kernel set's name, worst first (lnorm::isa_table's rows), whether or not this build or CPU has it.");
   m.def("active_isa", [] { return std::string(lnorm::active_isa()); });
   m.def("set_isa", [](const std::string& name) { return lnorm::set_isa(isa_from(name)); }, nb::arg("name"));
+  m.def("choose_isa", [] { lnorm::choose_isa(); });
+  m.def("isa_forced", [] { return lnorm::isa_forced(); });
   m.def("isa_compiled", [](const std::string& name) { return lnorm::isa_compiled(isa_from(name)); }, nb::arg("name"));
   m.def("cpu_supports", [](const std::string& name) { return lnorm::cpu_supports(isa_from(name)); }, nb::arg("name"));
   m.def("get_num_threads", &lnorm::get_num_threads);
@@ -732,6 +734,11 @@ NB_MODULE(_lnorm, m) {
     d["prefetch_16bit"] = p.prefetch_2byte;
     d["carry_min_bytes"] = p.carry_min_bytes;
     d["prefetch_l1_max"] = p.prefetch_l1_max;
+    d["prefetch_twice"] = p.prefetch_twice;
+    d["split_loads"] = p.split_loads;
+    nb::list narrow;
+    if (p.narrow_ops & lnorm::use_forward_4byte) narrow.append("forward_float32");
+    d["avx2_ops"] = narrow;
     d["source"] = std::string(p.source);
     return d;
   }, "The store and prefetch policy the kernels follow on this CPU (lnorm/policy.hpp).");

@@ -24,6 +24,13 @@ def possible_isas():
     return ("scalar",)
 
 
+def isa_setting():
+    """What set_isa takes to restore the present setting: the forced set, or "auto" (the CPU's choice,
+    with the policy's per-op choice, which a forced set would override)."""
+    config = lnorm.config()
+    return config["isa"] if config["isa_forced"] else "auto"
+
+
 def require_isa(isa):
     """Skip (with the reason in -ra) when kernel set `isa` cannot run here."""
     available = lnorm.available_isas()

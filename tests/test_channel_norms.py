@@ -23,7 +23,7 @@ from channel_reference import (activate, batch_count, batch_norm_backward_ref, b
                                channel_dx_scale, group_dx_scale, group_norm_backward_ref,
                                group_norm_ref, instance_norm_backward_ref, instance_norm_ref,
                                running_stats_update_ref, to_nc)
-from checks import possible_isas, require_isa, watch
+from checks import isa_setting, possible_isas, require_isa, watch
 from reference import TOL, assert_close, max_rel_err, naive_layer_norm_f32
 
 try:
@@ -797,7 +797,7 @@ def test_nan_inf_poison_one_group(dtype, ca, bad):
 @pytest.fixture(params=possible_isas())
 def isa(request):
     require_isa(request.param)
-    before = lnorm.config()["isa"]
+    before = isa_setting()
     lnorm.set_isa(request.param)
     yield request.param
     lnorm.set_isa(before)

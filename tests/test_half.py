@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import lnorm
-from checks import possible_isas, require_isa
+from checks import isa_setting, possible_isas, require_isa
 from reference import (dx_scale, layer_norm_backward_ref, layer_norm_ref, param_grad_scale,
                        rms_norm_backward_ref, rms_norm_ref)
 
@@ -20,7 +20,7 @@ SIZES = [1, 3, 7, 15, 16, 17, 31, 33, 64, 127, 257, 1000, 4099]
 @pytest.fixture(params=possible_isas())
 def isa(request):
     require_isa(request.param)
-    before = lnorm.config()["isa"]
+    before = isa_setting()
     lnorm.set_isa(request.param)
     yield request.param
     lnorm.set_isa(before)

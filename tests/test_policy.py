@@ -1,6 +1,6 @@
 """The per-CPU store and prefetch policy (lnorm/policy.hpp): the table's choice for this CPU, the
-LNORM_STORES / LNORM_PREFETCH / LNORM_CARRY overrides, and that no choice changes a single bit of any
-result."""
+LNORM_STORES / LNORM_PREFETCH / LNORM_CARRY / LNORM_FETCH overrides, the per-op choice of kernel set,
+and that no choice changes a single bit of any result."""
 import json
 import os
 import subprocess
@@ -25,7 +25,7 @@ def _cpuinfo():
     return fields
 
 
-_VARIABLES = ("LNORM_STORES", "LNORM_PREFETCH", "LNORM_CARRY")
+_VARIABLES = ("LNORM_STORES", "LNORM_PREFETCH", "LNORM_CARRY", "LNORM_FETCH", "LNORM_ISA")
 
 
 def _run(env_extra, code):
@@ -39,10 +39,12 @@ def _run(env_extra, code):
 def test_policy_fields():
     p = lnorm.config()["policy"]
     assert set(p) == {"stream_float32", "stream_16bit", "stream_min_bytes", "prefetch_float32", "prefetch_16bit",
-                      "carry_min_bytes", "prefetch_l1_max", "source"}
+                      "carry_min_bytes", "prefetch_l1_max", "prefetch_twice", "split_loads", "avx2_ops", "source"}
     assert p["stream_min_bytes"] > 0
     assert 0 <= p["prefetch_float32"] <= 65536 and 0 <= p["prefetch_16bit"] <= 65536
     assert 0 <= p["carry_min_bytes"] <= 1 << 30 and p["prefetch_l1_max"] >= 0
+    assert isinstance(p["prefetch_twice"], bool) and isinstance(p["split_loads"], bool)
+    assert set(p["avx2_ops"]) <= {"forward_float32"}
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/cpuinfo")
@@ -57,8 +59,11 @@ def test_policy_follows_the_cpu_table():
     assert p["source"] == ("AMD Zen" if zen else "Intel and other CPUs")
     assert p["stream_float32"] is zen  # Intel: float32 keeps plain stores
     assert p["stream_16bit"] is True
-    # Zen: rows of up to 16 KiB take two sweeps, the next row prefetched into L2; Intel: every row carries.
-    assert (p["carry_min_bytes"], p["prefetch_l1_max"]) == ((16385, 0) if zen else (0, 16384))
+    # Zen: rows of up to 64 KiB take two sweeps, the next row prefetched into L2; Intel: every row carries.
+    assert (p["carry_min_bytes"], p["prefetch_l1_max"]) == ((65537, 0) if zen else (0, 16384))
+    # Zen: two prefetches per line, float32 read in halves by AVX-512, and the float32 forward rows on AVX2.
+    assert (p["prefetch_twice"], p["split_loads"]) == (zen, zen)
+    assert p["avx2_ops"] == (["forward_float32"] if zen else [])
 
 
 @pytest.mark.parametrize("env, expect", [
@@ -72,6 +77,10 @@ def test_policy_follows_the_cpu_table():
      {"stream_16bit": True, "carry_min_bytes": 1 << 30, "source": "LNORM_STORES, LNORM_CARRY"}),
     ({"LNORM_PREFETCH": "64", "LNORM_CARRY": "4096"},
      {"prefetch_float32": 64, "carry_min_bytes": 4096, "source": "LNORM_PREFETCH, LNORM_CARRY"}),
+    ({"LNORM_FETCH": "plain"}, {"prefetch_twice": False, "split_loads": False, "source": "LNORM_FETCH"}),
+    ({"LNORM_FETCH": "split", "LNORM_STORES": "plain", "LNORM_CARRY": "0", "LNORM_PREFETCH": "0"},
+     {"prefetch_twice": True, "split_loads": True, "stream_16bit": False, "carry_min_bytes": 0,
+      "source": "LNORM_STORES, LNORM_PREFETCH, LNORM_CARRY, LNORM_FETCH"}),
 ])
 def test_policy_environment_overrides(env, expect):
     out = _run(env, "import json, lnorm; print(json.dumps(lnorm.config()['policy']))")
@@ -83,7 +92,7 @@ def test_policy_environment_overrides(env, expect):
 @pytest.mark.parametrize("var, value", [("LNORM_STORES", "fast"), ("LNORM_STORES", "Plain"),
                                         ("LNORM_PREFETCH", "-1"), ("LNORM_PREFETCH", "65537"),
                                         ("LNORM_PREFETCH", "2k"), ("LNORM_CARRY", "-1"),
-                                        ("LNORM_CARRY", str((1 << 30) + 1))])
+                                        ("LNORM_CARRY", str((1 << 30) + 1)), ("LNORM_FETCH", "halves")])
 def test_policy_environment_unusable_values_warn_and_are_ignored(var, value):
     code = ("import json, warnings\nwarnings.simplefilter('always')\n"
             "with warnings.catch_warnings(record=True) as w:\n    import lnorm\n"
@@ -135,20 +144,96 @@ print(json.dumps(out))
 """
 
 
+_POLICIES = (
+    {"LNORM_STORES": "plain", "LNORM_PREFETCH": "0"},
+    {"LNORM_STORES": "streaming", "LNORM_PREFETCH": "0"},
+    {"LNORM_STORES": "streaming", "LNORM_PREFETCH": "4096"},
+    {"LNORM_STORES": "plain", "LNORM_PREFETCH": "640"},
+    {"LNORM_STORES": "streaming", "LNORM_CARRY": "0"},  # every row carries the next row's sums
+    {"LNORM_STORES": "streaming", "LNORM_CARRY": str(1 << 30)},  # every row takes two sweeps
+    {"LNORM_STORES": "plain", "LNORM_CARRY": str(1 << 30)},
+    {"LNORM_FETCH": "plain", "LNORM_CARRY": str(1 << 30)},  # whole loads, one prefetch per line
+    {"LNORM_FETCH": "split", "LNORM_CARRY": str(1 << 30), "LNORM_STORES": "streaming"},  # halves, two per line
+    {},
+)
+
+
+# The kernel set as the CPU chooses it (with the policy's per-op choice), and forced AVX-512, whose
+# float32 loads come in halves under LNORM_FETCH=split: each compared within itself.
 @pytest.mark.slow
-def test_policy_never_changes_results():
-    runs = [_run(env, _SAME_BITS) for env in (
-        {"LNORM_STORES": "plain", "LNORM_PREFETCH": "0"},
-        {"LNORM_STORES": "streaming", "LNORM_PREFETCH": "0"},
-        {"LNORM_STORES": "streaming", "LNORM_PREFETCH": "4096"},
-        {"LNORM_STORES": "plain", "LNORM_PREFETCH": "640"},
-        {"LNORM_STORES": "streaming", "LNORM_CARRY": "0"},  # every row carries the next row's sums
-        {"LNORM_STORES": "streaming", "LNORM_CARRY": str(1 << 30)},  # every row takes two sweeps
-        {"LNORM_STORES": "plain", "LNORM_CARRY": str(1 << 30)},
-        {},
-    )]
+@pytest.mark.parametrize("isa", ["chosen", "avx512"])
+def test_policy_never_changes_results(isa):
+    if isa != "chosen" and isa not in lnorm.available_isas():
+        pytest.skip(f"no {isa} here")
+    forced = {} if isa == "chosen" else {"LNORM_ISA": isa}
+    policies = _POLICIES if isa == "chosen" else _POLICIES[-4:]
+    runs = [_run({**forced, **env}, _SAME_BITS) for env in policies]
     digests = [json.loads(r.stdout) for r in runs]
     for d in digests[1:]:
         assert d == digests[0]
     for dtype in ("float32", "float16", "bfloat16"):
         assert digests[0][f"{dtype}/1"] == digests[0][f"{dtype}/2"]
+
+
+_SETS_RUN = r"""
+import json
+import numpy as np
+import lnorm
+from lnorm import _lnorm
+x = np.random.default_rng(5).standard_normal((64, 1000))
+ran = {}
+for name, dt in (("float32", np.float32), ("float16", np.float16), ("float64", np.float64)):
+    lnorm.layer_norm(x.astype(dt))
+    ran[name] = _lnorm.last_call()[0]
+lnorm.rms_norm(x.astype(np.float32))
+ran["rms float32"] = _lnorm.last_call()[0]
+lnorm.add_layer_norm(x.astype(np.float32), x.astype(np.float32))  # y is the norm of s, bit for bit
+ran["add float32"] = _lnorm.last_call()[0]
+lnorm.layer_norm(x.astype(np.float32), axis=0)  # columns: the same set, so any strides give the same bits
+ran["columns float32"] = _lnorm.last_call()[0]
+xs, dys = x.astype(np.float32), x[::-1].copy().astype(np.float32)
+_, m, r = lnorm.layer_norm(xs, return_stats=True)
+lnorm.layer_norm_backward(dys, xs, m, r)
+ran["backward float32"] = _lnorm.last_call()[0]
+print(json.dumps([ran, lnorm.config()["isa"], lnorm.config()["policy"]["avx2_ops"]]))
+"""
+
+
+def test_policy_per_op_kernel_sets():
+    # A chosen AVX-512 set gives the float32 forward norms (every layout, add & norm too) to AVX2 where
+    # the policy says so, and only those; a forced set runs everything.
+    ran, best, narrow = json.loads(_run({}, _SETS_RUN).stdout)
+    to_avx2 = best == "avx512" and "forward_float32" in narrow and "avx2" in lnorm.available_isas()
+    f32 = "avx2" if to_avx2 else best
+    assert ran == {"float32": f32, "rms float32": f32, "add float32": f32, "float16": best, "float64": best,
+                   "columns float32": f32, "backward float32": best}, (ran, best, narrow)
+    for isa in lnorm.available_isas():
+        forced, active, _ = json.loads(_run({"LNORM_ISA": isa}, _SETS_RUN).stdout)
+        assert active == isa and set(forced.values()) == {isa}, (isa, forced)
+
+
+_AUTO_RUN = r"""
+import json, warnings
+warnings.simplefilter("error")  # LNORM_ISA=auto is a valid value: no warning
+import numpy as np
+import lnorm
+from lnorm import _lnorm
+x = np.random.default_rng(6).standard_normal((64, 1000)).astype(np.float32)
+steps = [lnorm.config()["isa_forced"]]
+lnorm.set_isa("scalar")
+lnorm.layer_norm(x)
+steps += [lnorm.config()["isa_forced"], _lnorm.last_call()[0]]
+lnorm.set_isa("auto")
+lnorm.layer_norm(x)
+steps += [lnorm.config()["isa_forced"], lnorm.config()["isa"], _lnorm.last_call()[0]]
+print(json.dumps(steps))
+"""
+
+
+@pytest.mark.parametrize("env", [{}, {"LNORM_ISA": "auto"}])
+def test_set_isa_auto_goes_back_to_the_cpu_choice(env):
+    first, forced, ran_forced, after, active, ran = json.loads(_run(env, _AUTO_RUN).stdout)
+    best = lnorm.available_isas()[-1]
+    narrow = "forward_float32" in lnorm.config()["policy"]["avx2_ops"] and best == "avx512"
+    assert (first, forced, ran_forced) == (False, True, "scalar")
+    assert (after, active, ran) == (False, best, "avx2" if narrow else best)

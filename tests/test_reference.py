@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import lnorm
-from checks import check_layer_norm, check_rms_norm, possible_isas, require_isa, watch
+from checks import check_layer_norm, check_rms_norm, isa_setting, possible_isas, require_isa, watch
 from reference import (SIZES, assert_close, corrected_two_pass_layer_norm_f32, keep_shape,
                        layer_norm_ref, max_rel_err, naive_layer_norm_f32, norm_axes,
                        param_shape, rand_param, rand_x, rms_norm_ref, strided_view, tol_for)
@@ -313,7 +313,7 @@ def test_large_mean_float64_full_precision(isa):
     correction, never folded into one double, which would be off by up to 1e-7 spreads here."""
     require_isa(isa)
     rng = np.random.default_rng([8, 27])
-    before = lnorm.config()["isa"]
+    before = isa_setting()
     lnorm.set_isa(isa)
     try:
         for n in (7, 129, 4099):

@@ -147,7 +147,11 @@ def timing_table(quick: bool = False) -> None:
     if quick:
         shapes = shapes[:2]
     threads = lnorm.get_num_threads()
-    print(f"\ntiming: layer_norm float32 out=, {threads} thread{'s' * (threads > 1)}, isa {lnorm.config()['isa']}, "
+    config = lnorm.config()
+    isa = config["isa"]
+    if not config["isa_forced"] and isa == "avx512" and "forward_float32" in config["policy"]["avx2_ops"]:
+        isa += " (this op on avx2, by the CPU policy)"
+    print(f"\ntiming: layer_norm float32 out=, {threads} thread{'s' * (threads > 1)}, isa {isa}, "
           f"CPU {cpu_description()}")
     print("/ limit: the time of the fastest copy of the same bytes on the same threads (plain or streaming stores,\n"
           "memcpy) over lnorm's; np.copyto (one thread) for reference. GB/s: (bytes read + written) / time; medians.")

@@ -28,16 +28,23 @@ def available_isas() -> list:
 
 
 def set_isa(name: str) -> None:
-    """Force a kernel set (one of :func:`available_isas`), as ``LNORM_ISA`` does at start-up.
+    """Force a kernel set (one of :func:`available_isas`), as ``LNORM_ISA`` does at start-up; "auto"
+    goes back to the CPU's choice: the best set, with the CPU policy's per-op choice
+    (``config()["policy"]["avx2_ops"]``), which a forced set overrides.
 
     >>> import lnorm
     >>> lnorm.set_isa("scalar"); lnorm.config()["isa"]
     'scalar'
+    >>> lnorm.set_isa("auto"); lnorm.config()["isa_forced"]
+    False
     """
     if type(name) is not str:
         raise TypeError(f"name: must be a str, not {type(name).__name__}")
+    if name == "auto":
+        _lnorm.choose_isa()
+        return
     if name not in ISAS:
-        raise ValueError(f"name: {name!r} is not one of {ISAS}")
+        raise ValueError(f"name: {name!r} is not one of {ISAS} or 'auto'")
     if not _lnorm.set_isa(name):
         raise ValueError(f"name: kernel set {name!r} is not available here (available: {available_isas()})")
 
@@ -95,6 +102,7 @@ def config() -> dict:
     return {
         "version": __version__,
         "isa": _lnorm.active_isa(),
+        "isa_forced": bool(_lnorm.isa_forced()),  # set_isa or LNORM_ISA chose it (else the CPU's choice)
         "isas_available": available_isas(),
         "num_threads": get_num_threads(),
         "buffer_cache": _buffers.limit,
@@ -108,9 +116,10 @@ def config() -> dict:
 def _check_environment() -> None:
     """The environment's settings under one rule: a value that is not valid here is a RuntimeWarning
     naming the variable, and the default is used (the native side, which reads LNORM_ISA,
-    LNORM_NUM_THREADS, LNORM_STORES, LNORM_PREFETCH and LNORM_CARRY itself, ignores such values too)."""
-    env_choice("LNORM_ISA", available_isas())
+    LNORM_NUM_THREADS, LNORM_STORES, LNORM_PREFETCH, LNORM_CARRY and LNORM_FETCH itself, ignores such values too)."""
+    env_choice("LNORM_ISA", available_isas() + ["auto"])
     env_count("LNORM_NUM_THREADS", 1, MAX_THREADS)
     env_choice("LNORM_STORES", ("plain", "streaming", "auto"))
     env_count("LNORM_PREFETCH", 0, 65536)
     env_count("LNORM_CARRY", 0, 1 << 30)
+    env_choice("LNORM_FETCH", ("split", "plain", "auto"))

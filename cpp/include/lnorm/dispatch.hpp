@@ -228,35 +228,46 @@ inline long long env_integer(const char* name, long long low, long long high, lo
   return (end && *end == '\0' && n >= low && n <= high) ? n : fallback;
 }
 
+// The setting: an isa value, plus kIsaForced where LNORM_ISA or set_isa chose it (-1: not read yet).
+inline constexpr int kIsaForced = 0x100;
 inline std::atomic<int>& isa_slot() noexcept {
   static std::atomic<int> slot{-1};
   return slot;
 }
 inline int initial_isa() noexcept {
   isa forced;
-  if (parse_isa(std::getenv("LNORM_ISA"), forced) && isa_available(forced)) return static_cast<int>(forced);
+  if (parse_isa(std::getenv("LNORM_ISA"), forced) && isa_available(forced)) return static_cast<int>(forced) | kIsaForced;
   return static_cast<int>(best_isa());
+}
+inline int isa_setting() noexcept {
+  int v = isa_slot().load(std::memory_order_relaxed);
+  if (v < 0) {
+    v = initial_isa();
+    isa_slot().store(v, std::memory_order_relaxed);
+  }
+  return v;
 }
 }  // namespace detail
 
 /// The kernel set in use: LNORM_ISA if set to one this build and CPU can run, else the best.
-inline isa current_isa() noexcept {
-  int v = detail::isa_slot().load(std::memory_order_relaxed);
-  if (v < 0) {
-    v = detail::initial_isa();
-    detail::isa_slot().store(v, std::memory_order_relaxed);
-  }
-  return static_cast<isa>(v);
-}
+inline isa current_isa() noexcept { return static_cast<isa>(detail::isa_setting() & ~detail::kIsaForced); }
+
+/// Whether the kernel set in use was forced (LNORM_ISA, set_isa) rather than chosen as the best this
+/// CPU runs. Only a chosen one gives way to the CPU policy's per-op choice (policy.hpp's narrow_ops).
+inline bool isa_forced() noexcept { return (detail::isa_setting() & detail::kIsaForced) != 0; }
 
 /// Forces a kernel set; returns false (and changes nothing) if it cannot run here. Safe at any time,
 /// from any thread: each call reads the setting once, when it dispatches, and keeps that kernel set
 /// to its end. `lnorm::set_isa(lnorm::isa::scalar);`
 inline bool set_isa(isa i) noexcept {
   if (!isa_available(i)) return false;
-  detail::isa_slot().store(static_cast<int>(i));
+  detail::isa_slot().store(static_cast<int>(i) | detail::kIsaForced);
   return true;
 }
+
+/// Back to the CPU's choice after set_isa (or LNORM_ISA): the best set this build and CPU run, with the
+/// CPU policy's per-op choice (policy.hpp). `lnorm::choose_isa();`
+inline void choose_isa() noexcept { detail::isa_slot().store(static_cast<int>(best_isa())); }
 
 /// The name of the kernel set in use: "scalar", "avx2", "avx512" or "neon".
 /// `std::printf("%s\n", lnorm::active_isa());`

@@ -8,6 +8,8 @@
 //   LNORM_PREFETCH=<bytes>              the pipelined sweep's prefetch distance (0: none; at most 65536)
 //   LNORM_CARRY=<bytes>                 rows of at least this many bytes carry the next row's statistics
 //                                       in their output sweep (0: every row; at most 2^30)
+//   LNORM_FETCH=split|plain|auto        rows fetched with two prefetches per line and float32 rows read
+//                                       in 256-bit halves by AVX-512 statistics sweeps, or neither
 //
 // "auto" (or a value that cannot be used) keeps the table's choice; the Python package warns about a
 // value that cannot be used.
@@ -22,6 +24,13 @@
 
 namespace lnorm {
 
+/// What a call does, for the policy's per-op choice of kernel set (cpu_policy::narrow_ops).
+enum op_use : unsigned {
+  use_other = 0,
+  use_forward_4byte = 1u << 0,  // LayerNorm/RMSNorm forward of float32, fused add & norm included (every
+                                 // layout and entry point, so strides or fusing never change a bit)
+};
+
 /// The CPU policy lnorm's kernels follow (see policy()).
 struct cpu_policy {
   bool stream_4byte = false;  // float32 outputs of at least stream_min_bytes: streaming stores
@@ -35,6 +44,14 @@ struct cpu_policy {
   std::int64_t carry_min_bytes = 0;
   // A row's next row is prefetched into L1 while it is no longer than this, else into L2.
   std::int64_t prefetch_l1_max = detail::row_pipeline<float>::default_prefetch_l1_max;
+  // How rows are fetched from memory (kernels/pipeline.hpp's row_fetch; values never change): each
+  // line of the next row prefetched twice, and float32 rows read in 256-bit halves in the statistics
+  // sweep of an AVX-512 set.
+  bool prefetch_twice = false;
+  bool split_loads = false;
+  // Ops (op_use bits) that run on the AVX2 set where the set in use is AVX-512 and was not forced
+  // (isa_forced): on this CPU they measured faster on the narrower vectors.
+  unsigned narrow_ops = use_other;
   const char* source = "default";  // the table row, or the LNORM_* variables that override it
 
   bool streams(std::size_t elem) const noexcept { return elem == 4 ? stream_4byte : elem == 2 ? stream_2byte : false; }
@@ -76,15 +93,26 @@ inline cpu_id identify_cpu() noexcept {
 //     0.47-0.57 plain, add & norm 0.71-0.85 against 1.19-1.34); a 16 MiB output, whose arrays still
 //     fit the L3 together, is faster with plain stores (float16 layer_norm 0.22-0.23 against
 //     0.29-0.32). The 2 KiB prefetch helps the float32 sweep (add & norm 0.71-0.76 against 0.85-1.05).
-//     Rows of up to 16 KiB take two sweeps of their own instead of carrying the next row's statistics,
+//     Rows of up to 64 KiB take two sweeps of their own instead of carrying the next row's statistics,
 //     and the next row is prefetched into L2: the carried sweep reads four arrays at once (the next
 //     row, x, gamma, beta) that do not stay in the 32 KiB L1, and a next row fetched into L1 evicts the
 //     row in hand and the weights (1 thread, ns per element, two sweeps against carried:
 //     float32 layer_norm 8192x1024 0.30-0.32 against 0.47-0.51, 8192x4096 0.39-0.41 against 0.44;
-//     rms_norm 8192x4096 float32 0.32-0.33 against 0.36-0.42, float16 0.14-0.17 against 0.20).
-//     Longer rows carry: at 512x16384 16-bit rows are 10-20 % faster carried. The backward takes the
-//     same rule (its carried sweep reads six arrays): 8192x4096 float16 0.44 ns against 0.68,
-//     16384x2048 float32 0.70-0.72 against 0.89-0.90. The fused add & norm always carries: its two
+//     rms_norm 8192x4096 float32 0.32-0.33 against 0.36-0.42, float16 0.14-0.17 against 0.20;
+//     with the fetch below, 512x16384 float32 layer_norm 0.28-0.31 against 0.42-0.44, rms_norm
+//     0.21-0.26 against 0.33-0.39, 16-bit rows of 32 KiB even). The backward takes the same rule (its
+//     carried sweep reads six arrays): 8192x4096 float16 0.44 ns against 0.68, 16384x2048 float32
+//     0.70-0.72 against 0.89-0.90.
+//     Fetch: one software prefetch per line of the next row left much of it to demand misses, and
+//     512-bit loads of data not in L1 stream about 10 % slower than two 256-bit loads of the same
+//     bytes; so each line is hinted twice and AVX-512 reads float32 rows in halves (float32 8192x4096
+//     AVX-512 layer_norm 0.30-0.33 ns against 0.38-0.44, rms_norm 0.25-0.27 against 0.32, backward
+//     0.68 against 0.76). The AVX2 set still leads for the float32 forward (layer_norm 0.25-0.26,
+//     rms_norm 0.23-0.26 at 8192x4096; 0.28-0.32 against 0.35-0.36 at 8192x1024; even at 768 and
+//     16384 wide), so a chosen AVX-512 set gives it to AVX2 (narrow_ops), the float32 add & norm
+//     with it (its y must be the norm of its s bit for bit; it runs about 5 % slower there); 16-bit
+//     data and the backward stay on AVX-512, 10-25 % faster there for bfloat16 and the 16-bit
+//     backward. The fused add & norm always carries: its two
 //     sweeps (the add, the statistics, then y and s from the row buffer) measured no faster at 4-16
 //     KiB rows (float32 8192x4096 0.81-0.85 ns against 0.73-0.77 carried).
 inline cpu_policy table_policy(const cpu_id& id) noexcept {
@@ -96,8 +124,11 @@ inline cpu_policy table_policy(const cpu_id& id) noexcept {
     p.prefetch_4byte = 2048;
     p.prefetch_2byte = 2048;
     p.stream_min_bytes = std::int64_t{32} << 20;
-    p.carry_min_bytes = 16385;
+    p.carry_min_bytes = 65537;
     p.prefetch_l1_max = 0;
+    p.prefetch_twice = true;
+    p.split_loads = true;
+    p.narrow_ops = use_forward_4byte;
     p.source = "AMD Zen";
   }
   return p;
@@ -112,23 +143,26 @@ inline cpu_policy initial_policy() noexcept {
   if (pf >= 0) p.prefetch_4byte = p.prefetch_2byte = static_cast<int>(pf);
   const long long carry = env_integer("LNORM_CARRY", 0, 1LL << 30, -1);
   if (carry >= 0) p.carry_min_bytes = carry;
+  const char* f = std::getenv("LNORM_FETCH");
+  const bool fetch = f && (std::strcmp(f, "plain") == 0 || std::strcmp(f, "split") == 0);
+  if (fetch) p.prefetch_twice = p.split_loads = std::strcmp(f, "split") == 0;
   // The source: the table row, or the variables that override it, in this order.
-  static const char* const sources[8] = {nullptr,
-                                         "LNORM_STORES",
-                                         "LNORM_PREFETCH",
-                                         "LNORM_STORES, LNORM_PREFETCH",
-                                         "LNORM_CARRY",
-                                         "LNORM_STORES, LNORM_CARRY",
-                                         "LNORM_PREFETCH, LNORM_CARRY",
-                                         "LNORM_STORES, LNORM_PREFETCH, LNORM_CARRY"};
-  const int set = (stores ? 1 : 0) | (pf >= 0 ? 2 : 0) | (carry >= 0 ? 4 : 0);
-  if (set) p.source = sources[set];
+  static char overridden[64];  // written once, under policy()'s static initialization
+  const bool set[4] = {stores, pf >= 0, carry >= 0, fetch};
+  const char* const names[4] = {"LNORM_STORES", "LNORM_PREFETCH", "LNORM_CARRY", "LNORM_FETCH"};
+  for (int k = 0; k < 4; ++k) {
+    if (!set[k]) continue;
+    if (overridden[0]) std::strcat(overridden, ", ");
+    std::strcat(overridden, names[k]);
+  }
+  if (overridden[0]) p.source = overridden;
   return p;
 }
 
 }  // namespace detail
 
-/// The policy in use: chosen once, at first use, from the CPU table and LNORM_STORES/LNORM_PREFETCH/LNORM_CARRY.
+/// The policy in use: chosen once, at first use, from the CPU table and LNORM_STORES/LNORM_PREFETCH/LNORM_CARRY/
+/// LNORM_FETCH.
 ///   std::printf("%s\n", lnorm::policy().source);
 inline const cpu_policy& policy() noexcept {
   static const cpu_policy p = detail::initial_policy();

@@ -48,6 +48,11 @@ struct vec<float> {
   LNORM_VEC_INLINE static reg zero() noexcept { return _mm512_setzero_ps(); }
   LNORM_VEC_INLINE static reg set1(float v) noexcept { return _mm512_set1_ps(v); }
   LNORM_VEC_INLINE static reg load(const float* p) noexcept { return _mm512_loadu_ps(p); }
+  // The same 16 floats as two 256-bit loads (vec_interface.inl's optional load_halves): a sweep that
+  // reads a row from memory streams faster so on Zen 4 (row_fetch::halves).
+  LNORM_VEC_INLINE static reg load_halves(const float* p) noexcept {
+    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(p)), _mm256_loadu_ps(p + 8), 1);
+  }
   LNORM_VEC_INLINE static reg load(const float16_t* p) noexcept {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }

@@ -18,6 +18,16 @@ namespace detail {
 // backward's (sum g*dy and sum g*dy*xhat).
 enum class carried_sums : int { none = 0, forward, add, backward };
 
+// How a worker's row kernels fetch rows from memory (the CPU policy's choice, lnorm/policy.hpp):
+//   l1      the next row is prefetched into L1 (else into L2);
+//   twice   each line of the next row is hinted from both its halves (two prefetches per line);
+//   halves  the statistics sweep reads float32 rows in 256-bit halves, where a kernel set's vectors
+//           are wider (an ISA's optional vec<float>::load_halves; others read whole vectors).
+// None changes a value: only how fast the same bytes arrive.
+struct row_fetch {
+  bool l1 = false, twice = false, halves = false;
+};
+
 template <class T>
 struct row_pipeline {
   using E = calc_t<T>;
@@ -31,12 +41,19 @@ struct row_pipeline {
   // serves row calls made without a pipeline.
   static constexpr std::int64_t default_prefetch_l1_max = 16384;
   std::int64_t prefetch_l1_max = default_prefetch_l1_max;
+  bool prefetch_twice = false;  // row_fetch::twice
+  bool split_loads = false;     // row_fetch::halves
 
   // Whether a row of n elements carries the next row's sums.
   bool carries(std::int64_t n) const noexcept { return n * static_cast<std::int64_t>(sizeof(T)) >= carry_min_bytes; }
-  // Whether the next row of n elements after a row of `pipe` (may be null) is prefetched into L1.
-  static bool next_to_l1(std::int64_t n, const row_pipeline* pipe) noexcept {
-    return n * static_cast<std::int64_t>(sizeof(T)) <= (pipe ? pipe->prefetch_l1_max : default_prefetch_l1_max);
+  // How rows of n elements are fetched by the kernels of `pipe` (may be null: L1 by the default size,
+  // one prefetch per line, whole loads).
+  static row_fetch fetch(std::int64_t n, const row_pipeline* pipe) noexcept {
+    row_fetch f;
+    f.l1 = n * static_cast<std::int64_t>(sizeof(T)) <= (pipe ? pipe->prefetch_l1_max : default_prefetch_l1_max);
+    f.twice = pipe && pipe->prefetch_twice;
+    f.halves = pipe && pipe->split_loads;
+    return f;
   }
 
   // The sums of the row (a, b) of n elements, left by the sweep of the row before it.

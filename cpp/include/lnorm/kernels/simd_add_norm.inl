@@ -54,7 +54,7 @@
       pipe->leave({carried_sums::add, next_x, next_res, n, N::centered, cur == buf ? std::int64_t{1} : std::int64_t{0}, shift,
                    acc.sum_d(), acc.sum_q()});
     } else {
-      normalize_row_any<N>(cur, y, n, gamma, beta, m0, c, r, true, next_x, next_to_l1<T>(n));
+      normalize_row_any<N>(cur, y, n, gamma, beta, m0, c, r, true, next_x, fetch_of<T>(n));
       copy_row(cur, s, n, true, next_res);
       V<T>::fence();  // the end of a piped chain
     }

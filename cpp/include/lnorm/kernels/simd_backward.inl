@@ -89,15 +89,15 @@
   template <class N, class T, class W>
   static void backward_row_apply(const T* x, const T* dy, T* dx, std::int64_t n, const W* gamma, double mean_d,
                                  double rstd_d, calc_t<T> c1_s, calc_t<T> c2_s, const T* next_x = nullptr,
-                                 const T* next_dy = nullptr, bool next_l1 = false) noexcept {
+                                 const T* next_dy = nullptr, row_fetch f = {}) noexcept {
     using E = calc_t<T>;
     using R = typename V<T>::reg;
     constexpr std::int64_t L = V<T>::lanes;
     const R vm = V<T>::set1(static_cast<E>(mean_d)), vr = V<T>::set1(static_cast<E>(rstd_d));
     const R c1 = V<T>::set1(c1_s), c2 = V<T>::set1(c2_s);
     for (std::int64_t i = 0; i < n; i += L) {
-      prefetch_row(next_x, i, next_l1);
-      prefetch_row(next_dy, i, next_l1);
+      prefetch_row(next_x, i, f);
+      prefetch_row(next_dy, i, f);
       backward_apply_chunk<N>(x + i, dy + i, dx + i, n - i, gamma ? gamma + i : gamma, vm, vr, c1, c2);
     }
   }
@@ -170,7 +170,7 @@
     typename pipeline<T>::sums cr;
     const bool piped = pipe != nullptr, chain = piped && next_x && next_dy;
     const bool carry = chain && pipe->carries(n);
-    const bool l1 = next_to_l1<T>(n, pipe);
+    const row_fetch f = fetch_of<T>(n, pipe);
     if (piped && pipe->take(carried_sums::backward, x, dy, n, N::centered, cr)) {
       sg = cr.s1;
       sx = cr.s2;
@@ -179,7 +179,7 @@
     }
     const E c1 = sg / static_cast<E>(n), c2 = sx / static_cast<E>(n);
     if (!carry && !stream) {
-      backward_row_apply<N>(x, dy, dx, n, gamma, mean_d, rstd_d, c1, c2, next_x, next_dy, l1);
+      backward_row_apply<N>(x, dy, dx, n, gamma, mean_d, rstd_d, c1, c2, next_x, next_dy, f);
       return;
     }
     // Full vectors stored from a cache-line boundary on (see normalize_row_piped_any).
@@ -215,8 +215,8 @@
           },
           [&](std::int64_t i) LNORM_LAMBDA_INLINE {
             for (std::int64_t o = 0; o < 2 * L; o += L) {
-              prefetch_row(next_x, i + o, l1);
-              prefetch_row(next_dy, i + o, l1);
+              prefetch_row(next_x, i + o, f);
+              prefetch_row(next_dy, i + o, f);
             }
           },
           no_side{});

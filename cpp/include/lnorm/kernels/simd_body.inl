@@ -31,6 +31,7 @@ struct kernels {
   using layer_norm_kind = detail::layer_norm_kind;
   using rms_norm_kind = detail::rms_norm_kind;
   using carried_sums = detail::carried_sums;
+  using row_fetch = detail::row_fetch;
 
   // Whether normalize_pair (and add_row) work in split order: bfloat16 rows whose weights (or bias_in),
   // if any, are bfloat16.

@@ -70,30 +70,30 @@
   template <class N = layer_norm_kind, class T, class W>
   static void normalize_row_any(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
                                 calc_t<T> c, calc_t<T> r, bool stream, const T* next = nullptr,
-                                bool next_l1 = false) noexcept {
+                                row_fetch f = {}) noexcept {
     with_affine(gamma, beta, [&](auto g, auto b) {
       normalize_row<decltype(g)::value, decltype(b)::value, N::centered>(x, y, n, gamma, beta, m0, c, r, stream, next,
-                                                                         next_l1);
+                                                                         f);
     });
   }
 
   // Prefetches the line of `next` at element i. The next row is fetched while this one is worked on:
   // its first half during the statistics sweep (prefetch_first_half), its second half during the
   // normalizing sweep, so that memory is busy in both. With l1 into L1, else into L2 so as not to
-  // evict the row in hand and the weights (pipeline::next_to_l1). (Lines are hinted more than once:
+  // evict the row in hand and the weights (row_pipeline::fetch). (Lines are hinted more than once:
   // harmless.)
   // In a sweep of 4 vectors per step at element i: the matching part of next's first half.
   template <class T>
-  LNORM_VEC_INLINE static void prefetch_first_half(const T* next, std::int64_t i, std::int64_t lanes, bool l1) noexcept {
-    prefetch_row(next, i / 2, l1);
-    prefetch_row(next, i / 2 + lanes, l1);
+  LNORM_VEC_INLINE static void prefetch_first_half(const T* next, std::int64_t i, std::int64_t lanes, row_fetch f) noexcept {
+    prefetch_row(next, i / 2, f);
+    prefetch_row(next, i / 2 + lanes, f);
   }
 
-  // Whether a next row of n elements is prefetched into L1 (the worker's pipeline's choice, from the
-  // CPU policy; the pipeline's default without one).
+  // How rows of n elements are fetched (the worker's pipeline's choice, from the CPU policy; the
+  // pipeline's default without one).
   template <class T>
-  static bool next_to_l1(std::int64_t n, const pipeline<T>* pipe = nullptr) noexcept {
-    return pipeline<T>::next_to_l1(n, pipe);
+  static row_fetch fetch_of(std::int64_t n, const pipeline<T>* pipe = nullptr) noexcept {
+    return pipeline<T>::fetch(n, pipe);
   }
 
   // The pipelined sweep's prefetch (the pipeline's distance, pf bytes; lnorm/policy.hpp) of the 4 vectors
@@ -108,11 +108,20 @@
     for (std::uintptr_t o = 0; o < step; o += 64) __builtin_prefetch(reinterpret_cast<const void*>(at + o), 0, 2);
   }
 
+  // With f.twice, the line is hinted again from 32 bytes on (the same line where next + i starts a
+  // line's first half): on Zen 4 one prefetch per line leaves much of the next row to demand misses,
+  // and the AVX2 set, which hints every line from both halves, streamed a third faster for it.
   template <class T>
-  LNORM_VEC_INLINE static void prefetch_row(const T* next, std::int64_t i, bool l1) noexcept {
+  LNORM_VEC_INLINE static void prefetch_row(const T* next, std::int64_t i, row_fetch f) noexcept {
     if (!next) return;
-    if (l1) __builtin_prefetch(next + i, 0, 3);
-    else __builtin_prefetch(next + i, 0, 2);
+    const char* p = reinterpret_cast<const char*>(next + i);
+    if (f.l1) {
+      __builtin_prefetch(p, 0, 3);
+      if (f.twice) __builtin_prefetch(p + 32, 0, 3);
+    } else {
+      __builtin_prefetch(p, 0, 2);
+      if (f.twice) __builtin_prefetch(p + 32, 0, 2);
+    }
   }
 
  public:
@@ -136,12 +145,12 @@
     E m0, c, var;
     typename pipeline<T>::sums in;
     const bool piped = pipe != nullptr, chain = piped && next;
-    const bool l1 = next_to_l1<T>(n, pipe);
+    const row_fetch f = fetch_of<T>(n, pipe);
     if (piped && pipe->take(carried_sums::forward, x, nullptr, n, true, in)) {
       m0 = in.shift;
       finish_moments(x, n, in.s1, in.s2, m0, c, var);
     } else {
-      row_moments(x, n, m0, c, var, next, l1);
+      row_moments(x, n, m0, c, var, next, f);
     }
     if (!stats_ok(m0, c, var, eps)) {
       scalar::kernels::layer_norm_row(x, y, n, gamma, beta, eps, mean, rstd);
@@ -156,7 +165,7 @@
       normalize_row_piped_any(x, y, n, gamma, beta, m0, c, r, stream, next, acc, pipe->prefetch);
       pipe->leave({carried_sums::forward, next, nullptr, n, true, 0, shift, acc.sum_d(), acc.sum_q()});
     } else {
-      normalize_row_any(x, y, n, gamma, beta, m0, c, r, stream, next, l1);
+      normalize_row_any(x, y, n, gamma, beta, m0, c, r, stream, next, f);
       if (stream && !chain) V<T>::fence();  // the end of a chain, or a row alone
     }
     if (mean) *mean = static_cast<stat_t<T>>(static_cast<double>(m0) + static_cast<double>(c));
@@ -170,9 +179,9 @@
     E ms;
     typename pipeline<T>::sums in;
     const bool piped = pipe != nullptr, chain = piped && next;
-    const bool l1 = next_to_l1<T>(n, pipe);
+    const row_fetch f = fetch_of<T>(n, pipe);
     if (piped && pipe->take(carried_sums::forward, x, nullptr, n, false, in)) ms = in.s2 / static_cast<E>(n);
-    else row_mean_square(x, n, ms, next, l1);
+    else row_mean_square(x, n, ms, next, f);
     if (!stats_ok(E(0), E(0), ms, eps)) {
       scalar::kernels::rms_norm_row(x, y, n, gamma, eps, rstd);
       if (stream && !chain) V<T>::fence();
@@ -186,7 +195,7 @@
       normalize_row_piped_any(x, y, n, gamma, no_beta, E(0), E(0), r, stream, next, acc, pipe->prefetch);
       pipe->leave({carried_sums::forward, next, nullptr, n, false, 0, E(0), E(0), acc.sum_q()});
     } else {
-      normalize_row_any<rms_norm_kind>(x, y, n, gamma, no_beta, E(0), E(0), r, stream, next, l1);
+      normalize_row_any<rms_norm_kind>(x, y, n, gamma, no_beta, E(0), E(0), r, stream, next, f);
       if (stream && !chain) V<T>::fence();  // the end of a chain, or a row alone
     }
     if (rstd) *rstd = static_cast<stat_t<T>>(1.0 / std::sqrt(ve));
@@ -228,9 +237,9 @@
     std::memmove(static_cast<void*>(dst), static_cast<const void*>(src), static_cast<std::size_t>(head) * sizeof(T));
     std::int64_t i = head;
     // Through the compute type: exact for every T (a widening and a narrowing of the same value).
-    const bool l1 = next_to_l1<T>(n);
+    const row_fetch f = fetch_of<T>(n);
     for (; i + L <= n; i += L) {
-      prefetch_row(next, i, l1);
+      prefetch_row(next, i, f);
       const R v = V<T>::load(src + i);
       V<T>::stream(dst + i, v);
     }

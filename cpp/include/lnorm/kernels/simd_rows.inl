@@ -15,17 +15,18 @@
     return t;
   }
 
-  // affine for k elements at x (k >= lanes: a full vector).
-  template <bool G, bool B, bool S, class T, class W>
+  // affine for k elements at x (k >= lanes: a full vector); with H, full float32 vectors are read in
+  // halves where the ISA has them (row_fetch::halves).
+  template <bool G, bool B, bool S, bool H = false, class T, class W>
   LNORM_VEC_INLINE static typename V<T>::reg normalized(const T* x, std::int64_t k, const W* gamma, const W* beta, typename V<T>::reg vm,
                                        typename V<T>::reg vc, typename V<T>::reg vr) noexcept {
     using R = typename V<T>::reg;
     using VW = vec<calc_t<T>>;
     const bool full = k >= V<T>::lanes;
-    const R xv = full ? V<T>::load(x) : V<T>::load_n(x, k);
+    const R xv = full ? load_into<H, T>(x) : V<T>::load_n(x, k);
     R g = vr, b = vr;  // unused without G, B
-    if constexpr (G) g = full ? VW::load(gamma) : VW::load_n(gamma, k);
-    if constexpr (B) b = full ? VW::load(beta) : VW::load_n(beta, k);
+    if constexpr (G) g = full ? load_into<H, T>(gamma) : VW::load_n(gamma, k);
+    if constexpr (B) b = full ? load_into<H, T>(beta) : VW::load_n(beta, k);
     return affine<G, B, S, T>(xv, g, b, vm, vc, vr);
   }
 
@@ -46,7 +47,7 @@
   // the pair (x, gamma, beta) is split alike, so the elementwise results are the same. Those stores
   // round without a NaN guard: every NaN y can hold came from bfloat16 data (a row with NaN in x takes
   // the scalar path; NaN weights propagate with the low 16 bits zero) or is the default NaN.
-  template <bool G, bool B, bool S, bool Stream, class T, class W>
+  template <bool G, bool B, bool S, bool Stream, bool H = false, class T, class W>
   LNORM_VEC_INLINE static void normalize_pair(const T* x, T* y, const W* gamma, const W* beta, typename V<T>::reg vm,
                              typename V<T>::reg vc, typename V<T>::reg vr) noexcept {
     using R = typename V<T>::reg;
@@ -60,8 +61,8 @@
       if constexpr (Stream) V<T>::stream_split(y, a, b);
       else V<T>::store_split(y, a, b);
     } else {
-      const R a = normalized<G, B, S>(x, L, gamma, beta, vm, vc, vr);
-      const R b = normalized<G, B, S>(x + L, L, G ? gamma + L : gamma, B ? beta + L : beta, vm, vc, vr);
+      const R a = normalized<G, B, S, H>(x, L, gamma, beta, vm, vc, vr);
+      const R b = normalized<G, B, S, H>(x + L, L, G ? gamma + L : gamma, B ? beta + L : beta, vm, vc, vr);
       if constexpr (Stream) {
         V<T>::stream2(y, a, b);
       } else {
@@ -124,11 +125,11 @@
   // caller fences them (once for a chain of rows).
   //
   // `next` (may be null) is the row the caller handles next: its second half is prefetched (into L1
-  // with next_l1, else L2) while this row, already in cache, is normalized, so that the next row's
+  // with f.l1, else L2) while this row, already in cache, is normalized, so that the next row's
   // read from memory overlaps this row's work.
   template <bool G, bool B, bool S, class T, class W>
   static void normalize_row(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
-                            calc_t<T> c, calc_t<T> r, bool stream, const T* next, bool next_l1) noexcept {
+                            calc_t<T> c, calc_t<T> r, bool stream, const T* next, row_fetch f) noexcept {
     using R = typename V<T>::reg;
     constexpr std::int64_t L = V<T>::lanes;
     const R vm = V<T>::set1(m0), vc = V<T>::set1(offset_term<S>(m0, c, r)), vr = V<T>::set1(r);
@@ -136,13 +137,19 @@
       normalize_chunk<G, B, S>(x + j, y + j, k, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
     };
     // One line of next's second half per step of 2 * lanes elements (for 16-bit rows, half a line).
-    auto ahead = [&](std::int64_t i) LNORM_LAMBDA_INLINE { prefetch_row(next, n / 2 + i / 2, next_l1); };
+    auto ahead = [&](std::int64_t i) LNORM_LAMBDA_INLINE { prefetch_row(next, n / 2 + i / 2, f); };
     const std::int64_t head = stream_head(y);
     if (stream && head >= 0 && n >= 4 * L) {
       fetch_tail_line(y, n);
-      sweep<1, L>(n, head, part, [&](std::int64_t j) LNORM_LAMBDA_INLINE {
-        normalize_pair<G, B, S, true>(x + j, y + j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);
-      }, ahead, no_side{});
+      auto streamed = [&](auto halves) LNORM_LAMBDA_INLINE {
+        sweep<1, L>(n, head, part, [&](std::int64_t j) LNORM_LAMBDA_INLINE {
+          normalize_pair<G, B, S, true, decltype(halves)::value>(x + j, y + j, G ? gamma + j : gamma,
+                                                                 B ? beta + j : beta, vm, vc, vr);
+        }, ahead, no_side{});
+      };
+      // Halves only where they change the loads (float32 through a set that has them).
+      if (f.halves && std::is_same_v<T, float> && vec_interface::has_load_halves<V<T>>) streamed(std::true_type{});
+      else streamed(std::false_type{});
     } else {
       sweep<1, L>(n, 0, part, [&](std::int64_t j) LNORM_LAMBDA_INLINE {
         normalize_pair<G, B, S, false>(x + j, y + j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);

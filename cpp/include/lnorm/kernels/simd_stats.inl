@@ -16,17 +16,19 @@
     explicit row_sums(E shift) noexcept
         : vk(V<T>::set1(shift)), d0(V<T>::zero()), d1(V<T>::zero()), d2(V<T>::zero()), d3(V<T>::zero()),
           q0(V<T>::zero()), q1(V<T>::zero()), q2(V<T>::zero()), q3(V<T>::zero()) {}
-    // Elements [0, 4 * lanes) of x.
+    // Elements [0, 4 * lanes) of x; with Halves, float32 x is read in halves where the ISA has them
+    // (row_fetch::halves: the same values).
+    template <bool Halves = false>
     LNORM_VEC_INLINE void step(const T* x) noexcept {
       R a, b, c, e;
       if constexpr (std::is_same_v<T, bfloat16_t>) {  // split order (see normalize_pair): sums only
         V<T>::load_split(x, a, b);
         V<T>::load_split(x + 2 * L, c, e);
       } else {
-        a = V<T>::load(x);
-        b = V<T>::load(x + L);
-        c = V<T>::load(x + 2 * L);
-        e = V<T>::load(x + 3 * L);
+        a = load_into<Halves, T>(x);
+        b = load_into<Halves, T>(x + L);
+        c = load_into<Halves, T>(x + 2 * L);
+        e = load_into<Halves, T>(x + 3 * L);
       }
       if constexpr (N::centered) {
         a = V<T>::sub(a, vk);
@@ -58,18 +60,40 @@
     LNORM_VEC_INLINE E sum_q() const noexcept { return V<T>::sum(V<T>::add(V<T>::add(q0, q1), V<T>::add(q2, q3))); }
   };
 
+  // A vector of X (x or a weight) for rows of T; with Halves, float32 into float registers through the
+  // ISA's load_halves where it has one (row_fetch::halves), else V<T>::load.
+  template <bool Halves, class T, class X>
+  LNORM_VEC_INLINE static typename V<T>::reg load_into(const X* p) noexcept {
+    if constexpr (Halves && std::is_same_v<X, float> && std::is_same_v<calc_t<T>, float> &&
+                  vec_interface::has_load_halves<V<T>>)
+      return V<T>::load_halves(p);
+    else
+      return V<T>::load(p);
+  }
+
+  // A statistics sweep of its own over a row: acc steps over its full 4-vector blocks while the next
+  // row's first half is prefetched, then takes the tail.
+  template <class T, class N>
+  static void sums_sweep(const T* x, std::int64_t n, row_sums<T, N>& acc, const T* next, row_fetch f) noexcept {
+    constexpr std::int64_t L = V<T>::lanes;
+    auto blocks = [&](auto halves) LNORM_LAMBDA_INLINE {
+      std::int64_t i = 0;
+      for (; i + 4 * L <= n; i += 4 * L) {
+        prefetch_first_half(next, i, L, f);
+        acc.template step<decltype(halves)::value>(x + i);
+      }
+      return i;
+    };
+    const std::int64_t i = f.halves ? blocks(std::true_type{}) : blocks(std::false_type{});
+    acc.tail(x + i, n - i);
+  }
+
   // Sums of d = x - shift and d^2 over one row.
   template <class T>
   static void shifted_sums(const T* x, std::int64_t n, calc_t<T> shift, calc_t<T>& sum_d, calc_t<T>& sum_q,
-                           const T* next = nullptr, bool next_l1 = false) noexcept {
-    constexpr std::int64_t L = V<T>::lanes;
+                           const T* next = nullptr, row_fetch f = {}) noexcept {
     row_sums<T, layer_norm_kind> acc(shift);
-    std::int64_t i = 0;
-    for (; i + 4 * L <= n; i += 4 * L) {
-      prefetch_first_half(next, i, L, next_l1);
-      acc.step(x + i);
-    }
-    acc.tail(x + i, n - i);
+    sums_sweep(x, n, acc, next, f);
     sum_d = acc.sum_d();
     sum_q = acc.sum_q();
   }
@@ -87,11 +111,11 @@
   // (an outlier at the row's start) costs one more pass, from cache, around m0 + c.
   template <class T>
   static void row_moments(const T* x, std::int64_t n, calc_t<T>& m0, calc_t<T>& c, calc_t<T>& var,
-                          const T* next = nullptr, bool next_l1 = false) noexcept {
+                          const T* next = nullptr, row_fetch f = {}) noexcept {
     using E = calc_t<T>;
     m0 = row_shift(x, n);
     E sd, sq;
-    shifted_sums(x, n, m0, sd, sq, next, next_l1);
+    shifted_sums(x, n, m0, sd, sq, next, f);
     finish_moments(x, n, sd, sq, m0, c, var);
   }
 
@@ -113,15 +137,9 @@
 
   template <class T>
   static void row_mean_square(const T* x, std::int64_t n, calc_t<T>& ms, const T* next = nullptr,
-                              bool next_l1 = false) noexcept {
-    constexpr std::int64_t L = V<T>::lanes;
+                              row_fetch f = {}) noexcept {
     row_sums<T, rms_norm_kind> acc(calc_t<T>(0));
-    std::int64_t i = 0;
-    for (; i + 4 * L <= n; i += 4 * L) {
-      prefetch_first_half(next, i, L, next_l1);
-      acc.step(x + i);
-    }
-    acc.tail(x + i, n - i);
+    sums_sweep(x, n, acc, next, f);
     ms = acc.sum_q() / static_cast<calc_t<T>>(n);
   }
 

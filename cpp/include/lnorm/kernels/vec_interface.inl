@@ -36,6 +36,9 @@
 //                                nearest even without a NaN guard (their NaNs came from bfloat16 data)
 // buffered_tail.inl gives load_n and store_n from load, store and lanes, for ISAs without masked
 // loads and stores.
+// Optional (checked for its type where present; the body does without it otherwise):
+//   vec<float>::load_halves(const float*)   -> reg: what load(const float*) gives, read as two
+//                                loads of half the width (row_fetch::halves, kernels/pipeline.hpp)
 
 // GCC reports a vector type passed as a template argument (__m256 in std::is_same) as losing its
 // attributes (may_alias, alignment): these traits only compare types, whose vector size and element
@@ -125,6 +128,8 @@ template <class V, class X>
 using stream2_bits_t = decltype(V::stream2_bits(std::declval<X*>(), std::declval<const X*>()));
 template <class V, class X>
 using load_split_t = decltype(V::load_split(std::declval<const X*>(), std::declval<reg_t<V>&>(), std::declval<reg_t<V>&>()));
+template <class V>
+using load_halves_t = decltype(V::load_halves(std::declval<const float*>()));
 template <class V, class X>
 using store_split_t = decltype(V::store_split(std::declval<X*>(), std::declval<cref<V>>(), std::declval<cref<V>>()));
 template <class V, class X>
@@ -186,6 +191,11 @@ template <class V, class X>
 inline constexpr bool has_stream2_bits = valid2<stream2_bits_t, V, X>::value;
 template <class V, class X>
 inline constexpr bool has_load_split = valid2<load_split_t, V, X>::value;
+// Optional: whether V has load_halves at all, and, where it has, that it gives a register.
+template <class V>
+inline constexpr bool has_load_halves = valid1<load_halves_t, V>::value;
+template <class V>
+inline constexpr bool load_halves_ok = !has_load_halves<V> || gives_reg1<load_halves_t, V>::value;
 template <class V, class X>
 inline constexpr bool has_store_split = valid2<store_split_t, V, X>::value;
 template <class V, class X>
@@ -198,6 +208,7 @@ static_assert(complete<F>, "vec<float> is not defined (template <> struct vec<fl
 static_assert(has_reg<F>, "vec<float>::reg (the register type) is missing");
 static_assert(has_lanes<F>, "vec<float>::lanes wants a static constexpr std::int64_t > 0 dividing kColumnTile");
 static_assert(has_zero<F>, "vec<float>::zero() -> reg is missing");
+static_assert(load_halves_ok<F>, "vec<float>::load_halves(const float*) must return reg");
 static_assert(has_set1<F, float>, "vec<float>::set1(float) -> reg is missing");
 static_assert(has_load<F, float>, "vec<float>::load(const float*) -> reg is missing");
 static_assert(has_load<F, float16_t>, "vec<float>::load(const float16_t*) -> reg is missing");
