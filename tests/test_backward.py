@@ -81,6 +81,20 @@ def test_backward_strides_and_axes(dtype, seed):
             raise AssertionError(f"case {name!r}: {e}") from e
 
 
+# Batches of more than 32K elements per 32K-element chunk: dgamma/dbeta are summed per fixed chunk of
+# rows (at most 64) and the chunks reduced in order, the case the small sizes above never reach;
+# power-of-two widths (the partials' stride then maps them all to one cache set) and odd ones.
+@pytest.mark.parametrize("shape", [(256, 1024), (64, 16384), (70, 4099), (3000, 33)])
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_backward_parameter_grads_over_many_chunks(dtype, shape):
+    rng = np.random.default_rng([shape[0], shape[1], 56])
+    x = rand_x(rng, shape, dtype)
+    dy = rand_x(rng, shape, dtype)
+    w = rand_param(rng, (shape[1],), dtype)
+    check_ln_backward(dy, x, w, -1, 1e-5)
+    check_rms_backward(dy, x, w, -1, 1e-6)
+
+
 def test_backward_float32_weight_with_float64_input():
     """dweight/dbias take weight's dtype; without weight, x's dtype."""
     rng = np.random.default_rng(54)
