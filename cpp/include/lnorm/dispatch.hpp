@@ -249,12 +249,18 @@ inline int isa_setting() noexcept {
 }
 }  // namespace detail
 
+namespace detail {
+// The kernel set and whether it was forced, from one read of the setting (a call dispatches on one).
+inline isa isa_of(int setting) noexcept { return static_cast<isa>(setting & ~kIsaForced); }
+inline bool forced_in(int setting) noexcept { return (setting & kIsaForced) != 0; }
+}  // namespace detail
+
 /// The kernel set in use: LNORM_ISA if set to one this build and CPU can run, else the best.
-inline isa current_isa() noexcept { return static_cast<isa>(detail::isa_setting() & ~detail::kIsaForced); }
+inline isa current_isa() noexcept { return detail::isa_of(detail::isa_setting()); }
 
 /// Whether the kernel set in use was forced (LNORM_ISA, set_isa) rather than chosen as the best this
 /// CPU runs. Only a chosen one gives way to the CPU policy's per-op choice (policy.hpp's narrow_ops).
-inline bool isa_forced() noexcept { return (detail::isa_setting() & detail::kIsaForced) != 0; }
+inline bool isa_forced() noexcept { return detail::forced_in(detail::isa_setting()); }
 
 /// Forces a kernel set; returns false (and changes nothing) if it cannot run here. Safe at any time,
 /// from any thread: each call reads the setting once, when it dispatches, and keeps that kernel set

@@ -630,9 +630,10 @@ inline bool run_if_current([[maybe_unused]] isa current, [[maybe_unused]] F& f, 
 
 template <class F, class... K>
 inline status run_current(kernel_sets<K...>, F& f, unsigned use) noexcept {
-  isa current = current_isa();
+  const int setting = isa_setting();  // read once: the set and whether it was forced agree
+  isa current = isa_of(setting);
   // The policy's per-op choice: a chosen (not forced) AVX-512 set gives these ops to the AVX2 set.
-  if ((use & policy().narrow_ops) != 0 && current == isa::avx512 && !isa_forced() && isa_available(isa::avx2))
+  if ((use & policy().narrow_ops) != 0 && current == isa::avx512 && !forced_in(setting) && isa_available(isa::avx2))
     current = isa::avx2;
   status s;
   if (!(run_if_current<K>(current, f, s) || ...)) s = run_on<scalar::kernels>(f);  // not reached: current runs here

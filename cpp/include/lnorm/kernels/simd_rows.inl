@@ -141,15 +141,12 @@
     const std::int64_t head = stream_head(y);
     if (stream && head >= 0 && n >= 4 * L) {
       fetch_tail_line(y, n);
-      auto streamed = [&](auto halves) LNORM_LAMBDA_INLINE {
+      with_halves<T>(f, [&](auto halves) LNORM_LAMBDA_INLINE {
         sweep<1, L>(n, head, part, [&](std::int64_t j) LNORM_LAMBDA_INLINE {
           normalize_pair<G, B, S, true, decltype(halves)::value>(x + j, y + j, G ? gamma + j : gamma,
                                                                  B ? beta + j : beta, vm, vc, vr);
         }, ahead, no_side{});
-      };
-      // Halves only where they change the loads (float32 through a set that has them).
-      if (f.halves && std::is_same_v<T, float> && vec_interface::has_load_halves<V<T>>) streamed(std::true_type{});
-      else streamed(std::false_type{});
+      });
     } else {
       sweep<1, L>(n, 0, part, [&](std::int64_t j) LNORM_LAMBDA_INLINE {
         normalize_pair<G, B, S, false>(x + j, y + j, G ? gamma + j : gamma, B ? beta + j : beta, vm, vc, vr);

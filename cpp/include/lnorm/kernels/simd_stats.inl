@@ -71,20 +71,30 @@
       return V<T>::load(p);
   }
 
+  // Calls fn(std::bool_constant<H>) with H whether rows of T are read in halves under f: only where
+  // that changes the loads (float32 rows through a set that has load_halves), so no other row type
+  // gets a second copy of its sweep.
+  template <class T, class F>
+  LNORM_VEC_INLINE static decltype(auto) with_halves(row_fetch f, F&& fn) noexcept {
+    if constexpr (std::is_same_v<T, float> && vec_interface::has_load_halves<V<T>>) {
+      if (f.halves) return fn(std::true_type{});
+    }
+    return fn(std::false_type{});
+  }
+
   // A statistics sweep of its own over a row: acc steps over its full 4-vector blocks while the next
   // row's first half is prefetched, then takes the tail.
   template <class T, class N>
   static void sums_sweep(const T* x, std::int64_t n, row_sums<T, N>& acc, const T* next, row_fetch f) noexcept {
     constexpr std::int64_t L = V<T>::lanes;
-    auto blocks = [&](auto halves) LNORM_LAMBDA_INLINE {
-      std::int64_t i = 0;
-      for (; i + 4 * L <= n; i += 4 * L) {
-        prefetch_first_half(next, i, L, f);
-        acc.template step<decltype(halves)::value>(x + i);
+    const std::int64_t i = with_halves<T>(f, [&](auto halves) LNORM_LAMBDA_INLINE {
+      std::int64_t j = 0;
+      for (; j + 4 * L <= n; j += 4 * L) {
+        prefetch_first_half(next, j, L, f);
+        acc.template step<decltype(halves)::value>(x + j);
       }
-      return i;
-    };
-    const std::int64_t i = f.halves ? blocks(std::true_type{}) : blocks(std::false_type{});
+      return j;
+    });
     acc.tail(x + i, n - i);
   }
 
