@@ -470,6 +470,27 @@ inline void norm_row(const T* x, T* y, std::int64_t n, const W* gamma, const W* 
   else K::template norm_row<N, T, W>(x, y, n, gamma, beta, eps, mean, rstd);
 }
 
+// The float32 copies of a block's float16 weights (kernels/pipeline.hpp's widened_weights), made at
+// the block's second row of n <= max_n elements: false (use the weights as given) before that, for
+// rows too long, and without a pipeline.
+template <class K, class W>
+inline bool widened(row_pipeline<float16_t>* pipe, const W* gamma, const W* beta, std::int64_t n, const float*& g,
+                    const float*& b) noexcept {
+  if (!pipe || n > widened_weights::max_n || (!gamma && !beta)) return false;
+  widened_weights& w = pipe->wide;
+  if (w.gamma != gamma || w.beta != beta || w.n != n) {
+    if (++w.rows_seen < 2) return false;
+    if (gamma) K::widen_row(gamma, w.g, n);
+    if (beta) K::widen_row(beta, w.b, n);
+    w.gamma = gamma;
+    w.beta = beta;
+    w.n = n;
+  }
+  g = gamma ? w.g : nullptr;
+  b = beta ? w.b : nullptr;
+  return true;
+}
+
 // The norm N of x into y: arrays x | y. (RMSNorm: beta and mean null.)
 template <class K, class T, class W, class N>
 struct norm_op {
@@ -483,8 +504,13 @@ struct norm_op {
   bool stream;
   std::int64_t scratch_rows() const noexcept { return 0; }
   void row(T* const* p, T* const* next, std::int64_t r, partial_t*, T*, row_pipeline<T>* pipe) const noexcept {
-    norm_row<K, N>(p[0], p[1], n, gamma, beta, eps, mean ? mean + r : nullptr, rstd ? rstd + r : nullptr, stream,
-                   next[0], pipe);
+    stat_t<T>* m = mean ? mean + r : nullptr;
+    stat_t<T>* s = rstd ? rstd + r : nullptr;
+    if constexpr (K::pipelined && std::is_same_v<T, float16_t> && std::is_same_v<W, float16_t>) {
+      const float *g, *b;
+      if (widened<K>(pipe, gamma, beta, n, g, b)) return norm_row<K, N>(p[0], p[1], n, g, b, eps, m, s, stream, next[0], pipe);
+    }
+    norm_row<K, N>(p[0], p[1], n, gamma, beta, eps, m, s, stream, next[0], pipe);
   }
   void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t*) const noexcept {
     if constexpr (N::centered)

@@ -45,8 +45,9 @@ struct cpu_policy {
   // A row's next row is prefetched into L1 while it is no longer than this, else into L2.
   std::int64_t prefetch_l1_max = detail::row_pipeline<float>::default_prefetch_l1_max;
   // How rows are fetched from memory (kernels/pipeline.hpp's row_fetch; values never change): each
-  // line of the next row prefetched twice, and float32 rows read in 256-bit halves in the statistics
-  // sweep of an AVX-512 set.
+  // line of the next row prefetched twice (and, for float32 rows, each line of the carried sweep's
+  // prefetch ahead: pipeline.hpp's ahead_fetch), and float32 rows read in 256-bit halves in the
+  // statistics sweep of an AVX-512 set.
   bool prefetch_twice = false;
   bool split_loads = false;
   // Ops (op_use bits) that run on the AVX2 set where the set in use is AVX-512 and was not forced
@@ -103,7 +104,9 @@ inline cpu_id identify_cpu() noexcept {
 //     0.21-0.26 against 0.33-0.39, 16-bit rows of 32 KiB even). The backward takes the same rule (its
 //     carried sweep reads six arrays): 8192x4096 float16 0.44 ns against 0.68, 16384x2048 float32
 //     0.70-0.72 against 0.89-0.90.
-//     Fetch: one software prefetch per line of the next row left much of it to demand misses, and
+//     Fetch: one software prefetch per line of the next row left much of it to demand misses (the
+//     carried sweep's prefetch ahead too: float32 add & norm 8192x4096, 1 thread, AVX2 0.69-0.70 ns per
+//     element with two hints per line against 0.82-0.83, AVX-512 0.64-0.69 against 0.74-0.76), and
 //     512-bit loads of data not in L1 stream about 10 % slower than two 256-bit loads of the same
 //     bytes; so each line is hinted twice and AVX-512 reads float32 rows in halves (float32 8192x4096
 //     AVX-512 layer_norm 0.30-0.33 ns against 0.38-0.44, rms_norm 0.25-0.27 against 0.32, backward

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../reference.hpp"
 
@@ -28,6 +29,32 @@ struct row_fetch {
   bool l1 = false, twice = false, halves = false;
 };
 
+// float16 weights widened to float32 once for a worker's block of rows, so the row kernels read them
+// as float32 instead of converting them again for every row. On Zen 4 the conversions bound the
+// float16 forward: one 512-bit vcvtph2ps takes two cycles, and a row's output sweep converts x, gamma
+// and beta (float16 layer_norm from L1, AVX-512: 0.18 ns per element with float16 weights, 0.135 with
+// float32 ones). Up to max_n elements (16 KiB with beta), so the widened weights stay in L1 beside
+// the row. The values are exact, so the results are the same bits either way.
+struct widened_weights {
+  static constexpr std::int64_t max_n = 2048;
+  const void* gamma = nullptr;  // the weights widened below (null: none yet)
+  const void* beta = nullptr;
+  std::int64_t n = 0;
+  int rows_seen = 0;  // rows of this block that asked; the first runs on the weights as given
+  alignas(64) float g[max_n];
+  alignas(64) float b[max_n];
+};
+struct no_widened_weights {};
+
+// How far ahead the carried sweep prefetches the next row (row_pipeline::ahead): `bytes` past the
+// statistics sweep (0: none), each line hinted from both halves with `twice` (4-byte rows only: on Zen 4
+// float32 add & norm, AVX2, went from 0.79-0.82 ns per element to 0.73-0.78 with it, and 16-bit rows
+// slowed down).
+struct ahead_fetch {
+  std::int64_t bytes = 0;
+  bool twice = false;
+};
+
 template <class T>
 struct row_pipeline {
   using E = calc_t<T>;
@@ -43,7 +70,10 @@ struct row_pipeline {
   std::int64_t prefetch_l1_max = default_prefetch_l1_max;
   bool prefetch_twice = false;  // row_fetch::twice
   bool split_loads = false;     // row_fetch::halves
+  // float16 rows: the block's weights widened to float32 (left uninitialized until used).
+  std::conditional_t<std::is_same_v<T, float16_t>, widened_weights, no_widened_weights> wide;
 
+  ahead_fetch ahead() const noexcept { return {prefetch, prefetch_twice && sizeof(T) == 4}; }
   // Whether a row of n elements carries the next row's sums.
   bool carries(std::int64_t n) const noexcept { return n * static_cast<std::int64_t>(sizeof(T)) >= carry_min_bytes; }
   // How rows of n elements are fetched by the kernels of `pipe` (may be null: L1 by the default size,

@@ -49,7 +49,7 @@
       row_sums<T, N> acc(shift);
       with_affine(gamma, beta, [&](auto g, auto b) {
         add_norm_piped<decltype(g)::value, decltype(b)::value, N::centered>(cur, s, y, n, gamma, beta, m0, c, r, head, next_x,
-                                                                next_res, bias_in, nxt, acc, pipe->prefetch);
+                                                                next_res, bias_in, nxt, acc, pipe->ahead());
       });
       pipe->leave({carried_sums::add, next_x, next_res, n, N::centered, cur == buf ? std::int64_t{1} : std::int64_t{0}, shift,
                    acc.sum_d(), acc.sum_q()});
@@ -79,7 +79,7 @@
   template <bool G, bool B, bool S, class N, class T, class W>
   static void add_norm_piped(const T* cur, T* s, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
                              calc_t<T> c, calc_t<T> r, std::int64_t head, const T* nx, const T* nres,
-                             const W* bias_in, T* nxt, row_sums<T, N>& sums, std::int64_t pf) noexcept {
+                             const W* bias_in, T* nxt, row_sums<T, N>& sums, ahead_fetch pf) noexcept {
     using R = typename V<T>::reg;
     constexpr std::int64_t L = V<T>::lanes;
     row_sums<T, N> acc = sums;  // in registers (the stores may alias sums)

@@ -32,6 +32,7 @@ struct kernels {
   using rms_norm_kind = detail::rms_norm_kind;
   using carried_sums = detail::carried_sums;
   using row_fetch = detail::row_fetch;
+  using ahead_fetch = detail::ahead_fetch;
 
   // Whether normalize_pair (and add_row) work in split order: bfloat16 rows whose weights (or bias_in),
   // if any, are bfloat16.

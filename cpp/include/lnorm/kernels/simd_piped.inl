@@ -10,7 +10,7 @@
   template <bool G, bool B, bool S, bool Stream, class N, class T, class W>
   static void normalize_row_piped(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
                                   calc_t<T> c, calc_t<T> r, std::int64_t head, const T* nx,
-                                  row_sums<T, N>& sums, std::int64_t pf) noexcept {
+                                  row_sums<T, N>& sums, ahead_fetch pf) noexcept {
     using R = typename V<T>::reg;
     row_sums<T, N> acc = sums;  // a local copy stays in registers (the stores to y may alias sums)
     constexpr std::int64_t L = V<T>::lanes;
@@ -37,7 +37,7 @@
   template <class N, class T, class W>
   static void normalize_row_piped_any(const T* x, T* y, std::int64_t n, const W* gamma, const W* beta, calc_t<T> m0,
                                       calc_t<T> c, calc_t<T> r, bool stream, const T* nx,
-                                      row_sums<T, N>& acc, std::int64_t pf) noexcept {
+                                      row_sums<T, N>& acc, ahead_fetch pf) noexcept {
     // Full vectors are stored from a cache-line boundary on, streamed or not: a store split across
     // two lines costs as much as two.
     const std::int64_t aligned = stream_head(y);
@@ -96,16 +96,19 @@
     return pipeline<T>::fetch(n, pipe);
   }
 
-  // The pipelined sweep's prefetch (the pipeline's distance, pf bytes; lnorm/policy.hpp) of the 4 vectors
-  // at p: the lines pf bytes past them, into L2. More of the next row is then in flight than the
+  // The pipelined sweep's prefetch (the pipeline's distance, pf.bytes; lnorm/policy.hpp) of the 4
+  // vectors at p: the lines pf.bytes past them, into L2, each from both halves with pf.twice. More of the next row is then in flight than the
   // hardware prefetcher keeps. Past the row's end it touches the row after, or nothing mapped:
   // prefetches never fault.
   template <class T>
-  LNORM_VEC_INLINE static void prefetch_ahead(const T* p, std::int64_t pf) noexcept {
-    if (pf <= 0) return;
+  LNORM_VEC_INLINE static void prefetch_ahead(const T* p, ahead_fetch pf) noexcept {
+    if (pf.bytes <= 0) return;
     constexpr std::uintptr_t step = 4 * static_cast<std::uintptr_t>(V<T>::lanes) * sizeof(T);
-    const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(p) + static_cast<std::uintptr_t>(pf);
-    for (std::uintptr_t o = 0; o < step; o += 64) __builtin_prefetch(reinterpret_cast<const void*>(at + o), 0, 2);
+    const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(p) + static_cast<std::uintptr_t>(pf.bytes);
+    for (std::uintptr_t o = 0; o < step; o += 64) {
+      __builtin_prefetch(reinterpret_cast<const void*>(at + o), 0, 2);
+      if (pf.twice) __builtin_prefetch(reinterpret_cast<const void*>(at + o + 32), 0, 2);
+    }
   }
 
   // With f.twice, the line is hinted again from 32 bytes on (the same line where next + i starts a
@@ -162,7 +165,7 @@
     if (chain && pipe->carries(n)) {
       const E shift = row_shift(next, n);
       row_sums<T, layer_norm_kind> acc(shift);
-      normalize_row_piped_any(x, y, n, gamma, beta, m0, c, r, stream, next, acc, pipe->prefetch);
+      normalize_row_piped_any(x, y, n, gamma, beta, m0, c, r, stream, next, acc, pipe->ahead());
       pipe->leave({carried_sums::forward, next, nullptr, n, true, 0, shift, acc.sum_d(), acc.sum_q()});
     } else {
       normalize_row_any(x, y, n, gamma, beta, m0, c, r, stream, next, f);
@@ -192,7 +195,7 @@
     const W* no_beta = nullptr;
     if (chain && pipe->carries(n)) {
       row_sums<T, rms_norm_kind> acc(E(0));
-      normalize_row_piped_any(x, y, n, gamma, no_beta, E(0), E(0), r, stream, next, acc, pipe->prefetch);
+      normalize_row_piped_any(x, y, n, gamma, no_beta, E(0), E(0), r, stream, next, acc, pipe->ahead());
       pipe->leave({carried_sums::forward, next, nullptr, n, false, 0, E(0), E(0), acc.sum_q()});
     } else {
       normalize_row_any<rms_norm_kind>(x, y, n, gamma, no_beta, E(0), E(0), r, stream, next, f);
@@ -219,6 +222,17 @@
     static_assert(N::weights == detail::weights_by::element, "row kernels index weights per element");
     backward_row<N>(x, dy, dx, n, gamma, N::centered ? mean : 0.0, rstd, dg, N::centered ? db : nullptr, next_x, next_dy,
                     stream, pipe, N::centered ? next_mean : 0.0, next_rstd);
+  }
+
+  /// dst = src widened to float32 over n elements, by the loads the row kernels use on weights of W
+  /// (so the same values they would read).
+  template <class W>
+  static void widen_row(const W* src, float* dst, std::int64_t n) noexcept {
+    using VF = vec<float>;
+    constexpr std::int64_t L = VF::lanes;
+    std::int64_t i = 0;
+    for (; i + L <= n; i += L) VF::store(dst + i, VF::load(src + i));
+    if (i < n) VF::store_n(dst + i, VF::load_n(src + i, n - i), n - i);
   }
 
   /// dst = src over n elements; with `stream`, full vectors past an aligning head are stored

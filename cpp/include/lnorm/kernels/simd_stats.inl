@@ -85,8 +85,12 @@
   // A statistics sweep of its own over a row: acc steps over its full 4-vector blocks while the next
   // row's first half is prefetched, then takes the tail.
   template <class T, class N>
-  static void sums_sweep(const T* x, std::int64_t n, row_sums<T, N>& acc, const T* next, row_fetch f) noexcept {
+  static void sums_sweep(const T* x, std::int64_t n, row_sums<T, N>& sums, const T* next, row_fetch f) noexcept {
     constexpr std::int64_t L = V<T>::lanes;
+    // A local copy stays in registers: the loads of x go through may-alias vector types, so where this
+    // sweep is not inlined (-O2) sums' members were stored and reloaded every step (float16
+    // layer_norm, 16 x 4096 from L2, AVX-512 at -O2: 0.21 ns per element against 0.19 with the copy).
+    row_sums<T, N> acc = sums;
     const std::int64_t i = with_halves<T>(f, [&](auto halves) LNORM_LAMBDA_INLINE {
       std::int64_t j = 0;
       for (; j + 4 * L <= n; j += 4 * L) {
@@ -96,6 +100,7 @@
       return j;
     });
     acc.tail(x + i, n - i);
+    sums = acc;
   }
 
   // Sums of d = x - shift and d^2 over one row.
