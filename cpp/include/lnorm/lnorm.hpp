@@ -581,11 +581,21 @@ struct norm_backward_op {
     const bool more = next[0] != nullptr && pipe != nullptr;
     const double m = N::centered ? static_cast<double>(mean[r]) : 0.0;
     stat_t<T>* db = N::centered ? part + n : nullptr;
-    if constexpr (K::pipelined)
-      K::template norm_backward_row<N, T, W>(p[0], p[1], p[2], n, gamma, m, rstd[r], part, db, next[0], next[1], stream,
-                                             pipe, more && N::centered ? static_cast<double>(mean[r + 1]) : 0.0,
-                                             more ? static_cast<double>(rstd[r + 1]) : 0.0);
-    else K::template norm_backward_row<N, T, W>(p[0], p[1], p[2], n, gamma, m, rstd[r], part, db);
+    if constexpr (K::pipelined) {
+      const auto run = [&](const auto* g) {
+        using G = std::remove_cv_t<std::remove_pointer_t<decltype(g)>>;
+        K::template norm_backward_row<N, T, G>(p[0], p[1], p[2], n, g, m, rstd[r], part, db, next[0], next[1], stream,
+                                               pipe, more && N::centered ? static_cast<double>(mean[r + 1]) : 0.0,
+                                               more ? static_cast<double>(rstd[r + 1]) : 0.0);
+      };
+      if constexpr (std::is_same_v<T, float16_t> && std::is_same_v<W, float16_t>) {
+        const float *g, *unused;
+        if (widened<K>(pipe, gamma, static_cast<const W*>(nullptr), n, g, unused)) return run(g);
+      }
+      run(gamma);
+    } else {
+      K::template norm_backward_row<N, T, W>(p[0], p[1], p[2], n, gamma, m, rstd[r], part, db);
+    }
   }
   void cols(T* const* p, const std::int64_t* s, std::int64_t w, std::int64_t r0, partial_t* part) const noexcept {
     if constexpr (!N::centered)
