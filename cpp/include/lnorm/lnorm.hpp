@@ -478,13 +478,10 @@ inline bool widened(row_pipeline<float16_t>* pipe, const W* gamma, const W* beta
                     const float*& b) noexcept {
   if (!pipe || n > widened_weights::max_n || (!gamma && !beta)) return false;
   widened_weights& w = pipe->wide;
-  if (w.gamma != gamma || w.beta != beta || w.n != n) {
+  if (w.rows_seen < 2) {
     if (++w.rows_seen < 2) return false;
     if (gamma) K::widen_row(gamma, w.g, n);
     if (beta) K::widen_row(beta, w.b, n);
-    w.gamma = gamma;
-    w.beta = beta;
-    w.n = n;
   }
   g = gamma ? w.g : nullptr;
   b = beta ? w.b : nullptr;
@@ -582,11 +579,10 @@ struct norm_backward_op {
     const double m = N::centered ? static_cast<double>(mean[r]) : 0.0;
     stat_t<T>* db = N::centered ? part + n : nullptr;
     if constexpr (K::pipelined) {
-      const auto run = [&](const auto* g) {
-        using G = std::remove_cv_t<std::remove_pointer_t<decltype(g)>>;
-        K::template norm_backward_row<N, T, G>(p[0], p[1], p[2], n, g, m, rstd[r], part, db, next[0], next[1], stream,
-                                               pipe, more && N::centered ? static_cast<double>(mean[r + 1]) : 0.0,
-                                               more ? static_cast<double>(rstd[r + 1]) : 0.0);
+      const auto run = [&](const auto* g) {  // g: gamma, or its float32 copy
+        K::template norm_backward_row<N>(p[0], p[1], p[2], n, g, m, rstd[r], part, db, next[0], next[1], stream, pipe,
+                                         more && N::centered ? static_cast<double>(mean[r + 1]) : 0.0,
+                                         more ? static_cast<double>(rstd[r + 1]) : 0.0);
       };
       if constexpr (std::is_same_v<T, float16_t> && std::is_same_v<W, float16_t>) {
         const float *g, *unused;
