@@ -24,7 +24,8 @@ read + bytes written) / time, counting each array once.
 
 Writes to --out: RESULTS.md (machine, command, tables, geomeans), results.csv (every row),
 gbps_vs_hidden.png (GB/s against hidden size, one panel per thread count, copy limit drawn in). With
-the default --out (bench/), also refreshes the headline block of bench/README.md.
+the default --out (bench/), also refreshes the headline block of bench/README.md and keeps a copy of
+the three files in bench/by_cpu/<vendor-family-model>/, the latest run on each CPU class.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import datetime
 import math
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -44,7 +46,7 @@ from typing import Callable
 import numpy as np
 
 import lnorm
-from lnorm._limit import COPY_KINDS, copy_rows, cpu_description
+from lnorm._limit import COPY_KINDS, copy_rows, cpu_description, cpu_info
 
 try:
     import torch
@@ -1131,6 +1133,24 @@ def refresh_readme_headline(readme_path, report: Report, started):
         f.write(head + HEADLINE_BEGIN + block + report.headline() + "\n" + HEADLINE_END + tail)
 
 
+def cpu_folder() -> str:
+    """bench/by_cpu/'s folder for this CPU: vendor, family and model, e.g. 'AuthenticAMD-family25-model17'."""
+    info = cpu_info()
+    parts = [info["vendor"] or platform.machine()]
+    if info["family"]:
+        parts += [f"family{info['family']}", f"model{info['model']}"]
+    return "-".join(parts)
+
+
+def keep_per_cpu(bench_dir, names):
+    """Copy the run's files into bench/by_cpu/<CPU>/: RESULTS.md holds the latest run, whichever machine it
+    was on; by_cpu/ keeps the latest of each CPU class seen, for the per-CPU policy table."""
+    folder = os.path.join(bench_dir, "by_cpu", cpu_folder())
+    os.makedirs(folder, exist_ok=True)
+    for name in names:
+        shutil.copyfile(os.path.join(bench_dir, name), os.path.join(folder, name))
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1182,6 +1202,7 @@ def main(argv=None) -> int:
     write_results_md(os.path.join(args.out, "RESULTS.md"), report, rows, command, started, elapsed, plot_name, csv_name)
     if os.path.abspath(args.out) == BENCH_DIR:
         refresh_readme_headline(os.path.join(BENCH_DIR, "README.md"), report, started)
+        keep_per_cpu(BENCH_DIR, ("RESULTS.md", csv_name, plot_name))
     print(report.headline())
     print(f"verification passed; wrote {args.out}/RESULTS.md, {csv_name}, {plot_name} in {elapsed:.0f} s")
     return 0

@@ -489,10 +489,11 @@ SELFCHECK_MAIN = r"""
 int main(int argc, char** argv) { return lnorm::cuda::testing::selfcheck_main(argc, argv); }
 """
 
-# The emulator's schedules: 0 the fixed order (threads 0..n-1, blocks in order), then two random
-# ones (each barrier interval's threads and the blocks in a seeded random order). A race between the
-# threads of a block, or between blocks, shows under one order and hides under another.
-EMULATOR_SEEDS = ("0", "1", "2")
+# The emulator's schedules: 0 the fixed order (threads 0..n-1, blocks in order), then a random one
+# (each barrier interval's threads and the blocks in a seeded random order). A race between the
+# threads of a block, or between blocks, shows under one order and hides under another. Two, one per
+# core of a CI machine; the self-check program takes any other with --seed.
+EMULATOR_SEEDS = ("0", "1")
 FAILED_CASE = re.compile(r"^FAILED (\S+)$", re.MULTILINE)
 CASE_SUMMARY = re.compile(r"^FAIL (\S+): \d+ mismatches, largest .*$", re.MULTILINE)
 
@@ -524,8 +525,8 @@ def test_kernels_under_the_cpu_emulator(tmp_path):
     reference: widths 1..33000, strides, misaligned starts, every dtype, large means, NaN/Inf and
     overflowing rows, backward, fused add, and the forward in place, every aliasing the API allows
     on every tier; an emulated device with little shared memory takes the split paths) built with a
-    host compiler under lnorm/cuda/testing/emulator.hpp, run under the fixed schedule and under two
-    random ones (EMULATOR_SEEDS). A failure names each failed case per seed."""
+    host compiler under lnorm/cuda/testing/emulator.hpp, run under the fixed schedule and under a
+    random one (EMULATOR_SEEDS). A failure names each failed case per seed."""
     exe = _emulator_program(tmp_path, "selfcheck", SELFCHECK_MAIN)
     listed = subprocess.run([str(exe), "--quick", "--list"], capture_output=True, text=True, timeout=60)
     names = listed.stdout.split()

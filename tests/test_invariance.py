@@ -67,7 +67,7 @@ def test_invariance_table_matches_the_paper(example, capsys):
     elapsed = time.perf_counter() - start
     printed = capsys.readouterr().out
     assert status == 0, printed
-    assert elapsed < 5.0
+    assert elapsed < 120, f"the example took {elapsed:.0f} s"  # a hang, not a speed goal
     rows = _parse_table(printed)
     assert list(rows) == list(PAPER_TABLE) + list(ADDED_ROWS)  # every row, in this order
     for key, entries in PAPER_TABLE.items():
