@@ -733,6 +733,7 @@ NB_MODULE(_lnorm, m) {
     d["prefetch_float32"] = p.prefetch_4byte;
     d["prefetch_16bit"] = p.prefetch_2byte;
     d["carry_min_bytes"] = p.carry_min_bytes;
+    d["add_carry_min_bytes"] = p.add_carry_min_bytes;
     d["prefetch_l1_max"] = p.prefetch_l1_max;
     d["prefetch_twice"] = p.prefetch_twice;
     d["split_loads"] = p.split_loads;

@@ -39,10 +39,11 @@ def _run(env_extra, code):
 def test_policy_fields():
     p = lnorm.config()["policy"]
     assert set(p) == {"stream_float32", "stream_16bit", "stream_min_bytes", "prefetch_float32", "prefetch_16bit",
-                      "carry_min_bytes", "prefetch_l1_max", "prefetch_twice", "split_loads", "avx2_ops", "source"}
+                      "carry_min_bytes", "add_carry_min_bytes", "prefetch_l1_max", "prefetch_twice", "split_loads",
+                      "avx2_ops", "source"}
     assert p["stream_min_bytes"] > 0
     assert 0 <= p["prefetch_float32"] <= 65536 and 0 <= p["prefetch_16bit"] <= 65536
-    assert 0 <= p["carry_min_bytes"] <= 1 << 30 and p["prefetch_l1_max"] >= 0
+    assert 0 <= p["carry_min_bytes"] <= 1 << 30 and p["prefetch_l1_max"] >= 0 and p["add_carry_min_bytes"] >= 0
     assert isinstance(p["prefetch_twice"], bool) and isinstance(p["split_loads"], bool)
     assert set(p["avx2_ops"]) <= {"forward_float32"}
 
@@ -55,8 +56,12 @@ def test_policy_follows_the_cpu_table():
     if "vendor_id" not in info:
         pytest.skip("not an x86 /proc/cpuinfo")
     p = lnorm.config()["policy"]
-    zen = info["vendor_id"] == "AuthenticAMD" and int(info.get("cpu family", "0")) >= 0x17
-    assert p["source"] == ("AMD Zen" if zen else "Intel and other CPUs")
+    family, model = int(info.get("cpu family", "0")), int(info.get("model", "0"))
+    zen = info["vendor_id"] == "AuthenticAMD" and family >= 0x17
+    zen3 = zen and family == 0x19 and (model < 0x10 or 0x20 <= model < 0x60)
+    assert p["source"] == ("AMD Zen 3" if zen3 else "AMD Zen" if zen else "Intel and other CPUs")
+    # Zen 3: the fused add & norm takes two sweeps at every row size; elsewhere it always carries.
+    assert p["add_carry_min_bytes"] == (1 << 62 if zen3 else 0)
     assert p["stream_float32"] is zen  # Intel: float32 keeps plain stores
     assert p["stream_16bit"] is True
     # Zen: rows of up to 64 KiB take two sweeps, the next row prefetched into L2; Intel: every row carries.
@@ -72,11 +77,13 @@ def test_policy_follows_the_cpu_table():
     ({"LNORM_PREFETCH": "0"}, {"prefetch_float32": 0, "prefetch_16bit": 0, "source": "LNORM_PREFETCH"}),
     ({"LNORM_STORES": "plain", "LNORM_PREFETCH": "4096"},
      {"stream_float32": False, "prefetch_16bit": 4096, "source": "LNORM_STORES, LNORM_PREFETCH"}),
-    ({"LNORM_CARRY": "0"}, {"carry_min_bytes": 0, "source": "LNORM_CARRY"}),
+    ({"LNORM_CARRY": "0"}, {"carry_min_bytes": 0, "add_carry_min_bytes": 0, "source": "LNORM_CARRY"}),
     ({"LNORM_STORES": "streaming", "LNORM_CARRY": str(1 << 30)},
-     {"stream_16bit": True, "carry_min_bytes": 1 << 30, "source": "LNORM_STORES, LNORM_CARRY"}),
+     {"stream_16bit": True, "carry_min_bytes": 1 << 30, "add_carry_min_bytes": 1 << 30,
+      "source": "LNORM_STORES, LNORM_CARRY"}),
     ({"LNORM_PREFETCH": "64", "LNORM_CARRY": "4096"},
-     {"prefetch_float32": 64, "carry_min_bytes": 4096, "source": "LNORM_PREFETCH, LNORM_CARRY"}),
+     {"prefetch_float32": 64, "carry_min_bytes": 4096, "add_carry_min_bytes": 4096,
+      "source": "LNORM_PREFETCH, LNORM_CARRY"}),
     ({"LNORM_FETCH": "plain"}, {"prefetch_twice": False, "split_loads": False, "source": "LNORM_FETCH"}),
     ({"LNORM_FETCH": "split", "LNORM_STORES": "plain", "LNORM_CARRY": "0", "LNORM_PREFETCH": "0"},
      {"prefetch_twice": True, "split_loads": True, "stream_16bit": False, "carry_min_bytes": 0,

@@ -373,6 +373,7 @@ inline status execute(const layout& L, T* const* base, const Op& op, const works
       row_pipeline<T> pipe;  // this worker's, for this block of rows
       pipe.prefetch = policy().prefetch(sizeof(T));
       pipe.carry_min_bytes = policy().carry_min_bytes;
+      pipe.add_carry_min_bytes = policy().add_carry_min_bytes;
       pipe.prefetch_l1_max = policy().prefetch_l1_max;
       pipe.prefetch_twice = policy().prefetch_twice;
       pipe.split_loads = policy().split_loads;

@@ -7,7 +7,8 @@
 //   LNORM_STORES=plain|streaming|auto   the store kind of large outputs, every element size
 //   LNORM_PREFETCH=<bytes>              the pipelined sweep's prefetch distance (0: none; at most 65536)
 //   LNORM_CARRY=<bytes>                 rows of at least this many bytes carry the next row's statistics
-//                                       in their output sweep (0: every row; at most 2^30)
+//                                       in their output sweep (0: every row; at most 2^30), the fused
+//                                       add & norm's included
 //   LNORM_FETCH=split|plain|auto        rows fetched with two prefetches per line and float32 rows read
 //                                       in 256-bit halves by AVX-512 statistics sweeps, or neither
 //
@@ -42,6 +43,10 @@ struct cpu_policy {
   // statistics in their output sweep (kernels/pipeline.hpp); shorter ones take two sweeps of their
   // own. The norms and the backward follow it; the fused add & norm always carries.
   std::int64_t carry_min_bytes = 0;
+  // The fused add & norm's rows (streamed out) of at least this many bytes carry the next row's s and
+  // sums; shorter ones take two sweeps: the add into the row buffer with its statistics, then y and s
+  // from the buffer, the next row prefetched meanwhile.
+  std::int64_t add_carry_min_bytes = 0;
   // A row's next row is prefetched into L1 while it is no longer than this, else into L2.
   std::int64_t prefetch_l1_max = detail::row_pipeline<float>::default_prefetch_l1_max;
   // How rows are fetched from memory (kernels/pipeline.hpp's row_fetch; values never change): each
@@ -118,6 +123,19 @@ inline cpu_id identify_cpu() noexcept {
 //     backward. The fused add & norm always carries: its two
 //     sweeps (the add, the statistics, then y and s from the row buffer) measured no faster at 4-16
 //     KiB rows (float32 8192x4096 0.81-0.85 ns against 0.73-0.77 carried).
+//   AMD Zen 3 (family 0x19, models 0x00-0x0f and 0x20-0x5f; measured on an EPYC of model 1, AVX2
+//     only): as Zen 4, but the fused add & norm takes two sweeps at every row size. Its carried sweep
+//     loads the next row's x and residual while y and s stream out of the same positions of this row;
+//     with rows a multiple of 4 KiB those addresses match in their low 12 bits, and this core holds
+//     such loads behind the streaming stores (float32 4096x4096, 1 thread, AVX2: 1.9-2.9 ns per
+//     element carried against 0.92 in two sweeps; 4096 x 4160, no such match: 0.80 against 1.10;
+//     float16 1.66 against 0.57, bfloat16 4.2 against 0.67). On Zen 4 the carried sweep was not held
+//     up (float32 8192x4096 0.73-0.77 against 0.81-0.85).
+inline bool zen3(const cpu_id& id) noexcept {
+  return std::strcmp(id.vendor, "AuthenticAMD") == 0 && id.family == 0x19 &&
+         (id.model < 0x10 || (id.model >= 0x20 && id.model < 0x60));
+}
+
 inline cpu_policy table_policy(const cpu_id& id) noexcept {
   cpu_policy p;
   p.source = "Intel and other CPUs";
@@ -134,6 +152,10 @@ inline cpu_policy table_policy(const cpu_id& id) noexcept {
     p.narrow_ops = use_forward_4byte;
     p.source = "AMD Zen";
   }
+  if (zen3(id)) {
+    p.add_carry_min_bytes = std::int64_t{1} << 62;  // never
+    p.source = "AMD Zen 3";
+  }
   return p;
 }
 
@@ -145,7 +167,7 @@ inline cpu_policy initial_policy() noexcept {
   const long long pf = env_integer("LNORM_PREFETCH", 0, 65536, -1);
   if (pf >= 0) p.prefetch_4byte = p.prefetch_2byte = static_cast<int>(pf);
   const long long carry = env_integer("LNORM_CARRY", 0, 1LL << 30, -1);
-  if (carry >= 0) p.carry_min_bytes = carry;
+  if (carry >= 0) p.carry_min_bytes = p.add_carry_min_bytes = carry;
   const char* f = std::getenv("LNORM_FETCH");
   const bool fetch = f && (std::strcmp(f, "plain") == 0 || std::strcmp(f, "split") == 0);
   if (fetch) p.prefetch_twice = p.split_loads = std::strcmp(f, "split") == 0;

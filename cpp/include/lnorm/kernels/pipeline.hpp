@@ -62,8 +62,9 @@ struct row_pipeline {
   std::int64_t prefetch = 0;  // bytes past the next row's statistics sweep to prefetch (0: none)
   // Rows of at least this many bytes carry the next row's sums in their output sweep; shorter rows
   // take two sweeps of their own, from cache, with the next row prefetched meanwhile (the norms and
-  // the backward; the fused add & norm always carries).
+  // the backward); add_carry_min_bytes likewise for the fused add & norm (cpu_policy's).
   std::int64_t carry_min_bytes = 0;
+  std::int64_t add_carry_min_bytes = 0;
   // Next rows of up to this many bytes are prefetched into L1, longer ones into L2; the default also
   // serves row calls made without a pipeline.
   static constexpr std::int64_t default_prefetch_l1_max = 16384;
@@ -76,6 +77,9 @@ struct row_pipeline {
   ahead_fetch ahead() const noexcept { return {prefetch, prefetch_twice && sizeof(T) == 4}; }
   // Whether a row of n elements carries the next row's sums.
   bool carries(std::int64_t n) const noexcept { return n * static_cast<std::int64_t>(sizeof(T)) >= carry_min_bytes; }
+  bool carries_add(std::int64_t n) const noexcept {
+    return n * static_cast<std::int64_t>(sizeof(T)) >= add_carry_min_bytes;
+  }
   // How rows of n elements are fetched by the kernels of `pipe` (may be null: L1 by the default size,
   // one prefetch per line, whole loads).
   static row_fetch fetch(std::int64_t n, const row_pipeline* pipe) noexcept {

@@ -9,6 +9,8 @@
   // next row, handled next by this worker, and a pipeline), the next row's s is built in the other
   // half of buf, and its statistics summed, during this row's output sweep, as the pipelined
   // layer_norm_row does (bit-identical sums); the pipeline tells the next call which half holds it.
+  // Rows the pipeline does not carry (carries_add) take two sweeps: the add and its statistics, then
+  // y and s from the buffer, the next row's x prefetched by the first and its residual by the second.
   template <class N, class T, class W>
   static void add_norm_row(const T* x, const T* res, const W* bias_in, T* s, T* y, std::int64_t n, const W* gamma,
                            const W* beta, double eps, stat_t<T>* mean, stat_t<T>* rstd, const T* next_x,
@@ -41,7 +43,8 @@
     const E r = static_cast<E>(rstd_apply(ve));
     if constexpr (!N::centered) beta = nullptr;
     const std::int64_t head = stream_head(y);
-    if (pipe && next_x && next_res && n >= 4 * V<T>::lanes && head >= 0 && head == stream_head(s)) {
+    if (pipe && pipe->carries_add(n) && next_x && next_res && n >= 4 * V<T>::lanes && head >= 0 &&
+        head == stream_head(s)) {
       fetch_tail_line(y, n);
       fetch_tail_line(s, n);
       T* nxt = buf + (cur == buf ? n : 0);
