@@ -41,7 +41,7 @@ struct cpu_policy {
   int prefetch_2byte = 2048;  // 16-bit rows likewise
   // Rows (in the rows layout, several per worker) of at least this many bytes carry the next row's
   // statistics in their output sweep (kernels/pipeline.hpp); shorter ones take two sweeps of their
-  // own. The norms and the backward follow it; the fused add & norm always carries.
+  // own. The norms and the backward follow it; the fused add & norm follows add_carry_min_bytes.
   std::int64_t carry_min_bytes = 0;
   // The fused add & norm's rows (streamed out) of at least this many bytes carry the next row's s and
   // sums; shorter ones take two sweeps: the add into the row buffer with its statistics, then y and s
