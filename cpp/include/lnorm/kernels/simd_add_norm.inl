@@ -9,8 +9,8 @@
   // next row, handled next by this worker, and a pipeline), the next row's s is built in the other
   // half of buf, and its statistics summed, during this row's output sweep, as the pipelined
   // layer_norm_row does (bit-identical sums); the pipeline tells the next call which half holds it.
-  // Rows the pipeline does not carry (carries_add) take two sweeps: the add and its statistics, then
-  // y and s from the buffer, the next row's x prefetched by the first and its residual by the second.
+  // Rows the pipeline does not carry (carries_add) take the add and its statistics into the buffer,
+  // then two passes over it: y (prefetching the next row's x), then s (prefetching its residual).
   template <class N, class T, class W>
   static void add_norm_row(const T* x, const T* res, const W* bias_in, T* s, T* y, std::int64_t n, const W* gamma,
                            const W* beta, double eps, stat_t<T>* mean, stat_t<T>* rstd, const T* next_x,
