@@ -182,6 +182,85 @@ def test_policy_never_changes_results(isa):
         assert digests[0][f"{dtype}/1"] == digests[0][f"{dtype}/2"]
 
 
+# The channel norms likewise, on outputs over the streaming threshold: NCHW lines (pipelined units,
+# BatchNorm eval's walk in memory order, each line prefetched ahead by the policy's distance) and
+# NHWC pixels of 100 channels (pixels 16 bytes off a vector every other one, so each streams after a
+# plain head), y at NumPy's alignment and one element past it. Same bits under every policy and
+# thread count, and right (within float32's or bfloat16's rounding of 1 + |y|).
+_CHANNEL_SAME_BITS = r"""
+import hashlib, json
+import ml_dtypes
+import numpy as np
+import lnorm
+out, err = {}, {}
+rng = np.random.default_rng(20261207)
+
+
+def ref_norm(x, axes, w, b, eps=1e-5):
+    x = x.astype(np.float64)
+    m = x.mean(axes, keepdims=True)
+    return (x - m) / np.sqrt(((x - m) ** 2).mean(axes, keepdims=True) + eps) * w + b
+
+
+for dtype, n in (("float32", 2), ("bfloat16", 4)):
+    dt = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    C, G, H, W = 100, 20, 200, 220
+    base = (rng.standard_normal((n, C, H, W)) * 2 + 3).astype(dt)
+    dy0 = rng.standard_normal((n, C, H, W)).astype(dt)
+    w = (rng.standard_normal(C) * 0.5 + 1).astype(dt)
+    b = rng.standard_normal(C).astype(dt)
+    rm, rv = rng.standard_normal(C).astype(np.float32), (rng.random(C) + 0.5).astype(np.float32)
+    for layout in ("nchw", "nhwc"):
+        x = base if layout == "nchw" else np.ascontiguousarray(base.transpose(0, 2, 3, 1))
+        dy = dy0 if layout == "nchw" else np.ascontiguousarray(dy0.transpose(0, 2, 3, 1))
+        ax = 1 if layout == "nchw" else 3
+        cshape = [1, 1, 1, 1]
+        cshape[ax] = C
+        wf, bf = w.astype(np.float64).reshape(cshape), b.astype(np.float64).reshape(cshape)
+        for shifted in (0, 1):
+            y = np.empty(x.size + shifted, dt)[shifted:].reshape(x.shape)
+            for threads in (1, 2):
+                lnorm.set_num_threads(threads)
+                h = hashlib.sha256()
+                _, mean, rstd = lnorm.group_norm(x, G, w, b, channel_axis=ax, out=y, return_stats=True)
+                h.update(y.tobytes())
+                if threads == 1:
+                    xg = x.astype(np.float64).reshape(n, G, C // G, H, W) if layout == "nchw" else \
+                        x.astype(np.float64).reshape(n, H, W, G, C // G)
+                    axes = (2, 3, 4) if layout == "nchw" else (1, 2, 4)
+                    ref = ref_norm(xg, axes, 1.0, 0.0).reshape(x.shape) * wf + bf
+                    err[f"group_norm {dtype} {layout} {shifted}"] = float((np.abs(y.astype(np.float64) - ref) / (1 + np.abs(ref))).max())
+                lnorm.batch_norm(x, rm, rv, w, b, channel_axis=ax, out=y)
+                h.update(y.tobytes())
+                if threads == 1:
+                    ref = (x.astype(np.float64) - rm.reshape(cshape)) / np.sqrt(rv.reshape(cshape) + 1e-5) * wf + bf
+                    err[f"batch_norm eval {dtype} {layout} {shifted}"] = float((np.abs(y.astype(np.float64) - ref) / (1 + np.abs(ref))).max())
+                m2, v2 = rm.copy(), rv.copy()
+                lnorm.batch_norm(x, m2, v2, w, b, channel_axis=ax, training=True, out=y)
+                h.update(y.tobytes()); h.update(m2.tobytes()); h.update(v2.tobytes())
+                lnorm.instance_norm(x, w, b, channel_axis=ax, out=y, activation="silu")
+                h.update(y.tobytes())
+                dx, dw, db = lnorm.group_norm_backward(dy, x, mean, rstd, w, num_groups=G, channel_axis=ax)
+                h.update(dx.tobytes()); h.update(np.asarray(dw).tobytes()); h.update(np.asarray(db).tobytes())
+                out[f"{dtype}/{layout}/{shifted}/{threads}"] = h.hexdigest()
+print(json.dumps([out, err, lnorm.config()["policy"]["stream_min_bytes"]]))
+"""
+
+
+@pytest.mark.slow
+def test_policy_never_changes_channel_norm_results():
+    policies = ({"LNORM_STORES": "plain", "LNORM_PREFETCH": "0"}, {"LNORM_STORES": "streaming", "LNORM_PREFETCH": "4096"},
+                {"LNORM_STORES": "streaming", "LNORM_PREFETCH": "0"}, {})
+    runs = [json.loads(_run(env, _CHANNEL_SAME_BITS).stdout) for env in policies]
+    assert 2 * 100 * 200 * 220 * 4 >= runs[0][2], "the outputs must be over the streaming threshold"
+    for digests, _, _ in runs[1:]:
+        assert digests == runs[0][0]
+    for key, digest in runs[0][0].items():
+        assert digest == runs[0][0][key[:-1] + "1"], key  # 2 threads as 1
+    for key, e in runs[0][1].items():
+        assert e < (1e-5 if "float32" in key else 1e-2), (key, e)  # relative to 1 + |reference|
+
+
 _SETS_RUN = r"""
 import json
 import numpy as np

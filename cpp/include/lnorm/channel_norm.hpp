@@ -406,6 +406,11 @@ inline void channel_forward(const channel_layout& L, T* x, T* y, const W* gamma,
   channel_work<K, T> wk{L, {x, y}, static_cast<T*>(sc.rows)};
   const std::int64_t C = L.channels, G = L.groups, cpg = L.per_group();
   const bool stream = channel_streams<T>(L, y, x);
+  // How far ahead the line sweeps prefetch what they read from memory (the CPU policy's distance):
+  // at the start of each line the hardware prefetchers have not caught on, and a line's first
+  // elements (its head, read at once) were demand misses. GroupNorm (8, 512, 64, 64) float32, Zen 3,
+  // 1 thread: 0.70-0.73 of a copy without, 0.75-0.84 with; BatchNorm training 0.63-0.69 against 0.73-0.78.
+  const std::int64_t ahead = policy().prefetch(sizeof(T));
   // The affine of channel c of sample o from its unit's statistics: m0 (a float near the mean), a, b.
   auto coefficients = [&](std::int64_t o, std::int64_t c, E& m0, E& a, E& b) {
     const std::int64_t u = o * G + c / cpg;
@@ -416,6 +421,30 @@ inline void channel_forward(const channel_layout& L, T* x, T* y, const W* gamma,
     a = static_cast<E>(ad);
     b = static_cast<E>(weight_or(beta, c, 0.0) - (mean - static_cast<double>(m0)) * ad);
   };
+  if (given && apply && L.mode == channel_mode::planar && L.lines > 1) {
+    // Statistics given (BatchNorm eval): no unit needs its lines together, so they go in memory
+    // order (NCHW: sample by sample, each sample's channels one after another) instead of unit by
+    // unit, a channel's lines a sample apart. That walk jumped a whole sample at every line:
+    // (8, 512, 64, 64) float32, Zen 3, 1 thread, 0.68-0.70 of a copy of the same bytes, against
+    // 0.71-0.80 in memory order with the prefetch ahead (bfloat16 0.47-0.52 against 0.54-0.62).
+    const std::int64_t C_lines = L.lines * C, tasks = L.outer * C_lines;
+    const int workers = workers_for(tasks * L.line, tasks, tm.threads);
+    with_activation(act, stream, [&](auto A, auto S) {
+      constexpr int Act = decltype(A)::value;
+      constexpr bool Stream = decltype(S)::value;
+      parallel_for_on(tm, tasks, workers, [&](std::int64_t t0, std::int64_t t1, int) {
+        for (std::int64_t t = t0; t < t1; ++t) {
+          const std::int64_t o = t / C_lines, l = t % C_lines / C, c = t % C;
+          const spatial_walk w(L, L.ns > 0 ? L.ns - 1 : 0, l);
+          E m0, a, b;
+          coefficients(o, c, m0, a, b);
+          K::template line_affine<Act, Stream>(wk.at(0, o, c, w.off), wk.at(1, o, c, w.off), L.line, m0, a, b, ahead);
+        }
+        if (Stream) K::template stream_fence<T>();
+      });
+    });
+    return;
+  }
   if (L.mode != channel_mode::pixels) {
     const std::int64_t units = L.units();
     const int workers = workers_for(L.outer * C * L.pixels, units, tm.threads);
@@ -451,13 +480,13 @@ inline void channel_forward(const channel_layout& L, T* x, T* y, const W* gamma,
             constexpr bool Stream = decltype(S)::value;
             wk.for_lines(o, c, worker, 1, true, [&](T* const* p) {
               if (!fuse) {
-                K::template line_affine<Act, Stream>(p[0], p[1], L.line, m0, a, b);
+                K::template line_affine<Act, Stream>(p[0], p[1], L.line, m0, a, b, ahead);
                 return;
               }
               const T* twin = p[0] + delta;
               const E shift = K::first_mean(twin, 1, L.line);
               E sd, sq;
-              K::template line_affine_sums<Act, Stream>(p[0], p[1], L.line, m0, a, b, twin, shift, sd, sq);
+              K::template line_affine_sums<Act, Stream>(p[0], p[1], L.line, m0, a, b, twin, shift, sd, sq, ahead);
               double mean = 0, m2 = 0;
               K::line_finish(twin, L.line, shift, sd, sq, mean, m2);
               next.add(static_cast<double>(L.line), mean, m2);
@@ -594,6 +623,7 @@ inline void channel_backward(const channel_layout& L, T* dy, T* x, T* dx, const 
   channel_work<K, T> wk{L, {dy, x, dx}, static_cast<T*>(sc.rows)};
   const std::int64_t C = L.channels, G = L.groups, cpg = L.per_group(), oc = L.outer * C;
   const bool stream = channel_streams<T>(L, dx, x);
+  const std::int64_t ahead = policy().prefetch(sizeof(T));  // as channel_forward's
   const double count = static_cast<double>(cpg) * static_cast<double>(L.pixels);
   double* chan = sc.doubles + 2 * L.units();  // sum(dy * xhat) per (o, c), then sum(dy) per (o, c)
   // With g = gamma * dy and xhat = (x - mean) * rstd over a unit of `count` elements,
@@ -649,12 +679,12 @@ inline void channel_backward(const channel_layout& L, T* dy, T* x, T* dx, const 
           with_stream(stream, [&](auto S) {
             wk.for_lines(o, c, worker, 2, true, [&](T* const* p) {
               if (!fuse) {
-                K::template line_grad<decltype(S)::value>(p[0], p[1], p[2], L.line, m0, pe, qe, re);
+                K::template line_grad<decltype(S)::value>(p[0], p[1], p[2], L.line, m0, pe, qe, re, ahead);
                 return;
               }
               E a = 0, b = 0;
               K::template line_grad_and_sums<decltype(S)::value>(p[0], p[1], p[2], L.line, m0, pe, qe, re, p[0] + ddy,
-                                                                 p[1] + dxd, m1, a, b);
+                                                                 p[1] + dxd, m1, a, b, ahead);
               s1 += static_cast<double>(a);
               s2 += static_cast<double>(b);
             });

@@ -37,7 +37,8 @@ struct cpu_policy {
   bool stream_4byte = false;  // float32 outputs of at least stream_min_bytes: streaming stores
   bool stream_2byte = true;   // float16/bfloat16 outputs likewise (float64: always plain)
   std::int64_t stream_min_bytes = std::int64_t{16} << 20;
-  int prefetch_4byte = 0;     // float32 rows: the pipelined sweep's prefetch distance in bytes
+  int prefetch_4byte = 0;     // float32 rows: the pipelined sweep's prefetch distance in bytes (and
+                              // the channel norms' line sweeps', channel_norm.hpp)
   int prefetch_2byte = 2048;  // 16-bit rows likewise
   // Rows (in the rows layout, several per worker) of at least this many bytes carry the next row's
   // statistics in their output sweep (kernels/pipeline.hpp); shorter ones take two sweeps of their
