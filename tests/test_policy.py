@@ -185,7 +185,8 @@ def test_policy_never_changes_results(isa):
 # The channel norms likewise, on outputs over the streaming threshold: NCHW lines (pipelined units,
 # BatchNorm eval's walk in memory order, each line prefetched ahead by the policy's distance) and
 # NHWC pixels of 100 channels (pixels 16 bytes off a vector every other one, so each streams after a
-# plain head), y at NumPy's alignment and one element past it. Same bits under every policy and
+# plain head) and of 104 (every pixel as far off: one stream across the pixels), y at NumPy's
+# alignment and one element past it. Same bits under every policy and
 # thread count, and right (within float32's or bfloat16's rounding of 1 + |y|).
 _CHANNEL_SAME_BITS = r"""
 import hashlib, json
@@ -202,9 +203,9 @@ def ref_norm(x, axes, w, b, eps=1e-5):
     return (x - m) / np.sqrt(((x - m) ** 2).mean(axes, keepdims=True) + eps) * w + b
 
 
-for dtype, n in (("float32", 2), ("bfloat16", 4)):
+for dtype, n, C, G in (("float32", 2, 100, 20), ("float32", 2, 104, 8), ("bfloat16", 4, 100, 20), ("bfloat16", 4, 104, 8)):
     dt = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
-    C, G, H, W = 100, 20, 200, 220
+    H, W = 200, 220
     base = (rng.standard_normal((n, C, H, W)) * 2 + 3).astype(dt)
     dy0 = rng.standard_normal((n, C, H, W)).astype(dt)
     w = (rng.standard_normal(C) * 0.5 + 1).astype(dt)
@@ -229,12 +230,12 @@ for dtype, n in (("float32", 2), ("bfloat16", 4)):
                         x.astype(np.float64).reshape(n, H, W, G, C // G)
                     axes = (2, 3, 4) if layout == "nchw" else (1, 2, 4)
                     ref = ref_norm(xg, axes, 1.0, 0.0).reshape(x.shape) * wf + bf
-                    err[f"group_norm {dtype} {layout} {shifted}"] = float((np.abs(y.astype(np.float64) - ref) / (1 + np.abs(ref))).max())
+                    err[f"group_norm {dtype} {C} {layout} {shifted}"] = float((np.abs(y.astype(np.float64) - ref) / (1 + np.abs(ref))).max())
                 lnorm.batch_norm(x, rm, rv, w, b, channel_axis=ax, out=y)
                 h.update(y.tobytes())
                 if threads == 1:
                     ref = (x.astype(np.float64) - rm.reshape(cshape)) / np.sqrt(rv.reshape(cshape) + 1e-5) * wf + bf
-                    err[f"batch_norm eval {dtype} {layout} {shifted}"] = float((np.abs(y.astype(np.float64) - ref) / (1 + np.abs(ref))).max())
+                    err[f"batch_norm eval {dtype} {C} {layout} {shifted}"] = float((np.abs(y.astype(np.float64) - ref) / (1 + np.abs(ref))).max())
                 m2, v2 = rm.copy(), rv.copy()
                 lnorm.batch_norm(x, m2, v2, w, b, channel_axis=ax, training=True, out=y)
                 h.update(y.tobytes()); h.update(m2.tobytes()); h.update(v2.tobytes())
@@ -242,7 +243,7 @@ for dtype, n in (("float32", 2), ("bfloat16", 4)):
                 h.update(y.tobytes())
                 dx, dw, db = lnorm.group_norm_backward(dy, x, mean, rstd, w, num_groups=G, channel_axis=ax)
                 h.update(dx.tobytes()); h.update(np.asarray(dw).tobytes()); h.update(np.asarray(db).tobytes())
-                out[f"{dtype}/{layout}/{shifted}/{threads}"] = h.hexdigest()
+                out[f"{dtype}/{C}/{layout}/{shifted}/{threads}"] = h.hexdigest()
 print(json.dumps([out, err, lnorm.config()["policy"]["stream_min_bytes"]]))
 """
 

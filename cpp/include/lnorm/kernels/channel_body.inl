@@ -280,8 +280,8 @@
     }
   }
 
-  /// y[p, k] = act((x[p, k] - m0[k]) * a[k] + b[k]) for k < c over the run (y may be x; Stream: pixels
-  /// whose channels start aligned are written non-temporally, full vectors).
+  /// y[p, k] = act((x[p, k] - m0[k]) * a[k] + b[k]) for k < c over the run (y may be x; Stream: full
+  /// vectors from each pixel's first aligned one are written non-temporally, see stream_from).
   template <int Act, bool Stream, class T>
   static void pixel_affine(const T* x, std::int64_t ldx, T* y, std::int64_t ldy, std::int64_t npix, std::int64_t c,
                            const calc_t<T>* m0, const calc_t<T>* a, const calc_t<T>* b) noexcept {
@@ -293,6 +293,33 @@
                                            Vt::load_n(b + k, m))),
                   m);
     };
+    std::int64_t h = 0;
+    if (Stream && L > 1 && npix > 1 && ldx == c && ldy == c && c % L == 0 && stream_from(y, c, h) && h > 0) {
+      // Contiguous pixels whose channels start h elements before an aligned address: the run is one
+      // stream of aligned vectors, the one across each pixel's end taking the coefficients of that
+      // pixel's last L - h channels and the next pixel's first h (the same for every pixel), instead
+      // of a plain head and tail per pixel. Every element is computed as on the other path.
+      calc_t<T> wm[L], wa[L], wb[L];
+      for (std::int64_t e = 0; e < L; ++e) {
+        const std::int64_t ch = e < L - h ? c - L + h + e : e - (L - h);
+        wm[e] = m0[ch];
+        wa[e] = a[ch];
+        wb[e] = b[ch];
+      }
+      const auto vm = Vt::load(wm), va = Vt::load(wa), vb = Vt::load(wb);
+      part(x, y, 0, h);
+      for (std::int64_t p = 0; p < npix; ++p) {
+        const T* xp = x + p * c;
+        T* yp = y + p * c;
+        std::int64_t k = h;
+        for (; k + L <= c; k += L)
+          put<true>(yp + k, activate<Act, T>(Vt::fma(Vt::sub(Vt::load(xp + k), Vt::load(m0 + k)), Vt::load(a + k),
+                                                     Vt::load(b + k))));
+        if (p + 1 < npix) put<true>(yp + k, activate<Act, T>(Vt::fma(Vt::sub(Vt::load(xp + k), vm), va, vb)));
+        else part(xp, yp, k, c - k);
+      }
+      return;
+    }
     for (std::int64_t p = 0; p < npix; ++p) {
       const T* xp = x + p * ldx;
       T* yp = y + p * ldy;
@@ -374,6 +401,33 @@
                                   Vt::load_n(r + k, m))),
                   m);
     };
+    std::int64_t h = 0;
+    if (Stream && L > 1 && npix > 1 && lddy == c && ldx == c && lddx == c && c % L == 0 && stream_from(dx, c, h) &&
+        h > 0) {
+      // Contiguous pixels: one stream of aligned vectors, as pixel_affine's.
+      calc_t<T> wm[L], wp[L], wq[L], wr[L];
+      for (std::int64_t e = 0; e < L; ++e) {
+        const std::int64_t ch = e < L - h ? c - L + h + e : e - (L - h);
+        wm[e] = m0[ch];
+        wp[e] = p_[ch];
+        wq[e] = q[ch];
+        wr[e] = r[ch];
+      }
+      const auto vm = Vt::load(wm), vp = Vt::load(wp), vq = Vt::load(wq), vr = Vt::load(wr);
+      part(dy, x, dx, 0, h);
+      for (std::int64_t p = 0; p < npix; ++p) {
+        const T* g = dy + p * c;
+        const T* xp = x + p * c;
+        T* out = dx + p * c;
+        std::int64_t k = h;
+        for (; k + L <= c; k += L)
+          put<true>(out + k, Vt::fma(Vt::load(p_ + k), Vt::load(g + k),
+                                     Vt::fma(Vt::load(q + k), Vt::sub(Vt::load(xp + k), Vt::load(m0 + k)), Vt::load(r + k))));
+        if (p + 1 < npix) put<true>(out + k, Vt::fma(vp, Vt::load(g + k), Vt::fma(vq, Vt::sub(Vt::load(xp + k), vm), vr)));
+        else part(g, xp, out, k, c - k);
+      }
+      return;
+    }
     for (std::int64_t p = 0; p < npix; ++p) {
       const T* g = dy + p * lddy;
       const T* xp = x + p * ldx;
