@@ -461,6 +461,12 @@ def main(argv=None):
     args.rep_ms = args.rep_ms or (20.0 if args.quick else 150.0)
     rows = run(args)
     write_results(rows, args.out, "python bench/bench_channel.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    here = os.path.dirname(os.path.abspath(__file__))
+    if os.path.abspath(args.out) == here and not (args.quick or args.ops or args.dtypes or args.shapes):
+        # A full run into bench/ is also kept in bench/by_cpu/<CPU>/, as bench.py keeps its own.
+        sys.path.insert(0, here)
+        from bench import keep_per_cpu
+        keep_per_cpu(here, ("RESULTS_channel.md", "results_channel.csv", "channel_norms.png"))
     return 0
 
 
