@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "half.hpp"
+#include "kernels/line_fetch.hpp"
 #include "kernels/scalar_vec.hpp"
 
 namespace lnorm {

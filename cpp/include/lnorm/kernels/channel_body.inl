@@ -68,7 +68,7 @@
     auto f = [&](std::int64_t j) LNORM_LAMBDA_INLINE { return activate<Act, T>(Vt::fma(Vt::sub(Vt::load(x + j), vm), va, vb)); };
     std::int64_t j = 0;  // the affine's next element: from y's first aligned vector when streaming
     if constexpr (Stream) {
-      fetch_line_end(y, n);
+      lnorm::detail::fetch_tail_line(y, n);
       j = unaligned_head(y, n);
       if (j > 0) Vt::store_n(y, activate<Act, T>(Vt::fma(Vt::sub(Vt::load_n(x, j), vm), va, vb)), j);
     }
@@ -119,7 +119,7 @@
     const auto vm = Vt::set1(m0), va = Vt::set1(a), vb = Vt::set1(b);
     std::int64_t i = 0;
     if constexpr (Stream) {
-      fetch_line_end(y, n);
+      lnorm::detail::fetch_tail_line(y, n);
       const std::int64_t h = unaligned_head(y, n);
       if (h > 0) Vt::store_n(y, activate<Act, T>(Vt::fma(Vt::sub(Vt::load_n(x, h), vm), va, vb)), h);
       i = h;
@@ -173,7 +173,7 @@
     };
     std::int64_t i = 0;
     if constexpr (Stream) {
-      fetch_line_end(dx, n);
+      lnorm::detail::fetch_tail_line(dx, n);
       i = unaligned_head(dx, n);
       if (i > 0) Vt::store_n(dx, at(0, i), i);
     }
@@ -202,7 +202,7 @@
     };
     std::int64_t j = 0;
     if constexpr (Stream) {
-      fetch_line_end(dx, n);
+      lnorm::detail::fetch_tail_line(dx, n);
       j = unaligned_head(dx, n);
       if (j > 0) Vt::store_n(dx, f_n(0, j), j);
     }
@@ -293,20 +293,8 @@
                                            Vt::load_n(b + k, m))),
                   m);
     };
-    std::int64_t h = 0;
-    if (Stream && L > 1 && npix > 1 && ldx == c && ldy == c && c % L == 0 && stream_from(y, c, h) && h > 0) {
-      // Contiguous pixels whose channels start h elements before an aligned address: the run is one
-      // stream of aligned vectors, the one across each pixel's end taking the coefficients of that
-      // pixel's last L - h channels and the next pixel's first h (the same for every pixel), instead
-      // of a plain head and tail per pixel. Every element is computed as on the other path.
-      calc_t<T> wm[L], wa[L], wb[L];
-      for (std::int64_t e = 0; e < L; ++e) {
-        const std::int64_t ch = e < L - h ? c - L + h + e : e - (L - h);
-        wm[e] = m0[ch];
-        wa[e] = a[ch];
-        wb[e] = b[ch];
-      }
-      const auto vm = Vt::load(wm), va = Vt::load(wa), vb = Vt::load(wb);
+    if (const std::int64_t h = Stream ? run_head(y, npix, c, ldx == c && ldy == c) : 0) {
+      const auto vm = across_end<T>(m0, c, h), va = across_end<T>(a, c, h), vb = across_end<T>(b, c, h);
       part(x, y, 0, h);
       for (std::int64_t p = 0; p < npix; ++p) {
         const T* xp = x + p * c;
@@ -401,19 +389,9 @@
                                   Vt::load_n(r + k, m))),
                   m);
     };
-    std::int64_t h = 0;
-    if (Stream && L > 1 && npix > 1 && lddy == c && ldx == c && lddx == c && c % L == 0 && stream_from(dx, c, h) &&
-        h > 0) {
-      // Contiguous pixels: one stream of aligned vectors, as pixel_affine's.
-      calc_t<T> wm[L], wp[L], wq[L], wr[L];
-      for (std::int64_t e = 0; e < L; ++e) {
-        const std::int64_t ch = e < L - h ? c - L + h + e : e - (L - h);
-        wm[e] = m0[ch];
-        wp[e] = p_[ch];
-        wq[e] = q[ch];
-        wr[e] = r[ch];
-      }
-      const auto vm = Vt::load(wm), vp = Vt::load(wp), vq = Vt::load(wq), vr = Vt::load(wr);
+    if (const std::int64_t h = Stream ? run_head(dx, npix, c, lddy == c && ldx == c && lddx == c) : 0) {
+      const auto vm = across_end<T>(m0, c, h), vp = across_end<T>(p_, c, h), vq = across_end<T>(q, c, h),
+                 vr = across_end<T>(r, c, h);
       part(dy, x, dx, 0, h);
       for (std::int64_t p = 0; p < npix; ++p) {
         const T* g = dy + p * c;
@@ -476,24 +454,10 @@
     return k < n ? k : n;
   }
 
-  // A streamed line's last cache line, where the line ends inside one, asked for (for writing) as the
-  // line starts: its plain-stored tail, and the next line's head in the same cache line, then find
-  // it in cache instead of reading it behind the streamed stores (the rows' fetch_tail_line).
-  template <class T>
-  LNORM_VEC_INLINE static void fetch_line_end(const T* y, std::int64_t n) noexcept {
-#if defined(__GNUC__) || defined(__clang__)
-    const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(y + n);
-    if (end % 64 != 0) __builtin_prefetch(reinterpret_cast<const void*>(end - 1), 1, 3);
-#else
-    (void)y;
-    (void)n;
-#endif
-  }
-
   // Whether a pixel's c channels at y are streamed: from element k (set here: the elements before y's
   // first address aligned for a full vector's streaming store, plain-stored by the caller) when that
   // leaves a full vector, and y is aligned to its element size. The cache line where the pixel ends is
-  // asked for at once (fetch_line_end). NumPy's large arrays start 16 bytes past a cache line, so
+  // asked for at once (fetch_tail_line). NumPy's large arrays start 16 bytes past a cache line, so
   // without the head a float32 NHWC output of AVX2 vectors would never stream (BatchNorm eval
   // (8, 64, 64, 512), Zen 3, 1 thread: 0.59-0.63 of a copy against 0.84-0.88 with aligned pixels).
   template <class T>
@@ -502,9 +466,33 @@
     if (reinterpret_cast<std::uintptr_t>(y) % sizeof(T) != 0) return false;
     const std::int64_t h = unaligned_head(y, c);
     if (c - h < CV<T>::lanes) return false;
-    fetch_line_end(y, c);
+    lnorm::detail::fetch_tail_line(y, c);
     k = h;
     return true;
+  }
+
+  // A run of npix pixels, contiguous in every array, whose channels start h > 0 elements before an
+  // address aligned for a full vector's streaming store (the same for every pixel: c is a multiple of
+  // the vector): it streams as one run of aligned vectors, the vector across each pixel's end taking
+  // the coefficients across_end gives, instead of a plain head and tail per pixel. Returns h, or 0
+  // where the run does not stream so (the pixels then stream one by one, after stream_from's head).
+  // Every element is computed as on the pixel-by-pixel path.
+  template <class T>
+  static std::int64_t run_head(T* y, std::int64_t npix, std::int64_t c, bool contiguous) noexcept {
+    constexpr std::int64_t L = CV<T>::lanes;
+    std::int64_t h = 0;
+    if (L == 1 || npix < 2 || !contiguous || c % L != 0 || !stream_from(y, c, h)) return 0;
+    return h;
+  }
+
+  // The per-channel coefficients v of the vector across a pixel's end in such a run: the pixel's last
+  // L - h channels, then the next pixel's first h.
+  template <class T>
+  static typename CV<T>::reg across_end(const calc_t<T>* v, std::int64_t c, std::int64_t h) noexcept {
+    constexpr std::int64_t L = CV<T>::lanes;
+    calc_t<T> w[L];
+    for (std::int64_t e = 0; e < L; ++e) w[e] = v[e < L - h ? c - L + h + e : e - (L - h)];
+    return CV<T>::load(w);
   }
 
   // Prefetches the K elements at p + bytes (one hint per cache line; bytes 0: none).

@@ -45,8 +45,8 @@
     const std::int64_t head = stream_head(y);
     if (pipe && pipe->carries_add(n) && next_x && next_res && n >= 4 * V<T>::lanes && head >= 0 &&
         head == stream_head(s)) {
-      fetch_tail_line(y, n);
-      fetch_tail_line(s, n);
+      detail::fetch_tail_line(y, n);
+      detail::fetch_tail_line(s, n);
       T* nxt = buf + (cur == buf ? n : 0);
       const E shift = !N::centered ? E(0) : added_shift(next_x, next_res, bias_in, n);
       row_sums<T, N> acc(shift);

@@ -202,7 +202,7 @@
     const bool lined = aligned_head >= 0 && n >= 4 * V<T>::lanes;
     const bool streamed = stream && lined;
     const std::int64_t head = lined ? aligned_head : 0;
-    if (streamed) fetch_tail_line(dx, n);
+    if (streamed) detail::fetch_tail_line(dx, n);
     if (carry) {
       E nsg, nsx;
       if (streamed)

@@ -43,7 +43,7 @@
     const std::int64_t aligned = stream_head(y);
     const bool lined = aligned >= 0 && n >= 4 * V<T>::lanes;
     const std::int64_t head = lined ? aligned : 0;
-    if (stream && lined) fetch_tail_line(y, n);
+    if (stream && lined) detail::fetch_tail_line(y, n);
     with_affine(gamma, beta, [&](auto g, auto b) {
       constexpr bool G = decltype(g)::value, B = decltype(b)::value, S = N::centered;
       if (stream && lined) normalize_row_piped<G, B, S, true>(x, y, n, gamma, beta, m0, c, r, head, nx, acc, pf);

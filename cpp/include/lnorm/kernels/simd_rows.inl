@@ -72,17 +72,6 @@
     }
   }
 
-  // A streamed row stores the part of its last cache line that it owns (unless the row ends on a line
-  // boundary) with plain stores, which must read the line first; that line is shared with the head
-  // of the next row (rows of 4096 float16 that start 16 bytes past a line, as NumPy's large arrays
-  // do). Fetched when the row's sweep starts, the read is done by the time the row's end is stored,
-  // instead of holding up the streaming stores queued behind it.
-  template <class T>
-  LNORM_VEC_INLINE static void fetch_tail_line(const T* y, std::int64_t n) noexcept {
-    const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(y + n);
-    if (end % 64 != 0) __builtin_prefetch(reinterpret_cast<const void*>(end - 1), 1, 3);
-  }
-
   // The head of a row to store before y + head is aligned for stream2 (-1: y is not even aligned to
   // its element size, and is not streamed).
   template <class T>
@@ -140,7 +129,7 @@
     auto ahead = [&](std::int64_t i) LNORM_LAMBDA_INLINE { prefetch_row(next, n / 2 + i / 2, f); };
     const std::int64_t head = stream_head(y);
     if (stream && head >= 0 && n >= 4 * L) {
-      fetch_tail_line(y, n);
+      detail::fetch_tail_line(y, n);
       with_halves<T>(f, [&](auto halves) LNORM_LAMBDA_INLINE {
         sweep<1, L>(n, head, part, [&](std::int64_t j) LNORM_LAMBDA_INLINE {
           normalize_pair<G, B, S, true, decltype(halves)::value>(x + j, y + j, G ? gamma + j : gamma,
