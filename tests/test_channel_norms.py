@@ -803,6 +803,47 @@ def isa(request):
     lnorm.set_isa(before)
 
 
+def float32_with_bits(v, at):
+    """A float32 copy of v with the given bit patterns at the given indices."""
+    v = np.array(v, np.float32)
+    for i, bits in at.items():
+        v.view(np.uint32)[i] = bits
+    return v
+
+
+@pytest.mark.skipif(BF16 is None, reason="needs ml_dtypes")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # NumPy widening signaling NaNs
+@pytest.mark.parametrize("ca", [1, -1], ids=["NCHW", "NHWC"])
+def test_nan_payloads_of_float32_parameters_stay_nan(isa, ca):
+    """bfloat16 x with float32 weights, bias and running statistics that hold NaNs of any payload (all
+    bits set, signaling, negative) and a NaN running variance: y is NaN exactly where the float64
+    reference is, on every kernel set. The bfloat16 lines round in split order without a NaN guard,
+    where a payload reaching the rounding would carry into the sign and exponent: NaN turned into 0."""
+    rng = np.random.default_rng([len(isa), ca % 3, 21])
+    n, c, s, g = 2, 8, 67, 4  # lines of 67: split pairs, then a plain tail
+    nc = rng.standard_normal((n, c, s)) * 2 + 1
+    nc[1, 6, 40] = np.nan  # group 3 of n = 1; channel 6
+    x = np.ascontiguousarray(np.moveaxis(nc, 1, ca % 3)).astype(BF16)
+    w, b = make_params(rng, c, F32)
+    w = float32_with_bits(w, {1: 0xFFFFFFFF, 4: 0x7F800001})
+    b = float32_with_bits(b, {2: 0x7FFFFFFF, 5: 0xFFBFFFFF})
+    dy = make_x(rng, x.shape, BF16, spread=1.0, offset=0.0)
+    for kind in KINDS:
+        for act in (None, "silu"):
+            rm, rv = make_running(rng, c, F32)
+            rm, rv = float32_with_bits(rm, {0: 0xFFFFFFFF}), float32_with_bits(rv, {3: 0x7FFFFFFF, 7: 0x7FC01234})
+            y_ref = forward_ref(kind, x, w, b, groups=g, channel_axis=ca, activation=act, rm=rm.copy(), rv=rv.copy())[0]
+            y, mean, rstd = forward(kind, x, w, b, groups=g, channel_axis=ca, activation=act, return_stats=True,
+                                    rm=rm, rv=rv)
+            assert np.isnan(y_ref).any() and np.isfinite(y_ref).any()
+            assert_close(y, y_ref, tol=tol(BF16), what=f"{isa} {kind} {act}")
+            if kind != "batch_eval":
+                dx_ref = backward_ref(kind, dy, x, mean, rstd, w, groups=g, channel_axis=ca)[0]
+                dx = backward(kind, dy, x, mean, rstd, w, groups=g, channel_axis=ca)[0]
+                assert np.isnan(dx_ref).any() and np.isfinite(dx_ref).any()
+                assert_close(dx, dx_ref, tol=tol(BF16), what=f"{isa} {kind} backward")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_every_kernel_set(isa, dtype):
     """Forward and backward of every kind on the forced kernel set, both layouts, sizes around the

@@ -49,8 +49,11 @@ struct row_stats {
 
 namespace detail {
 
+// 1 / sqrt(var + eps), but 0 where that is 0 (a constant input with eps = 0 gives beta). A NaN (or a
+// negative running variance BatchNorm eval is given) stays NaN, so it poisons its own output, not
+// turns it into beta.
 inline double rstd_or_zero(double var_plus_eps) noexcept {
-  return var_plus_eps > 0 ? 1.0 / std::sqrt(var_plus_eps) : 0.0;
+  return var_plus_eps == 0 ? 0.0 : 1.0 / std::sqrt(var_plus_eps);
 }
 
 // Corrected two-pass statistics (Bjorck) over n elements `stride` apart: a first pass for a rough mean
