@@ -139,7 +139,6 @@
   static void line_grad(const T* dy, const T* x, T* dx, std::int64_t n, calc_t<T> m0, calc_t<T> p, calc_t<T> q,
                         calc_t<T> r, std::int64_t ahead = 0) noexcept {
     using Vt = CV<T>;
-    constexpr std::int64_t L = Vt::lanes;
     const grad_terms<T> gt(m0, p, q, r);
     auto one = [&](std::int64_t i) LNORM_LAMBDA_INLINE { put<Stream>(dx + i, gt(Vt::load(dy + i), Vt::load(x + i))); };
     auto part = [&](std::int64_t i, std::int64_t k) LNORM_LAMBDA_INLINE {
