@@ -139,16 +139,16 @@
   static void line_grad(const T* dy, const T* x, T* dx, std::int64_t n, calc_t<T> m0, calc_t<T> p, calc_t<T> q,
                         calc_t<T> r, std::int64_t ahead = 0) noexcept {
     using Vt = CV<T>;
+    constexpr std::int64_t L = Vt::lanes;
     const grad_terms<T> gt(m0, p, q, r);
     auto one = [&](std::int64_t i) LNORM_LAMBDA_INLINE { put<Stream>(dx + i, gt(Vt::load(dy + i), Vt::load(x + i))); };
     auto part = [&](std::int64_t i, std::int64_t k) LNORM_LAMBDA_INLINE {
       Vt::store_n(dx + i, gt(Vt::load_n(dy + i, k), Vt::load_n(x + i, k)), k);
     };
     std::int64_t i = lead_in<Stream>(dx, n, one, part);
-    constexpr std::int64_t S = store_elems<T>;
-    for (; i + S <= n; i += S) {
-      fetch_ahead<S>(dy + i, ahead);
-      fetch_ahead<S>(x + i, ahead);
+    for (; i + 2 * L <= n; i += 2 * L) {
+      fetch_ahead<2 * L>(dy + i, ahead);
+      fetch_ahead<2 * L>(x + i, ahead);
       grad_step<Stream>(dy + i, x + i, dx + i, gt);
     }
     lead_out<T>(i, n, one, part);
@@ -183,7 +183,6 @@
       t1 = Vt::fma(g1, Vt::sub(x1, vn), t1);
       if (j + 2 * L <= n) {
         grad_step<Stream>(dy + j, x + j, dx + j, gt);
-        if constexpr (store_elems<T> == L) grad_step<Stream>(dy + j + L, x + j + L, dx + j + L, gt);
         j += 2 * L;
       }
     }
@@ -194,7 +193,7 @@
     }
     sdy = Vt::sum(Vt::add(s0, s1));
     sdyx = Vt::sum(Vt::add(t0, t1));
-    for (; j + store_elems<T> <= n; j += store_elems<T>) grad_step<Stream>(dy + j, x + j, dx + j, gt);
+    for (; j + 2 * L <= n; j += 2 * L) grad_step<Stream>(dy + j, x + j, dx + j, gt);
     lead_out<T>(j, n, one, part);
   }
 
@@ -431,9 +430,6 @@
   // split; BatchNorm training 0.52-0.58 against 0.72-0.85; GroupNorm 0.35-0.44 against 0.51-0.67.
   template <class T>
   static constexpr bool split_lines = std::is_same_v<T, bfloat16_t> && CV<T>::lanes > 1;
-  // Elements one step of a line sweep writes with one store (aligned to as many for streaming).
-  template <class T>
-  static constexpr std::int64_t store_elems = split_lines<T> ? 2 * CV<T>::lanes : CV<T>::lanes;
 
   // A coefficient of a split-order line: a NaN (a float32 weight or statistic carries any payload)
   // gets its quiet bit set and its low 16 bits cleared, which is what the NaN-guarded rounding keeps
@@ -494,19 +490,12 @@
     }
   }
 
-  // 2 * lanes elements of y = f(x): one split pair, or two vectors in order.
+  // 2 * lanes elements of y = f(x), in load_pair's pairs.
   template <bool Stream, class T, class F>
   LNORM_VEC_INLINE static void affine_step(const T* x, T* y, F&& f) noexcept {
-    using Vt = CV<T>;
-    if constexpr (split_lines<T>) {
-      typename Vt::reg xa, xb;
-      Vt::load_split(x, xa, xb);
-      put_split<Stream>(y, f(xa), f(xb));
-    } else {
-      const auto u = f(Vt::load(x)), v = f(Vt::load(x + Vt::lanes));
-      put<Stream>(y, u);
-      put<Stream>(y + Vt::lanes, v);
-    }
+    typename CV<T>::reg xa, xb;
+    load_pair(x, xa, xb);
+    put_pair<Stream>(y, f(xa), f(xb));
   }
 
   // The backward's dx = p * dy + (q * (x - m0) + r) on registers, its coefficients split_safe.
@@ -523,18 +512,13 @@
     }
   };
 
-  // store_elems<T> elements of dx from dy and x: one split pair, or one vector.
+  // 2 * lanes elements of dx from dy and x, in load_pair's pairs.
   template <bool Stream, class T>
   LNORM_VEC_INLINE static void grad_step(const T* dy, const T* x, T* dx, const grad_terms<T>& gt) noexcept {
-    using Vt = CV<T>;
-    if constexpr (split_lines<T>) {
-      typename Vt::reg ga, gb, xa, xb;
-      Vt::load_split(dy, ga, gb);
-      Vt::load_split(x, xa, xb);
-      put_split<Stream>(dx, gt(ga, xa), gt(gb, xb));
-    } else {
-      put<Stream>(dx, gt(Vt::load(dy), Vt::load(x)));
-    }
+    typename CV<T>::reg ga, gb, xa, xb;
+    load_pair(dy, ga, gb);
+    load_pair(x, xa, xb);
+    put_pair<Stream>(dx, gt(ga, xa), gt(gb, xb));
   }
 
   // Whether a pixel's c channels at y are streamed: from element k (set here: the elements before y's
@@ -597,10 +581,17 @@
     else CV<T>::store(y, v);
   }
 
+  // A pair as load_pair gives it back to y (2 * lanes elements; aligned so for Stream).
   template <bool Stream, class T, class R>
-  LNORM_VEC_INLINE static void put_split(T* y, const R& a, const R& b) noexcept {
-    if constexpr (Stream) CV<T>::stream_split(y, a, b);
-    else CV<T>::store_split(y, a, b);
+  LNORM_VEC_INLINE static void put_pair(T* y, const R& a, const R& b) noexcept {
+    if constexpr (!split_lines<T>) {
+      put<Stream>(y, a);
+      put<Stream>(y + CV<T>::lanes, b);
+    } else if constexpr (Stream) {
+      CV<T>::stream_split(y, a, b);
+    } else {
+      CV<T>::store_split(y, a, b);
+    }
   }
 
   // Sums of d = x - shift and d^2 over n contiguous elements, in one fixed order (line_acc's).
