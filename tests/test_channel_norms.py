@@ -844,6 +844,50 @@ def test_nan_payloads_of_float32_parameters_stay_nan(isa, ca):
                 assert_close(dx, dx_ref, tol=tol(BF16), what=f"{isa} {kind} backward")
 
 
+@pytest.mark.skipif(BF16 is None, reason="needs ml_dtypes")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # NumPy widening signaling NaNs
+def test_split_pixel_runs_give_the_bits_of_single_pixels(isa):
+    """bfloat16 NHWC with C a multiple of 32: a run of contiguous pixels goes as one line in split
+    order, its coefficients from a table rotated by y's head before a pair-aligned address. With y at
+    every element offset of 64 bytes (every head), in place, with SiLU, a NaN in x and NaN payloads in
+    float32 parameters, y is the same bits as the pixel-by-pixel walk gives for an output whose pixels
+    are not contiguous, and within rounding of the float64 reference; dx likewise, against dy whose
+    pixels are not contiguous."""
+    rng = np.random.default_rng([len(isa), 22])
+    for c, g in ((32, 4), (96, 8)):
+        x = make_x(rng, (2, 5, 7, c), BF16, spread=2.0, offset=1.0)
+        x[1, 2, 3, 17] = np.nan
+        w, b = make_params(rng, c, F32)
+        w = float32_with_bits(w, {1: 0xFFFFFFFF, 20: 0x7F800001})
+        b = float32_with_bits(b, {2: 0x7FFFFFFF, 31: 0xFFBFFFFF})
+        dy = make_x(rng, x.shape, BF16, spread=1.0, offset=0.0)
+        dy_apart = np.empty(x.shape[:3] + (c + 16,), BF16)[..., :c]
+        dy_apart[...] = dy
+        for kind in KINDS:
+            for act in (None, "silu"):
+                rm, rv = make_running(rng, c, F32)
+                args = dict(groups=g, channel_axis=-1, activation=act, rm=rm, rv=rv)
+                apart = np.empty(x.shape[:3] + (c + 16,), BF16)[..., :c]
+                forward(kind, x, w, b, out=apart, **args)
+                y_ref = forward_ref(kind, x, w, b, groups=g, channel_axis=-1, activation=act, rm=rm, rv=rv)[0]
+                assert_close(apart, y_ref, tol=tol(BF16), what=f"{isa} {kind} {act} C={c}")
+                for off in range(32):
+                    y = np.empty(x.size + 32, BF16)[off:off + x.size].reshape(x.shape)
+                    forward(kind, x, w, b, out=y, **args)
+                    assert np.array_equal(y.view(np.uint16), apart.view(np.uint16)), (isa, kind, act, c, off)
+                inplace = x.copy()
+                forward(kind, inplace, w, b, out=inplace, **args)
+                assert np.array_equal(inplace.view(np.uint16), apart.view(np.uint16)), (isa, kind, act, c)
+            if kind == "batch_eval":
+                continue
+            _, mean, rstd = forward(kind, x, w, b, groups=g, channel_axis=-1, return_stats=True, rm=rm, rv=rv)
+            dx = backward(kind, dy, x, mean, rstd, w, groups=g, channel_axis=-1)[0]
+            dx_apart = backward(kind, dy_apart, x, mean, rstd, w, groups=g, channel_axis=-1)[0]
+            assert np.array_equal(dx.view(np.uint16), dx_apart.view(np.uint16)), (isa, kind, c)
+            dx_ref = backward_ref(kind, dy, x, mean, rstd, w, groups=g, channel_axis=-1)[0]
+            assert_close(dx, dx_ref, tol=tol(BF16), what=f"{isa} {kind} backward C={c}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_every_kernel_set(isa, dtype):
     """Forward and backward of every kind on the forced kernel set, both layouts, sizes around the

@@ -170,9 +170,10 @@ inline scratch_plan channel_plan(const channel_layout& L, int threads) noexcept 
   std::int64_t doubles = 2 * units + 2 * oc;  // unit statistics; per-channel sums
   if (L.mode == channel_mode::gather) p.row_bytes = bytes_of(workers, L.narrays, L.line, sizeof(T));
   if (L.mode == channel_mode::pixels) {
-    // Coefficients (m0, a, b, or m0, p, q, r), per worker two float sum arrays and one shift copy,
-    // and the forward's flags of the samples that need a second moment pass (one bool per E slot).
-    p.partial_bytes = bytes_of(1, 4 * oc + 3 * workers * L.channels + L.outer, 1, sizeof(E));
+    // Coefficients (m0, a, b, or m0, p, q, r) in channel order and in split order (the kernels'
+    // pixel_split_table), per worker two float sum arrays and one shift copy, and the forward's flags
+    // of the samples that need a second moment pass (one bool per E slot).
+    p.partial_bytes = bytes_of(1, 8 * oc + 3 * workers * L.channels + L.outer, 1, sizeof(E));
     doubles += 2 * pixel_chunks(L) * oc;  // chunk partials
   }
   p.double_bytes = bytes_of(doubles, 1, 1, sizeof(double));
@@ -276,6 +277,13 @@ struct channel_work {
         for (std::int64_t i = 0; i < L.line; ++i) dst[i * s] = p[a][i];
       }
     }
+  }
+
+  // Pixels mode: the kernels' split head (K::pixel_split_head) of array a's first pixel of sample o,
+  // -1 where its runs have no split sweep. Every run whose pixels are contiguous starts so aligned
+  // where they all are; the kernels check each run against it.
+  std::int64_t split_head(std::int64_t o, int a) const noexcept {
+    return K::pixel_split_head(base[a] + o * L.ostride[a], L.channels);
   }
 
   // Calls f(ptrs, lds, count) for each run of pixels in [p0, p1) of sample o (pixels mode): ptrs[a]
@@ -505,7 +513,8 @@ inline void channel_forward(const channel_layout& L, T* x, T* y, const W* gamma,
   // Pixels: shifted sums per channel (shift: the sample's first pixel), then per-channel coefficients.
   const std::int64_t oc = L.outer * C;
   E* coef = static_cast<E*>(sc.partials);  // m0, a, b: oc each
-  E* worker_sums = coef + 4 * oc;
+  E* tables = coef + 4 * oc;               // their split tables: 3 * C per sample
+  E* worker_sums = coef + 8 * oc;
   double* chan = sc.doubles + 2 * L.units();  // per (o, c): sd, sq (2 * C per sample)
   double* partials = chan + 2 * oc;
   const double P = static_cast<double>(L.pixels);
@@ -547,6 +556,9 @@ inline void channel_forward(const channel_layout& L, T* x, T* y, const W* gamma,
   };
   auto sample_coefficients = [&](std::int64_t o) {
     for (std::int64_t c = 0; c < C; ++c) coefficients(o, c, coef[o * C + c], coef[oc + o * C + c], coef[2 * oc + o * C + c]);
+    const std::int64_t h = wk.split_head(o, 1);
+    const E* v[3] = {coef + o * C, coef + oc + o * C, coef + 2 * oc + o * C};
+    if (h >= 0) K::template pixel_split_table<T>(C, h, v, 3, tables + 3 * o * C);
   };
   if (!given)
     for (std::int64_t o = 0; o < L.outer; ++o)
@@ -580,10 +592,12 @@ inline void channel_forward(const channel_layout& L, T* x, T* y, const W* gamma,
         for (std::int64_t t = t0 + a0; t < t0 + a1; ++t) {
           const std::int64_t o = t / chunks, k = t % chunks;
           const E *m0 = coef + o * C, *a = coef + oc + o * C, *b = coef + 2 * oc + o * C;
+          const std::int64_t h = wk.split_head(o, 1);
+          const typename K::template split_coefs<T> split{h >= 0 ? tables + 3 * o * C : nullptr, h, ahead};
           const std::int64_t p0 = L.pixels * k / chunks, p1 = L.pixels * (k + 1) / chunks;
           if (!twin) {
             wk.for_pixel_runs(o, p0, p1, [&](T* const* p, const std::int64_t* ld, std::int64_t n) {
-              K::template pixel_affine<Act, Stream>(p[0], ld[0], p[1], ld[1], n, C, m0, a, b);
+              K::template pixel_affine<Act, Stream>(p[0], ld[0], p[1], ld[1], n, C, m0, a, b, split);
             });
             continue;
           }
@@ -595,7 +609,7 @@ inline void channel_forward(const channel_layout& L, T* x, T* y, const W* gamma,
             std::fill_n(sd, 2 * C, E(0));
             wk.for_pixel_runs(o, b0, std::min(p1, b0 + kPixelBlock), [&](T* const* p, const std::int64_t* ld, std::int64_t n) {
               K::template pixel_affine_sums<Act, Stream>(p[0], ld[0], p[1], ld[1], n, C, m0, a, b, p[0] + next,
-                                                         shift + o1 * C, sd, sq);
+                                                         shift + o1 * C, sd, sq, split);
             });
             for (std::int64_t c = 0; c < C; ++c) {
               part[c] += static_cast<double>(sd[c]);
@@ -699,7 +713,8 @@ inline void channel_backward(const channel_layout& L, T* dy, T* x, T* dx, const 
     });
   } else {
     E* coef = static_cast<E*>(sc.partials);  // m0, p, q, r: oc each
-    E* worker_sums = coef + 4 * oc;
+    E* tables = coef + 4 * oc;               // their split tables: 4 * C per sample
+    E* worker_sums = coef + 8 * oc;
     double* partials = chan + 2 * oc;
     const std::int64_t chunks = pixel_chunks(L), tasks = L.outer * chunks;
     const int workers = workers_for(oc * L.pixels, tasks, tm.threads);
@@ -747,15 +762,22 @@ inline void channel_backward(const channel_layout& L, T* dy, T* x, T* dx, const 
         coef[3 * oc + o * C + c] = static_cast<E>(r);
       }
     }
+    for (std::int64_t o = 0; o < L.outer; ++o) {
+      const E* v[4] = {coef + o * C, coef + oc + o * C, coef + 2 * oc + o * C, coef + 3 * oc + o * C};
+      const std::int64_t h = wk.split_head(o, 2);
+      if (h >= 0) K::template pixel_split_table<T>(C, h, v, 4, tables + 4 * o * C);
+    }
     with_stream(stream, [&](auto S) {
       parallel_for_on(tm, tasks, workers, [&](std::int64_t t0, std::int64_t t1, int) {
         for (std::int64_t t = t0; t < t1; ++t) {
           const std::int64_t o = t / chunks, k = t % chunks;
           const E *m0 = coef + o * C, *p = coef + oc + o * C, *q = coef + 2 * oc + o * C, *r = coef + 3 * oc + o * C;
+          const std::int64_t h = wk.split_head(o, 2);
+          const typename K::template split_coefs<T> split{h >= 0 ? tables + 4 * o * C : nullptr, h, ahead};
           wk.for_pixel_runs(o, L.pixels * k / chunks, L.pixels * (k + 1) / chunks,
                             [&](T* const* a, const std::int64_t* ld, std::int64_t n) {
                               K::template pixel_grad<decltype(S)::value>(a[0], ld[0], a[1], ld[1], a[2], ld[2], n, C,
-                                                                         m0, p, q, r);
+                                                                         m0, p, q, r, split);
                             });
         }
         if (decltype(S)::value) K::template stream_fence<T>();

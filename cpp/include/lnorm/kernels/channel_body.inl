@@ -206,6 +206,14 @@
   // rows costs the write-combining buffers 1.5x).
   static constexpr std::int64_t kPixelSpan = 16;
 
+  /// A pixels sweep's coefficients in split order: pixel_split_table's table (null: none) for outputs
+  /// whose head is h, and how far ahead of its reads the split sweep prefetches (bytes; 0: not).
+  template <class T>
+  struct split_coefs {
+    const calc_t<T>* table = nullptr;
+    std::int64_t h = -1, ahead = 0;
+  };
+
   /// sd[k] += sum_p (x[p, k] - shift[k]), sq[k] += sum_p (x[p, k] - shift[k])^2 for k < c over the run,
   /// in a fixed order.
   template <class T>
@@ -217,17 +225,8 @@
       const std::int64_t np = npix - p0 < kPixelSpan ? npix - p0 : kPixelSpan;
       const T* xb = x + p0 * ld;
       std::int64_t k = 0;
-      for (; k + L <= c; k += L) {
-        const auto s0 = Vt::load(shift + k);
-        auto a = Vt::zero(), q = Vt::zero();
-        for (std::int64_t p = 0; p < np; ++p) {
-          const auto d = Vt::sub(Vt::load(xb + p * ld + k), s0);
-          a = Vt::add(a, d);
-          q = Vt::fma(d, d, q);
-        }
-        Vt::store(sd + k, Vt::add(Vt::load(sd + k), a));
-        Vt::store(sq + k, Vt::add(Vt::load(sq + k), q));
-      }
+      for (; k + kSlices<T> * L <= c; k += kSlices<T> * L) sum_slices<kSlices<T>>(xb + k, ld, np, shift + k, sd + k, sq + k);
+      for (; k + L <= c; k += L) sum_slices<1>(xb + k, ld, np, shift + k, sd + k, sq + k);
       if (k < c) {
         const std::int64_t m = c - k;
         const auto s0 = Vt::load_n(shift + k, m);
@@ -244,12 +243,22 @@
   }
 
   /// y[p, k] = act((x[p, k] - m0[k]) * a[k] + b[k]) for k < c over the run (y may be x; Stream: full
-  /// vectors from each pixel's first aligned one are written non-temporally, see stream_from).
+  /// vectors from each pixel's first aligned one are written non-temporally, see stream_from). `sp`:
+  /// the same coefficients in split order (see pixel_split_table), if any.
   template <int Act, bool Stream, class T>
   static void pixel_affine(const T* x, std::int64_t ldx, T* y, std::int64_t ldy, std::int64_t npix, std::int64_t c,
-                           const calc_t<T>* m0, const calc_t<T>* a, const calc_t<T>* b) noexcept {
+                           const calc_t<T>* m0, const calc_t<T>* a, const calc_t<T>* b,
+                           const split_coefs<T>& sp = {}) noexcept {
     using Vt = CV<T>;
     constexpr std::int64_t L = Vt::lanes;
+    if (split_run<T>::usable(sp, y, c, ldx == c && ldy == c)) {
+      split_run<T> r(npix * c, c, sp.h);
+      const affine_split<Act, Stream, T> f{x, y, m0, a, b, sp.table, c, sp.ahead};
+      r.head(f);
+      r.to(r.n, f);
+      r.tail(f);
+      return;
+    }
     auto part = [&](const T* xp, T* yp, std::int64_t k, std::int64_t m) LNORM_LAMBDA_INLINE {
       Vt::store_n(yp + k,
                   activate<Act, T>(Vt::fma(Vt::sub(Vt::load_n(xp + k, m), Vt::load_n(m0 + k, m)), Vt::load_n(a + k, m),
@@ -291,7 +300,21 @@
   template <int Act, bool Stream, class T>
   static void pixel_affine_sums(const T* x, std::int64_t ldx, T* y, std::int64_t ldy, std::int64_t npix,
                                 std::int64_t c, const calc_t<T>* m0, const calc_t<T>* a, const calc_t<T>* b,
-                                const T* next, const calc_t<T>* shift, calc_t<T>* sd, calc_t<T>* sq) noexcept {
+                                const T* next, const calc_t<T>* shift, calc_t<T>* sd, calc_t<T>* sq,
+                                const split_coefs<T>& sp = {}) noexcept {
+    if (split_run<T>::usable(sp, y, c, ldx == c && ldy == c)) {
+      // One split sweep over the run (one plain head and tail), its blocks span by span.
+      split_run<T> r(npix * c, c, sp.h);
+      const affine_split<Act, Stream, T> f{x, y, m0, a, b, sp.table, c, sp.ahead};
+      r.head(f);
+      for (std::int64_t p0 = 0; p0 < npix; p0 += kPixelSpan) {
+        const std::int64_t np = npix - p0 < kPixelSpan ? npix - p0 : kPixelSpan;
+        r.to((p0 + np) * c, f);
+        pixel_sums(next + p0 * ldx, ldx, np, c, shift, sd, sq);
+      }
+      r.tail(f);
+      return;
+    }
     for (std::int64_t p0 = 0; p0 < npix; p0 += kPixelSpan) {
       const std::int64_t np = npix - p0 < kPixelSpan ? npix - p0 : kPixelSpan;
       pixel_affine<Act, Stream>(x + p0 * ldx, ldx, y + p0 * ldy, ldy, np, c, m0, a, b);
@@ -311,17 +334,9 @@
       const T* gb = dy + p0 * lddy;
       const T* xb = x + p0 * ldx;
       std::int64_t k = 0;
-      for (; k + L <= c; k += L) {
-        const auto vm = Vt::load(m0 + k);
-        auto s = Vt::zero(), t = Vt::zero();
-        for (std::int64_t p = 0; p < np; ++p) {
-          const auto g = Vt::load(gb + p * lddy + k);
-          s = Vt::add(s, g);
-          t = Vt::fma(g, Vt::sub(Vt::load(xb + p * ldx + k), vm), t);
-        }
-        Vt::store(sdy + k, Vt::add(Vt::load(sdy + k), s));
-        Vt::store(sdyx + k, Vt::add(Vt::load(sdyx + k), t));
-      }
+      for (; k + kSlices<T> * L <= c; k += kSlices<T> * L)
+        grad_slices<kSlices<T>>(gb + k, lddy, xb + k, ldx, np, m0 + k, sdy + k, sdyx + k);
+      for (; k + L <= c; k += L) grad_slices<1>(gb + k, lddy, xb + k, ldx, np, m0 + k, sdy + k, sdyx + k);
       if (k < c) {
         const std::int64_t m = c - k;
         const auto vm = Vt::load_n(m0 + k, m);
@@ -337,14 +352,22 @@
     }
   }
 
-  /// dx[p, k] = p_[k] * dy[p, k] + (q[k] * (x[p, k] - m0[k]) + r[k]) for k < c over the run (Stream: as
-  /// pixel_affine).
+  /// dx[p, k] = p_[k] * dy[p, k] + (q[k] * (x[p, k] - m0[k]) + r[k]) for k < c over the run (Stream and
+  /// split: as pixel_affine; the table holds m0, p_, q, r).
   template <bool Stream, class T>
   static void pixel_grad(const T* dy, std::int64_t lddy, const T* x, std::int64_t ldx, T* dx, std::int64_t lddx,
                          std::int64_t npix, std::int64_t c, const calc_t<T>* m0, const calc_t<T>* p_,
-                         const calc_t<T>* q, const calc_t<T>* r) noexcept {
+                         const calc_t<T>* q, const calc_t<T>* r, const split_coefs<T>& sp = {}) noexcept {
     using Vt = CV<T>;
     constexpr std::int64_t L = Vt::lanes;
+    if (split_run<T>::usable(sp, dx, c, lddy == c && ldx == c && lddx == c)) {
+      split_run<T> sr(npix * c, c, sp.h);
+      const grad_split<Stream, T> f{dy, x, dx, m0, p_, q, r, sp.table, c, sp.ahead};
+      sr.head(f);
+      sr.to(sr.n, f);
+      sr.tail(f);
+      return;
+    }
     auto part = [&](const T* g, const T* xp, T* out, std::int64_t k, std::int64_t m) LNORM_LAMBDA_INLINE {
       Vt::store_n(out + k,
                   Vt::fma(Vt::load_n(p_ + k, m), Vt::load_n(g + k, m),
@@ -384,6 +407,36 @@
       }
       if (k < c) part(g, xp, out, k, c - k);
     }
+  }
+
+  /// The split order of a pixels sweep (bfloat16 on the SIMD sets, as the lines'; see split_lines): a
+  /// run of contiguous pixels whose c is a multiple of 2 * lanes is one long line with periodic
+  /// coefficients. Its 2 * lanes-element blocks from y's first address aligned for a split pair take
+  /// the coefficients in split order, block j of the run entry j mod (c / (2 * lanes)) of a table
+  /// rotated by h, the elements before that address (the same for every pixel of every such run of
+  /// one array). Returns h for y (an element of such an array), or -1 where there is no split sweep:
+  /// another type or kernel set, c not a multiple, y not aligned to its element size.
+  template <class T>
+  static std::int64_t pixel_split_head(const T* y, std::int64_t c) noexcept {
+    constexpr std::int64_t P = 2 * CV<T>::lanes;
+    if (!split_lines<T> || c % P != 0 || reinterpret_cast<std::uintptr_t>(y) % sizeof(T) != 0) return -1;
+    return unaligned_head<T, P>(y, P);
+  }
+
+  /// The table of pixel_split_head's h for k coefficient arrays v[0..k) of c channels each: array i's
+  /// entry j at table + i * c + j * 2 * lanes, the lanes channels (h + j * 2 * lanes + 2 * e) mod c
+  /// (e < lanes) and then their odd neighbours, each split_safe.
+  template <class T>
+  static void pixel_split_table(std::int64_t c, std::int64_t h, const calc_t<T>* const* v, int k,
+                                calc_t<T>* table) noexcept {
+    constexpr std::int64_t L = CV<T>::lanes;
+    for (int i = 0; i < k; ++i)
+      for (std::int64_t j = 0; j < c / (2 * L); ++j)
+        for (std::int64_t e = 0; e < L; ++e) {
+          const std::int64_t ch = (h + j * 2 * L + 2 * e) % c;
+          table[i * c + j * 2 * L + e] = split_safe<T>(v[i][ch]);
+          table[i * c + j * 2 * L + L + e] = split_safe<T>(v[i][(ch + 1) % c]);
+        }
   }
 
   /// Orders the non-temporal stores before it (nothing where there are none).
@@ -552,6 +605,70 @@
     return h;
   }
 
+  // The pixel sums' slices: S vectors of channels summed over a span's np pixels at once, each channel
+  // in pixel order as one slice alone would (the same bits). One slice is a chain of dependent adds,
+  // an FMA's latency each; 16-bit elements, widened on the way, go four slices at a time, a pixel's
+  // 4 * lanes channels read together. (8, 512, 64, 64) NHWC, Zen 3, 1 thread, against 1.5 streaming
+  // copies: bfloat16 GroupNorm 0.34-0.37 one slice at a time, 0.46-0.47 four (two: 0.39; eight: 0.44);
+  // BatchNorm training 0.36-0.39 against 0.47-0.51. float32 loses with more: GroupNorm 0.60-0.63 one
+  // at a time, 0.57 two, 0.53-0.56 four. The 16-bit sums also ask for the same channels of the pixel
+  // a span ahead (one hint a cache line): GroupNorm 0.41-0.44 without, 0.45-0.50 with; BatchNorm
+  // training 0.45-0.48 against 0.53-0.54 (float32, and the backward's sums: no gain).
+  template <class T>
+  static constexpr int kSlices = sizeof(T) == 2 ? 4 : 1;
+
+  template <int S, class T>
+  LNORM_VEC_INLINE static void sum_slices(const T* x, std::int64_t ld, std::int64_t np, const calc_t<T>* shift,
+                                          calc_t<T>* sd, calc_t<T>* sq) noexcept {
+    using Vt = CV<T>;
+    constexpr std::int64_t L = Vt::lanes;
+    typename Vt::reg s0[S], a[S], q[S];
+    for (int j = 0; j < S; ++j) {
+      s0[j] = Vt::load(shift + j * L);
+      a[j] = Vt::zero();
+      q[j] = Vt::zero();
+    }
+    const std::int64_t ahead = sizeof(T) == 2 ? kPixelSpan * ld * static_cast<std::int64_t>(sizeof(T)) : 0;
+    for (std::int64_t p = 0; p < np; ++p) {
+      fetch_ahead<S * L>(x + p * ld, ahead);
+      for (int j = 0; j < S; ++j) {
+        const auto d = Vt::sub(Vt::load(x + p * ld + j * L), s0[j]);
+        a[j] = Vt::add(a[j], d);
+        q[j] = Vt::fma(d, d, q[j]);
+      }
+    }
+    for (int j = 0; j < S; ++j) {
+      Vt::store(sd + j * L, Vt::add(Vt::load(sd + j * L), a[j]));
+      Vt::store(sq + j * L, Vt::add(Vt::load(sq + j * L), q[j]));
+    }
+  }
+
+  // pixel_grad_sums' slices, as sum_slices.
+  template <int S, class T>
+  LNORM_VEC_INLINE static void grad_slices(const T* dy, std::int64_t lddy, const T* x, std::int64_t ldx,
+                                           std::int64_t np, const calc_t<T>* m0, calc_t<T>* sdy,
+                                           calc_t<T>* sdyx) noexcept {
+    using Vt = CV<T>;
+    constexpr std::int64_t L = Vt::lanes;
+    typename Vt::reg vm[S], s[S], t[S];
+    for (int j = 0; j < S; ++j) {
+      vm[j] = Vt::load(m0 + j * L);
+      s[j] = Vt::zero();
+      t[j] = Vt::zero();
+    }
+    for (std::int64_t p = 0; p < np; ++p) {
+      for (int j = 0; j < S; ++j) {
+        const auto g = Vt::load(dy + p * lddy + j * L);
+        s[j] = Vt::add(s[j], g);
+        t[j] = Vt::fma(g, Vt::sub(Vt::load(x + p * ldx + j * L), vm[j]), t[j]);
+      }
+    }
+    for (int j = 0; j < S; ++j) {
+      Vt::store(sdy + j * L, Vt::add(Vt::load(sdy + j * L), s[j]));
+      Vt::store(sdyx + j * L, Vt::add(Vt::load(sdyx + j * L), t[j]));
+    }
+  }
+
   // The per-channel coefficients v of the vector across a pixel's end in such a run: the pixel's last
   // L - h channels, then the next pixel's first h.
   template <class T>
@@ -561,6 +678,103 @@
     for (std::int64_t e = 0; e < L; ++e) w[e] = v[e < L - h ? c - L + h + e : e - (L - h)];
     return CV<T>::load(w);
   }
+
+  // The sweep of a run of n contiguous elements (whole pixels of c channels) in split order (see
+  // pixel_split_head): a plain head of h elements, whole blocks of 2 * lanes from there up to the
+  // ends to() is given, then the plain rest. The step f: f(i, m) the m <= lanes elements at i in
+  // plain order, f.block(i, t) the block at i with table entry t (t the entry's offset in an array);
+  // the blocks prefetch what they read the policy's distance ahead. (8, 512, 64, 64) bfloat16 NHWC,
+  // Zen 3, 1 thread, against a streaming copy of the same bytes (1.5 copies where x is read twice):
+  // BatchNorm eval 0.48-0.51 in plain order, 0.59-0.60 split, 0.64-0.69 split with the prefetch
+  // (2 KiB); GroupNorm, with the sums' slices, 0.34-0.37, 0.46-0.49 and 0.44-0.55; BatchNorm training
+  // 0.37-0.38, 0.51-0.54 and 0.55-0.56; GroupNorm backward 0.30-0.33, 0.32-0.34 and 0.31-0.34.
+  template <class T>
+  struct split_run {
+    static constexpr std::int64_t L = CV<T>::lanes, P = 2 * L;
+    std::int64_t n, c, h, i, t = 0;
+    split_run(std::int64_t n_, std::int64_t c_, std::int64_t h_) noexcept : n(n_), c(c_), h(h_), i(h_) {}
+    // Whether a run (contiguous in every array) with y among its outputs sweeps so with this table.
+    static bool usable(const split_coefs<T>& sp, const T* y, std::int64_t c, bool contiguous) noexcept {
+      return sp.table != nullptr && contiguous && sp.h >= 0 && pixel_split_head(y, c) == sp.h;
+    }
+    template <class F>
+    LNORM_VEC_INLINE void head(const F& f) noexcept {
+      if constexpr (F::stream) lnorm::detail::fetch_tail_line(f.out(), n);
+      for (std::int64_t k = 0; k < h && k < n; k += L) f(k, std::min(L, std::min(h, n) - k));
+    }
+    template <class F>
+    LNORM_VEC_INLINE void to(std::int64_t end, const F& f) noexcept {
+      for (; i + P <= end; i += P) {
+        f.block(i, t);
+        t = t + P == c ? 0 : t + P;
+      }
+    }
+    template <class F>
+    LNORM_VEC_INLINE void tail(const F& f) noexcept {
+      for (; i < n; i += L) f(i, std::min(L, n - i));
+    }
+  };
+
+  // pixel_affine's step in a split run (see split_run).
+  template <int Act, bool Stream, class T>
+  struct affine_split {
+    using Vt = CV<T>;
+    static constexpr bool stream = Stream;
+    const T* x;
+    T* y;
+    const calc_t<T>*m0, *a, *b, *table;
+    std::int64_t c, ahead;
+    T* out() const noexcept { return y; }
+    LNORM_VEC_INLINE void operator()(std::int64_t i, std::int64_t m) const noexcept {
+      const std::int64_t k = i % c;
+      Vt::store_n(y + i,
+                  activate<Act, T>(Vt::fma(Vt::sub(Vt::load_n(x + i, m), Vt::load_n(m0 + k, m)), Vt::load_n(a + k, m),
+                                           Vt::load_n(b + k, m))),
+                  m);
+    }
+    LNORM_VEC_INLINE void block(std::int64_t i, std::int64_t t) const noexcept {
+      constexpr std::int64_t L = Vt::lanes;
+      const calc_t<T>* e = table + t;
+      typename Vt::reg xa, xb;
+      fetch_ahead<2 * L>(x + i, ahead);
+      load_pair(x + i, xa, xb);
+      put_pair<Stream>(y + i, activate<Act, T>(Vt::fma(Vt::sub(xa, Vt::load(e)), Vt::load(e + c), Vt::load(e + 2 * c))),
+                       activate<Act, T>(Vt::fma(Vt::sub(xb, Vt::load(e + L)), Vt::load(e + c + L), Vt::load(e + 2 * c + L))));
+    }
+  };
+
+  // pixel_grad's step in a split run (see split_run).
+  template <bool Stream, class T>
+  struct grad_split {
+    using Vt = CV<T>;
+    static constexpr bool stream = Stream;
+    const T *dy, *x;
+    T* dx;
+    const calc_t<T>*m0, *p, *q, *r, *table;
+    std::int64_t c, ahead;
+    T* out() const noexcept { return dx; }
+    LNORM_VEC_INLINE void operator()(std::int64_t i, std::int64_t m) const noexcept {
+      const std::int64_t k = i % c;
+      Vt::store_n(dx + i,
+                  Vt::fma(Vt::load_n(p + k, m), Vt::load_n(dy + i, m),
+                          Vt::fma(Vt::load_n(q + k, m), Vt::sub(Vt::load_n(x + i, m), Vt::load_n(m0 + k, m)),
+                                  Vt::load_n(r + k, m))),
+                  m);
+    }
+    LNORM_VEC_INLINE void block(std::int64_t i, std::int64_t t) const noexcept {
+      constexpr std::int64_t L = Vt::lanes;
+      typename Vt::reg ga, gb, xa, xb;
+      fetch_ahead<2 * L>(dy + i, ahead);
+      fetch_ahead<2 * L>(x + i, ahead);
+      load_pair(dy + i, ga, gb);
+      load_pair(x + i, xa, xb);
+      auto f = [&](std::int64_t o, auto g, auto v) LNORM_LAMBDA_INLINE {
+        const calc_t<T>* e = table + t + o;
+        return Vt::fma(Vt::load(e + c), g, Vt::fma(Vt::load(e + 2 * c), Vt::sub(v, Vt::load(e)), Vt::load(e + 3 * c)));
+      };
+      put_pair<Stream>(dx + i, f(0, ga, xa), f(L, gb, xb));
+    }
+  };
 
   // Prefetches the K elements at p + bytes (one hint per cache line; bytes 0: none).
   template <std::int64_t K, class T>
