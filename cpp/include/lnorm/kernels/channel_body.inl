@@ -227,18 +227,7 @@
       std::int64_t k = 0;
       for (; k + kSlices<T> * L <= c; k += kSlices<T> * L) sum_slices<kSlices<T>>(xb + k, ld, np, shift + k, sd + k, sq + k);
       for (; k + L <= c; k += L) sum_slices<1>(xb + k, ld, np, shift + k, sd + k, sq + k);
-      if (k < c) {
-        const std::int64_t m = c - k;
-        const auto s0 = Vt::load_n(shift + k, m);
-        auto a = Vt::zero(), q = Vt::zero();
-        for (std::int64_t p = 0; p < np; ++p) {
-          const auto d = Vt::sub(Vt::load_n(xb + p * ld + k, m), s0);
-          a = Vt::add(a, d);
-          q = Vt::fma(d, d, q);
-        }
-        Vt::store_n(sd + k, Vt::add(Vt::load_n(sd + k, m), a), m);
-        Vt::store_n(sq + k, Vt::add(Vt::load_n(sq + k, m), q), m);
-      }
+      if (k < c) sum_slices<1, true>(xb + k, ld, np, shift + k, sd + k, sq + k, c - k);
     }
   }
 
@@ -251,20 +240,12 @@
                            const split_coefs<T>& sp = {}) noexcept {
     using Vt = CV<T>;
     constexpr std::int64_t L = Vt::lanes;
+    const affine_split<Act, Stream, T> f{x, y, m0, a, b, sp.table, c, sp.ahead};
     if (split_run<T>::usable(sp, y, c, ldx == c && ldy == c)) {
-      split_run<T> r(npix * c, c, sp.h);
-      const affine_split<Act, Stream, T> f{x, y, m0, a, b, sp.table, c, sp.ahead};
-      r.head(f);
-      r.to(r.n, f);
-      r.tail(f);
+      split_run<T>(npix * c, c, sp.h).sweep(f);
       return;
     }
-    auto part = [&](const T* xp, T* yp, std::int64_t k, std::int64_t m) LNORM_LAMBDA_INLINE {
-      Vt::store_n(yp + k,
-                  activate<Act, T>(Vt::fma(Vt::sub(Vt::load_n(xp + k, m), Vt::load_n(m0 + k, m)), Vt::load_n(a + k, m),
-                                           Vt::load_n(b + k, m))),
-                  m);
-    };
+    auto part = [&](const T* xp, T* yp, std::int64_t k, std::int64_t m) LNORM_LAMBDA_INLINE { f.part(xp, yp, k, m); };
     if (const std::int64_t h = Stream ? run_head(y, npix, c, ldx == c && ldy == c) : 0) {
       const auto vm = across_end<T>(m0, c, h), va = across_end<T>(a, c, h), vb = across_end<T>(b, c, h);
       part(x, y, 0, h);
@@ -337,18 +318,7 @@
       for (; k + kSlices<T> * L <= c; k += kSlices<T> * L)
         grad_slices<kSlices<T>>(gb + k, lddy, xb + k, ldx, np, m0 + k, sdy + k, sdyx + k);
       for (; k + L <= c; k += L) grad_slices<1>(gb + k, lddy, xb + k, ldx, np, m0 + k, sdy + k, sdyx + k);
-      if (k < c) {
-        const std::int64_t m = c - k;
-        const auto vm = Vt::load_n(m0 + k, m);
-        auto s = Vt::zero(), t = Vt::zero();
-        for (std::int64_t p = 0; p < np; ++p) {
-          const auto g = Vt::load_n(gb + p * lddy + k, m);
-          s = Vt::add(s, g);
-          t = Vt::fma(g, Vt::sub(Vt::load_n(xb + p * ldx + k, m), vm), t);
-        }
-        Vt::store_n(sdy + k, Vt::add(Vt::load_n(sdy + k, m), s), m);
-        Vt::store_n(sdyx + k, Vt::add(Vt::load_n(sdyx + k, m), t), m);
-      }
+      if (k < c) grad_slices<1, true>(gb + k, lddy, xb + k, ldx, np, m0 + k, sdy + k, sdyx + k, c - k);
     }
   }
 
@@ -360,20 +330,13 @@
                          const calc_t<T>* q, const calc_t<T>* r, const split_coefs<T>& sp = {}) noexcept {
     using Vt = CV<T>;
     constexpr std::int64_t L = Vt::lanes;
+    const grad_split<Stream, T> f{dy, x, dx, m0, p_, q, r, sp.table, c, sp.ahead};
     if (split_run<T>::usable(sp, dx, c, lddy == c && ldx == c && lddx == c)) {
-      split_run<T> sr(npix * c, c, sp.h);
-      const grad_split<Stream, T> f{dy, x, dx, m0, p_, q, r, sp.table, c, sp.ahead};
-      sr.head(f);
-      sr.to(sr.n, f);
-      sr.tail(f);
+      split_run<T>(npix * c, c, sp.h).sweep(f);
       return;
     }
     auto part = [&](const T* g, const T* xp, T* out, std::int64_t k, std::int64_t m) LNORM_LAMBDA_INLINE {
-      Vt::store_n(out + k,
-                  Vt::fma(Vt::load_n(p_ + k, m), Vt::load_n(g + k, m),
-                          Vt::fma(Vt::load_n(q + k, m), Vt::sub(Vt::load_n(xp + k, m), Vt::load_n(m0 + k, m)),
-                                  Vt::load_n(r + k, m))),
-                  m);
+      f.part(g, xp, out, k, m);
     };
     if (const std::int64_t h = Stream ? run_head(dx, npix, c, lddy == c && ldx == c && lddx == c) : 0) {
       const auto vm = across_end<T>(m0, c, h), vp = across_end<T>(p_, c, h), vq = across_end<T>(q, c, h),
@@ -617,14 +580,22 @@
   template <class T>
   static constexpr int kSlices = sizeof(T) == 2 ? 4 : 1;
 
-  template <int S, class T>
+  // Part: one slice of m < lanes channels (a pixel's last), read and written with masked loads and
+  // stores.
+  template <int S, bool Part = false, class T>
   LNORM_VEC_INLINE static void sum_slices(const T* x, std::int64_t ld, std::int64_t np, const calc_t<T>* shift,
-                                          calc_t<T>* sd, calc_t<T>* sq) noexcept {
+                                          calc_t<T>* sd, calc_t<T>* sq, std::int64_t m = 0) noexcept {
     using Vt = CV<T>;
     constexpr std::int64_t L = Vt::lanes;
+    static_assert(!Part || S == 1, "a part is one slice");
+    auto load = [&](const auto* p) LNORM_LAMBDA_INLINE { return Part ? Vt::load_n(p, m) : Vt::load(p); };
+    auto add_to = [&](calc_t<T>* p, typename Vt::reg v) LNORM_LAMBDA_INLINE {
+      if constexpr (Part) Vt::store_n(p, Vt::add(Vt::load_n(p, m), v), m);
+      else Vt::store(p, Vt::add(Vt::load(p), v));
+    };
     typename Vt::reg s0[S], a[S], q[S];
     for (int j = 0; j < S; ++j) {
-      s0[j] = Vt::load(shift + j * L);
+      s0[j] = load(shift + j * L);
       a[j] = Vt::zero();
       q[j] = Vt::zero();
     }
@@ -632,40 +603,46 @@
     for (std::int64_t p = 0; p < np; ++p) {
       fetch_ahead<S * L>(x + p * ld, ahead);
       for (int j = 0; j < S; ++j) {
-        const auto d = Vt::sub(Vt::load(x + p * ld + j * L), s0[j]);
+        const auto d = Vt::sub(load(x + p * ld + j * L), s0[j]);
         a[j] = Vt::add(a[j], d);
         q[j] = Vt::fma(d, d, q[j]);
       }
     }
     for (int j = 0; j < S; ++j) {
-      Vt::store(sd + j * L, Vt::add(Vt::load(sd + j * L), a[j]));
-      Vt::store(sq + j * L, Vt::add(Vt::load(sq + j * L), q[j]));
+      add_to(sd + j * L, a[j]);
+      add_to(sq + j * L, q[j]);
     }
   }
 
   // pixel_grad_sums' slices, as sum_slices.
-  template <int S, class T>
+  template <int S, bool Part = false, class T>
   LNORM_VEC_INLINE static void grad_slices(const T* dy, std::int64_t lddy, const T* x, std::int64_t ldx,
-                                           std::int64_t np, const calc_t<T>* m0, calc_t<T>* sdy,
-                                           calc_t<T>* sdyx) noexcept {
+                                           std::int64_t np, const calc_t<T>* m0, calc_t<T>* sdy, calc_t<T>* sdyx,
+                                           std::int64_t m = 0) noexcept {
     using Vt = CV<T>;
     constexpr std::int64_t L = Vt::lanes;
+    static_assert(!Part || S == 1, "a part is one slice");
+    auto load = [&](const auto* p) LNORM_LAMBDA_INLINE { return Part ? Vt::load_n(p, m) : Vt::load(p); };
+    auto add_to = [&](calc_t<T>* p, typename Vt::reg v) LNORM_LAMBDA_INLINE {
+      if constexpr (Part) Vt::store_n(p, Vt::add(Vt::load_n(p, m), v), m);
+      else Vt::store(p, Vt::add(Vt::load(p), v));
+    };
     typename Vt::reg vm[S], s[S], t[S];
     for (int j = 0; j < S; ++j) {
-      vm[j] = Vt::load(m0 + j * L);
+      vm[j] = load(m0 + j * L);
       s[j] = Vt::zero();
       t[j] = Vt::zero();
     }
     for (std::int64_t p = 0; p < np; ++p) {
       for (int j = 0; j < S; ++j) {
-        const auto g = Vt::load(dy + p * lddy + j * L);
+        const auto g = load(dy + p * lddy + j * L);
         s[j] = Vt::add(s[j], g);
-        t[j] = Vt::fma(g, Vt::sub(Vt::load(x + p * ldx + j * L), vm[j]), t[j]);
+        t[j] = Vt::fma(g, Vt::sub(load(x + p * ldx + j * L), vm[j]), t[j]);
       }
     }
     for (int j = 0; j < S; ++j) {
-      Vt::store(sdy + j * L, Vt::add(Vt::load(sdy + j * L), s[j]));
-      Vt::store(sdyx + j * L, Vt::add(Vt::load(sdyx + j * L), t[j]));
+      add_to(sdy + j * L, s[j]);
+      add_to(sdyx + j * L, t[j]);
     }
   }
 
@@ -700,7 +677,8 @@
     template <class F>
     LNORM_VEC_INLINE void head(const F& f) noexcept {
       if constexpr (F::stream) lnorm::detail::fetch_tail_line(f.out(), n);
-      for (std::int64_t k = 0; k < h && k < n; k += L) f(k, std::min(L, std::min(h, n) - k));
+      const std::int64_t e = std::min(h, n);
+      for (std::int64_t k = 0; k < e; k += L) f(k, std::min(L, e - k));
     }
     template <class F>
     LNORM_VEC_INLINE void to(std::int64_t end, const F& f) noexcept {
@@ -713,9 +691,17 @@
     LNORM_VEC_INLINE void tail(const F& f) noexcept {
       for (; i < n; i += L) f(i, std::min(L, n - i));
     }
+    // The whole run.
+    template <class F>
+    LNORM_VEC_INLINE void sweep(const F& f) noexcept {
+      head(f);
+      to(n, f);
+      tail(f);
+    }
   };
 
-  // pixel_affine's step in a split run (see split_run).
+  // pixel_affine's terms: part() the m <= lanes channels from k of one pixel in plain order, and the
+  // steps of a split run over x and y (see split_run).
   template <int Act, bool Stream, class T>
   struct affine_split {
     using Vt = CV<T>;
@@ -725,12 +711,15 @@
     const calc_t<T>*m0, *a, *b, *table;
     std::int64_t c, ahead;
     T* out() const noexcept { return y; }
-    LNORM_VEC_INLINE void operator()(std::int64_t i, std::int64_t m) const noexcept {
-      const std::int64_t k = i % c;
-      Vt::store_n(y + i,
-                  activate<Act, T>(Vt::fma(Vt::sub(Vt::load_n(x + i, m), Vt::load_n(m0 + k, m)), Vt::load_n(a + k, m),
+    LNORM_VEC_INLINE void part(const T* xp, T* yp, std::int64_t k, std::int64_t m) const noexcept {
+      Vt::store_n(yp + k,
+                  activate<Act, T>(Vt::fma(Vt::sub(Vt::load_n(xp + k, m), Vt::load_n(m0 + k, m)), Vt::load_n(a + k, m),
                                            Vt::load_n(b + k, m))),
                   m);
+    }
+    LNORM_VEC_INLINE void operator()(std::int64_t i, std::int64_t m) const noexcept {
+      const std::int64_t k = i % c;
+      part(x + (i - k), y + (i - k), k, m);
     }
     LNORM_VEC_INLINE void block(std::int64_t i, std::int64_t t) const noexcept {
       constexpr std::int64_t L = Vt::lanes;
@@ -743,7 +732,7 @@
     }
   };
 
-  // pixel_grad's step in a split run (see split_run).
+  // pixel_grad's terms, as affine_split's.
   template <bool Stream, class T>
   struct grad_split {
     using Vt = CV<T>;
@@ -753,13 +742,16 @@
     const calc_t<T>*m0, *p, *q, *r, *table;
     std::int64_t c, ahead;
     T* out() const noexcept { return dx; }
-    LNORM_VEC_INLINE void operator()(std::int64_t i, std::int64_t m) const noexcept {
-      const std::int64_t k = i % c;
-      Vt::store_n(dx + i,
-                  Vt::fma(Vt::load_n(p + k, m), Vt::load_n(dy + i, m),
-                          Vt::fma(Vt::load_n(q + k, m), Vt::sub(Vt::load_n(x + i, m), Vt::load_n(m0 + k, m)),
+    LNORM_VEC_INLINE void part(const T* g, const T* xp, T* out, std::int64_t k, std::int64_t m) const noexcept {
+      Vt::store_n(out + k,
+                  Vt::fma(Vt::load_n(p + k, m), Vt::load_n(g + k, m),
+                          Vt::fma(Vt::load_n(q + k, m), Vt::sub(Vt::load_n(xp + k, m), Vt::load_n(m0 + k, m)),
                                   Vt::load_n(r + k, m))),
                   m);
+    }
+    LNORM_VEC_INLINE void operator()(std::int64_t i, std::int64_t m) const noexcept {
+      const std::int64_t k = i % c;
+      part(dy + (i - k), x + (i - k), dx + (i - k), k, m);
     }
     LNORM_VEC_INLINE void block(std::int64_t i, std::int64_t t) const noexcept {
       constexpr std::int64_t L = Vt::lanes;
